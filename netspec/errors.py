@@ -1,0 +1,56 @@
+"""The few error types netspec raises, rendered for people.
+
+Every user-facing failure is a ``NetspecError``; each also inherits the builtin
+that best describes it, so ``except ValueError`` keeps working for callers who
+do not know netspec. The CLI prints ``str(err)`` and exits 2, no traceback.
+"""
+
+
+class NetspecError(Exception):
+    """Base of every error netspec raises on bad user input."""
+
+
+class SpecError(NetspecError, ValueError):
+    """A spec file is malformed or invalid; ``issues`` lists every problem found.
+
+    Each issue is a dict with ``file``, ``line``, ``column`` (1-based, or None),
+    ``path`` (e.g. ``layers[3].units``) and ``message``.
+    """
+
+    def __init__(self, issues, file=None):
+        if isinstance(issues, str):
+            issues = [{"file": file, "line": None, "column": None, "path": "", "message": issues}]
+        self.issues = list(issues)
+        self.file = file
+        super().__init__("\n".join(format_issue(i) for i in self.issues))
+
+
+class ShapeError(NetspecError, ValueError):
+    """Shapes do not fit: a layer cannot accept the shape it is given."""
+
+
+class DataError(NetspecError, ValueError):
+    """A data file or data source is missing, corrupt or does not fit the spec."""
+
+
+class CheckpointError(NetspecError, ValueError):
+    """A checkpoint file is missing, corrupt, or unsafe to load."""
+
+
+class TrainingDiverged(NetspecError, ArithmeticError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def format_issue(issue):
+    """``file:line:col: path: message`` with the parts that are known."""
+    where = []
+    if issue.get("file"):
+        where.append(str(issue["file"]))
+    if issue.get("line") is not None:
+        where.append(str(issue["line"]))
+        if issue.get("column") is not None:
+            where.append(str(issue["column"]))
+    prefix = ":".join(where)
+    path = issue.get("path") or ""
+    parts = [p for p in (prefix, path) if p]
+    return ": ".join(parts + [issue["message"]])

@@ -1,0 +1,37 @@
+"""The kernel seam: one place chooses the backend, once, at import.
+
+Design: ``_numpy`` is the reference and defines the full list of kernel names.
+The compiled module ``netspec.kernels._compiled`` (built from csrc/) overrides
+them name for name. ``NETSPEC_PUREPYTHON=1`` forces numpy; ``NETSPEC_REQUIRE_CYTHON=1``
+turns a missing or broken build into an ImportError instead of a silent fallback.
+Layers and optimizers call ``netspec.kernels.<name>`` and never a backend directly.
+"""
+import os
+
+from . import _numpy
+
+BACKEND = "numpy"
+BACKEND_ERROR = None  # why the compiled backend is not in use, if it is not
+
+_impl = _numpy
+if os.environ.get("NETSPEC_PUREPYTHON", "") not in ("", "0"):
+    BACKEND_ERROR = "disabled by NETSPEC_PUREPYTHON"
+else:
+    try:
+        from . import _compiled as _impl  # noqa: F811
+        BACKEND = "cython"
+    except ImportError as exc:
+        if os.environ.get("NETSPEC_REQUIRE_CYTHON", "") not in ("", "0"):
+            raise ImportError(
+                "NETSPEC_REQUIRE_CYTHON is set but the compiled kernels cannot be "
+                f"imported: {exc}") from exc
+        BACKEND_ERROR = f"compiled kernels not available ({exc})"
+
+__all__ = list(_numpy.__all__) + ["BACKEND", "BACKEND_ERROR", "numpy_kernels", "out_size"]
+
+numpy_kernels = _numpy
+out_size = _numpy.out_size
+
+for _name in _numpy.__all__:
+    globals()[_name] = getattr(_impl, _name, getattr(_numpy, _name))
+del _name

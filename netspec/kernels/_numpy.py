@@ -1,0 +1,184 @@
+"""Reference kernels in plain numpy: readable, always present, the contract.
+
+Design: every function here has a compiled twin of the same name and
+signature (built from csrc/); tests hold the two to float tolerance. Layout
+conventions shared by both backends:
+
+- images are NCHW; conv filters are (FN, C, kh, kw); stride and pad are ints
+  applied to both spatial axes; OH = (H + 2*pad - kh) // stride + 1.
+- ``im2col`` returns *batched columns* shaped (N, C*kh*kw, OH*OW), so that
+  ``W.reshape(FN, -1) @ col`` is already (N, FN, OH*OW), i.e. NCHW, with no
+  transpose.
+- ``ws`` is a dict owned by one layer; conv forward stores what backward needs
+  in it (and a compiled backend may keep reusable buffers there).
+- max pooling records the arg-max as the flat index ``i*kw + j`` inside the
+  window (first maximum wins on ties), dtype int64, shaped like the output.
+- optimizer updates work in place on ``p`` and their state arrays, in the
+  dtype of ``p``; weight decay adds ``weight_decay * p`` to the gradient.
+"""
+import numpy as np
+
+__all__ = [
+    "im2col", "col2im", "conv2d_forward", "conv2d_backward",
+    "maxpool2d_forward", "maxpool2d_backward",
+    "avgpool2d_forward", "avgpool2d_backward",
+    "sgd_update", "momentum_update", "nesterov_update",
+    "adagrad_update", "rmsprop_update", "adam_update",
+]
+
+
+def out_size(size, k, stride, pad):
+    """Output length of a sliding window: (size + 2*pad - k) // stride + 1."""
+    return (size + 2 * pad - k) // stride + 1
+
+
+def _windows(xp, kh, kw, stride, OH, OW):
+    """Strided view (N, C, kh, kw, OH, OW) of an already padded input."""
+    N, C, _, _ = xp.shape
+    sN, sC, sH, sW = xp.strides
+    return np.lib.stride_tricks.as_strided(
+        xp, shape=(N, C, kh, kw, OH, OW),
+        strides=(sN, sC, sH, sW, sH * stride, sW * stride), writeable=False)
+
+
+def _pad(x, pad, value=0.0):
+    if pad == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=value)
+
+
+def im2col(x, kh, kw, stride, pad):
+    """x (N, C, H, W) -> col (N, C*kh*kw, OH*OW)."""
+    N, C, H, W = x.shape
+    OH, OW = out_size(H, kh, stride, pad), out_size(W, kw, stride, pad)
+    win = _windows(_pad(x, pad), kh, kw, stride, OH, OW)
+    return win.reshape(N, C * kh * kw, OH * OW)  # reshape copies: col is contiguous
+
+
+def col2im(col, x_shape, kh, kw, stride, pad):
+    """Adjoint of im2col: col (N, C*kh*kw, OH*OW) -> dx (N, C, H, W), overlaps summed."""
+    N, C, H, W = x_shape
+    OH, OW = out_size(H, kh, stride, pad), out_size(W, kw, stride, pad)
+    c = col.reshape(N, C, kh, kw, OH, OW)
+    xp = np.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=col.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            xp[:, :, i:i + stride * OH:stride, j:j + stride * OW:stride] += c[:, :, i, j]
+    return xp[:, :, pad:pad + H, pad:pad + W].copy() if pad else xp
+
+
+def conv2d_forward(x, W, b, stride, pad, ws):
+    """out[n, f] = sum_c W[f, c] (*) x[n, c] + b[f]; x (N,C,H,W), W (FN,C,kh,kw), b (FN,) or None."""
+    N, C, H, Wd = x.shape
+    FN, _, kh, kw = W.shape
+    OH, OW = out_size(H, kh, stride, pad), out_size(Wd, kw, stride, pad)
+    col = im2col(x, kh, kw, stride, pad)
+    out = np.matmul(W.reshape(FN, -1), col)          # (N, FN, OH*OW)
+    if b is not None:
+        out += b.reshape(1, FN, 1)
+    ws["col"] = col
+    return out.reshape(N, FN, OH, OW)
+
+
+def conv2d_backward(dout, x_shape, W, stride, pad, ws):
+    """dout (N,FN,OH,OW) -> (dx, dW, db) using the columns kept in ws by forward."""
+    N, FN, OH, OW = dout.shape
+    _, C, kh, kw = W.shape
+    col = ws["col"]
+    d2 = dout.reshape(N, FN, OH * OW)
+    dW = np.tensordot(d2, col, axes=([0, 2], [0, 2])).reshape(W.shape)
+    db = d2.sum(axis=(0, 2))
+    dcol = np.matmul(W.reshape(FN, -1).T, d2)        # (N, C*kh*kw, OH*OW)
+    dx = col2im(dcol, x_shape, kh, kw, stride, pad)
+    return dx, dW.astype(W.dtype, copy=False), db.astype(W.dtype, copy=False)
+
+
+def maxpool2d_forward(x, kh, kw, stride, pad):
+    """x (N,C,H,W) -> (out (N,C,OH,OW), argmax int64 flat window index)."""
+    N, C, H, W = x.shape
+    OH, OW = out_size(H, kh, stride, pad), out_size(W, kw, stride, pad)
+    win = _windows(_pad(x, pad, -np.inf), kh, kw, stride, OH, OW)
+    win = win.reshape(N, C, kh * kw, OH, OW)
+    argmax = win.argmax(axis=2)
+    out = np.take_along_axis(win, argmax[:, :, None], axis=2)[:, :, 0]
+    return np.ascontiguousarray(out), argmax.astype(np.int64, copy=False)
+
+
+def maxpool2d_backward(dout, argmax, x_shape, kh, kw, stride, pad):
+    """Route each dout element to the input position that won its window."""
+    N, C, OH, OW = dout.shape
+    onehot = np.zeros((N, C, kh * kw, OH, OW), dtype=dout.dtype)
+    np.put_along_axis(onehot, argmax[:, :, None], dout[:, :, None], axis=2)
+    col = onehot.reshape(N, C * kh * kw, OH * OW)
+    return col2im(col, x_shape, kh, kw, stride, pad)
+
+
+def avgpool2d_forward(x, kh, kw, stride, pad):
+    """Mean over each window; padding counts as zeros in the divisor kh*kw."""
+    N, C, H, W = x.shape
+    OH, OW = out_size(H, kh, stride, pad), out_size(W, kw, stride, pad)
+    win = _windows(_pad(x, pad), kh, kw, stride, OH, OW)
+    return win.mean(axis=(2, 3), dtype=x.dtype)
+
+
+def avgpool2d_backward(dout, x_shape, kh, kw, stride, pad):
+    """Each input in a window receives dout / (kh*kw)."""
+    N, C, OH, OW = dout.shape
+    share = dout / (kh * kw)
+    col = np.broadcast_to(share[:, :, None, None], (N, C, kh, kw, OH, OW))
+    return col2im(col.reshape(N, C * kh * kw, OH * OW), x_shape, kh, kw, stride, pad)
+
+
+# --- optimizer updates: in place, formulas as in SEEDS.md -------------------
+
+def _decayed(p, g, weight_decay):
+    return g + weight_decay * p if weight_decay else g
+
+
+def sgd_update(p, g, lr, weight_decay):
+    """p -= lr * g."""
+    g = _decayed(p, g, weight_decay)
+    p -= lr * g
+
+
+def momentum_update(p, g, v, lr, momentum, weight_decay):
+    """v = m*v - lr*g; p += v."""
+    g = _decayed(p, g, weight_decay)
+    v *= momentum
+    v -= lr * g
+    p += v
+
+
+def nesterov_update(p, g, v, lr, momentum, weight_decay):
+    """The book's reformulation: v = m*v - lr*g; p += m*m*v - (1+m)*lr*g."""
+    g = _decayed(p, g, weight_decay)
+    v *= momentum
+    v -= lr * g
+    p += momentum * momentum * v
+    p -= (1 + momentum) * lr * g
+
+
+def adagrad_update(p, g, h, lr, eps, weight_decay):
+    """h += g*g; p -= lr * g / (sqrt(h) + eps)."""
+    g = _decayed(p, g, weight_decay)
+    h += g * g
+    p -= lr * g / (np.sqrt(h) + eps)
+
+
+def rmsprop_update(p, g, h, lr, decay, eps, weight_decay):
+    """h = d*h + (1-d)*g*g; p -= lr * g / (sqrt(h) + eps)."""
+    g = _decayed(p, g, weight_decay)
+    h *= decay
+    h += (1 - decay) * g * g
+    p -= lr * g / (np.sqrt(h) + eps)
+
+
+def adam_update(p, g, m, v, lr_t, beta1, beta2, eps, weight_decay):
+    """m += (1-b1)(g-m); v += (1-b2)(g*g-v); p -= lr_t * m / (sqrt(v) + eps).
+
+    lr_t = lr * sqrt(1 - b2**t) / (1 - b1**t) is computed by the caller.
+    """
+    g = _decayed(p, g, weight_decay)
+    m += (1 - beta1) * (g - m)
+    v += (1 - beta2) * (g * g - v)
+    p -= lr_t * m / (np.sqrt(v) + eps)
