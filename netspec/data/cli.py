@@ -1,0 +1,83 @@
+"""``netspec data fetch|info``: download datasets and show where data is looked for.
+
+``add_parser(subparsers)`` registers the ``data`` command on the main CLI's
+argparse subparsers; its handler ``run(args)`` returns an exit code and raises
+``DataError`` for user errors (the main CLI prints them and exits 2).
+"""
+
+import os
+import sys
+
+from netspec.data.fetch import DATASETS, fetch, mirror_for, target_dir
+from netspec.data.sources import IDX_FILES, MNIST5K_PATH, find_idx_files, search_dirs
+
+
+def add_parser(subparsers):
+    """Register ``data`` (with ``fetch`` and ``info``) on an argparse subparsers object."""
+    parser = subparsers.add_parser("data", help="download datasets, show where data is looked for",
+                                   description="Download MNIST-style datasets and show where netspec looks for data.")
+    sub = parser.add_subparsers(dest="data_command", metavar="{fetch,info}")
+    sub.required = True
+
+    f = sub.add_parser("fetch", help="download mnist or fashion-mnist (IDX .gz files), verified",
+                       description="Download the four IDX .gz files of a dataset, verify them and store them "
+                       "atomically; an interrupted download resumes when run again.")
+    f.add_argument("name", choices=sorted(DATASETS), help="dataset to download")
+    f.add_argument("--dir", metavar="D", default=None,
+                   help="directory to put the files in (default: $NETSPEC_DATA/NAME, else ~/.cache/netspec/NAME)")
+    f.add_argument("--mirror", metavar="URL", default=None,
+                   help="base URL holding the .gz files (default: $NETSPEC_MNIST_MIRROR or "
+                   "$NETSPEC_FASHION_MNIST_MIRROR, else the standard mirror)")
+    f.add_argument("--no-verify", action="store_true",
+                   help="skip checksums (the gzip and IDX structure are still checked)")
+    f.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    sub.add_parser("info", help="show where each dataset is looked for and what is found",
+                   description="Show where each dataset is looked for and which files are found.")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args, out=None):
+    """Handle ``netspec data ...``; returns the exit code."""
+    out = out or sys.stdout
+    if args.data_command == "fetch":
+        directory = fetch(args.name, data_dir=args.dir, mirror=args.mirror,
+                          progress=not args.quiet and out.isatty(), verify=not args.no_verify)
+        print(f"{args.name}: {len(DATASETS[args.name]['files'])} files verified in {directory}", file=out)
+        if args.dir is not None:
+            print(f"use it with: data: {{source: {args.name}, dir: {directory}}}", file=out)
+        return 0
+    if args.data_command == "info":
+        print(info_text(), file=out)
+        return 0
+    raise AssertionError(f"unhandled data command {args.data_command!r}")
+
+
+def info_text():
+    """Human-readable report of data locations and what each holds."""
+    lines = []
+    size = f"{MNIST5K_PATH.stat().st_size / 1e6:.2f} MB" if MNIST5K_PATH.is_file() else "MISSING"
+    lines.append(f"mnist-5k (shipped): {MNIST5K_PATH} [{size}]")
+    env = os.environ.get("NETSPEC_DATA")
+    lines.append(f"NETSPEC_DATA: {env if env else '(not set)'}")
+    for name in DATASETS:
+        lines.append(f"{name}: looked for in order (fetch writes to {target_dir(name)}; mirror {mirror_for(name)})")
+        for directory in search_dirs(name):
+            found = find_idx_files(directory)
+            if not directory.is_dir():
+                state = "does not exist"
+            elif len(found) == len(IDX_FILES):
+                state = "complete: " + ", ".join(p.name for p in found.values())
+            elif found:
+                state = f"incomplete ({len(found)} of {len(IDX_FILES)}): " + ", ".join(p.name for p in found.values())
+            else:
+                state = "no IDX files"
+            lines.append(f"  - {directory}: {state}")
+    try:
+        import sklearn
+
+        lines.append(f"digits: scikit-learn {sklearn.__version__} installed")
+    except ImportError:
+        lines.append("digits: needs scikit-learn (not installed)")
+    return "\n".join(lines)
