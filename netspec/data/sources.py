@@ -9,6 +9,7 @@ and what to do. Nothing here touches the network: downloads live in
 """
 
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -210,6 +211,9 @@ def _read_npz(path, names):
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such .npz file; expected a file with arrays {', '.join(names)}")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not a readable .npz file: expected a zip archive of .npy arrays "
+                        "(as written by numpy.savez), found something else")
     try:
         with np.load(path, allow_pickle=False) as npz:
             present = list(npz.files)
