@@ -1,0 +1,243 @@
+"""Compiled kernels against the numpy reference, on hypothesis-drawn shapes.
+
+Every kernel in ``_numpy.__all__`` is run on both backends with the same
+inputs; results must agree to a per-dtype tolerance (float64 to ~1e-12
+relative, float32 to ~1e-5). Skipped as a module when the extension is not
+built; tests/test_backend.py is what fails when a build was required.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st, HealthCheck
+
+compiled = pytest.importorskip("netspec.kernels._compiled",
+                               reason="compiled kernels not built")
+from netspec.kernels import numpy_kernels as ref  # noqa: E402
+
+DTYPES = [np.float32, np.float64]
+TOL = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
+SETTINGS = settings(max_examples=40, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+def close(got, want, dtype, scale=1.0):
+    """Assert same dtype, shape and values; atol scales with the size of a summed term."""
+    assert got.dtype == want.dtype, f"dtype: expected {want.dtype}, found {got.dtype}"
+    assert got.shape == want.shape, f"shape: expected {want.shape}, found {got.shape}"
+    tol = TOL[dtype]
+    np.testing.assert_allclose(got, want, rtol=tol["rtol"], atol=tol["atol"] * scale)
+
+
+@st.composite
+def windows(draw, max_c=4):
+    """(N, C, H, W, kh, kw, stride, pad) with OH, OW >= 1; non-square allowed."""
+    kh = draw(st.integers(1, 5))
+    kw = draw(st.integers(1, 5))
+    stride = draw(st.integers(1, 3))
+    pad = draw(st.integers(0, 2))
+    H = draw(st.integers(max(1, kh - 2 * pad), 11))
+    W = draw(st.integers(max(1, kw - 2 * pad), 11))
+    N = draw(st.integers(1, 3))
+    C = draw(st.integers(1, max_c))
+    return N, C, H, W, kh, kw, stride, pad
+
+
+def data(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def out_hw(H, W, kh, kw, stride, pad):
+    return ref.out_size(H, kh, stride, pad), ref.out_size(W, kw, stride, pad)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@SETTINGS
+@given(win=windows(), seed=st.integers(0, 2**16))
+def test_im2col_col2im(dtype, win, seed):
+    N, C, H, W, kh, kw, stride, pad = win
+    rng = np.random.default_rng(seed)
+    x = data(rng, (N, C, H, W), dtype)
+    col = compiled.im2col(x, kh, kw, stride, pad)
+    close(col, ref.im2col(x, kh, kw, stride, pad), dtype)
+    dcol = data(rng, col.shape, dtype)
+    close(compiled.col2im(dcol, x.shape, kh, kw, stride, pad),
+          ref.col2im(dcol, x.shape, kh, kw, stride, pad), dtype, scale=kh * kw)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [True, False])
+@SETTINGS
+@given(win=windows(), fn=st.integers(1, 5), seed=st.integers(0, 2**16))
+def test_conv2d(dtype, bias, win, fn, seed):
+    N, C, H, W, kh, kw, stride, pad = win
+    rng = np.random.default_rng(seed)
+    x = data(rng, (N, C, H, W), dtype)
+    Wt = data(rng, (fn, C, kh, kw), dtype)
+    b = data(rng, (fn,), dtype) if bias else None
+    ws_c, ws_r = {}, {}
+    out = compiled.conv2d_forward(x, Wt, b, stride, pad, ws_c)
+    scale = C * kh * kw
+    close(out, ref.conv2d_forward(x, Wt, b, stride, pad, ws_r), dtype, scale)
+    dout = data(rng, out.shape, dtype)
+    dout_copy = dout.copy()
+    got = compiled.conv2d_backward(dout, x.shape, Wt, stride, pad, ws_c)
+    want = ref.conv2d_backward(dout, x.shape, Wt, stride, pad, ws_r)
+    np.testing.assert_array_equal(dout, dout_copy, err_msg="backward wrote into dout")
+    for name, g, w, s in zip(("dx", "dW", "db"), got, want, (fn * kh * kw, N * out[0, 0].size, N * out[0, 0].size)):
+        assert g.dtype == w.dtype, f"{name} dtype: expected {w.dtype}, found {g.dtype}"
+        close(g, w, dtype, s)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_chunked_and_reused(dtype, monkeypatch):
+    """Batches spanning several column chunks, and ws reused across steps and batch sizes."""
+    rng = np.random.default_rng(0)
+    Wt = data(rng, (8, 3, 3, 3), dtype)
+    b = data(rng, (8,), dtype)
+    ws = {}
+    for N in (37, 37, 5, 64):
+        x = data(rng, (N, 3, 20, 17), dtype)
+        out = compiled.conv2d_forward(x, Wt, b, 2, 1, ws)
+        ws_r = {}
+        close(out, ref.conv2d_forward(x, Wt, b, 2, 1, ws_r), dtype, 27)
+        dout = data(rng, out.shape, dtype)
+        for g, w in zip(compiled.conv2d_backward(dout, x.shape, Wt, 2, 1, ws),
+                        ref.conv2d_backward(dout, x.shape, Wt, 2, 1, ws_r)):
+            close(g, w, dtype, N * out[0, 0].size)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(4, 6, 5, 3), (1, 2, 1, 9)])
+def test_conv2d_pointwise(dtype, shape):
+    """1x1 kernels, stride 1, no padding take the path without im2col."""
+    rng = np.random.default_rng(1)
+    x = data(rng, shape, dtype)
+    Wt = data(rng, (7, shape[1], 1, 1), dtype)
+    b = data(rng, (7,), dtype)
+    ws_c, ws_r = {}, {}
+    out = compiled.conv2d_forward(x, Wt, b, 1, 0, ws_c)
+    close(out, ref.conv2d_forward(x, Wt, b, 1, 0, ws_r), dtype, shape[1])
+    dout = data(rng, out.shape, dtype)
+    for g, w in zip(compiled.conv2d_backward(dout, x.shape, Wt, 1, 0, ws_c),
+                    ref.conv2d_backward(dout, x.shape, Wt, 1, 0, ws_r)):
+        close(g, w, dtype, 50)
+
+
+def test_conv2d_other_dtype_falls_back():
+    """float16 (or mixed dtypes) go to the reference rather than changing the result type."""
+    rng = np.random.default_rng(2)
+    x = data(rng, (2, 2, 6, 6), np.float16)
+    Wt = data(rng, (3, 2, 3, 3), np.float16)
+    ws = {}
+    out = compiled.conv2d_forward(x, Wt, None, 1, 1, ws)
+    assert out.dtype == ref.conv2d_forward(x, Wt, None, 1, 1, {}).dtype
+    dx, dW, db = compiled.conv2d_backward(np.ones_like(out), x.shape, Wt, 1, 1, ws)
+    assert dx.shape == x.shape and dW.shape == Wt.shape and db.shape == (3,)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@SETTINGS
+@given(win=windows(), seed=st.integers(0, 2**16), ties=st.booleans())
+def test_maxpool2d(dtype, win, seed, ties):
+    N, C, H, W, kh, kw, stride, pad = win
+    rng = np.random.default_rng(seed)
+    x = data(rng, (N, C, H, W), dtype)
+    if ties:  # few distinct values: the first maximum must win
+        x = np.round(x).astype(dtype)
+    out, arg = compiled.maxpool2d_forward(x, kh, kw, stride, pad)
+    out_r, arg_r = ref.maxpool2d_forward(x, kh, kw, stride, pad)
+    close(out, out_r, dtype)
+    assert arg.dtype == np.int64
+    np.testing.assert_array_equal(arg, arg_r)
+    dout = data(rng, out.shape, dtype)
+    close(compiled.maxpool2d_backward(dout, arg, x.shape, kh, kw, stride, pad),
+          ref.maxpool2d_backward(dout, arg_r, x.shape, kh, kw, stride, pad), dtype, kh * kw)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_maxpool2d_padding_and_neg_inf(dtype):
+    """Padding is -inf; a window of only -inf reports index 0, like numpy's argmax."""
+    x = np.full((1, 1, 3, 4), -np.inf, dtype=dtype)
+    x[0, 0, 2, 3] = -5
+    for kh, kw, stride, pad in [(3, 3, 1, 1), (2, 3, 2, 1), (3, 2, 3, 2)]:
+        out, arg = compiled.maxpool2d_forward(x, kh, kw, stride, pad)
+        out_r, arg_r = ref.maxpool2d_forward(x, kh, kw, stride, pad)
+        np.testing.assert_array_equal(out, out_r)
+        np.testing.assert_array_equal(arg, arg_r)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@SETTINGS
+@given(win=windows(), seed=st.integers(0, 2**16))
+def test_avgpool2d(dtype, win, seed):
+    N, C, H, W, kh, kw, stride, pad = win
+    rng = np.random.default_rng(seed)
+    x = data(rng, (N, C, H, W), dtype)
+    out = compiled.avgpool2d_forward(x, kh, kw, stride, pad)
+    close(out, ref.avgpool2d_forward(x, kh, kw, stride, pad), dtype)
+    dout = data(rng, out.shape, dtype)
+    close(compiled.avgpool2d_backward(dout, x.shape, kh, kw, stride, pad),
+          ref.avgpool2d_backward(dout, x.shape, kh, kw, stride, pad), dtype, kh * kw)
+
+
+def test_pooling_noncontiguous_input():
+    rng = np.random.default_rng(3)
+    x = data(rng, (2, 3, 9, 8), np.float64).transpose(0, 1, 3, 2)
+    close(compiled.avgpool2d_forward(x, 2, 3, 2, 1), ref.avgpool2d_forward(x, 2, 3, 2, 1),
+          np.float64)
+    for a, b in zip(compiled.maxpool2d_forward(x, 3, 2, 2, 1), ref.maxpool2d_forward(x, 3, 2, 2, 1)):
+        np.testing.assert_array_equal(a, b)
+
+
+# --- optimizer updates --------------------------------------------------------
+
+HYPER = {
+    "sgd_update": dict(lr=0.05),
+    "momentum_update": dict(lr=0.05, momentum=0.9),
+    "nesterov_update": dict(lr=0.05, momentum=0.9),
+    "adagrad_update": dict(lr=0.05, eps=1e-7),
+    "rmsprop_update": dict(lr=0.01, decay=0.99, eps=1e-7),
+    "adam_update": dict(lr_t=0.001, beta1=0.9, beta2=0.999, eps=1e-7),
+}
+STATES = {"sgd_update": 0, "momentum_update": 1, "nesterov_update": 1,
+          "adagrad_update": 1, "rmsprop_update": 1, "adam_update": 2}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", sorted(HYPER))
+@SETTINGS
+@given(shape=st.lists(st.integers(1, 9), min_size=1, max_size=3).map(tuple) | st.just((70001,)),
+       weight_decay=st.sampled_from([0.0, 1e-4, 0.1]), seed=st.integers(0, 2**16),
+       steps=st.integers(1, 3))
+def test_optimizer_update(dtype, name, shape, weight_decay, seed, steps):
+    rng = np.random.default_rng(seed)
+    p = data(rng, shape, dtype)
+    states = [np.abs(data(rng, shape, dtype)) for _ in range(STATES[name])]
+    p_r, states_r = p.copy(), [s.copy() for s in states]
+    for _ in range(steps):
+        g = data(rng, shape, dtype)
+        g_copy = g.copy()
+        getattr(compiled, name)(p, g, *states, **HYPER[name], weight_decay=weight_decay)
+        getattr(ref, name)(p_r, g, *states_r, **HYPER[name], weight_decay=weight_decay)
+        np.testing.assert_array_equal(g, g_copy, err_msg="update wrote into the gradient")
+    close(p, p_r, dtype)
+    for s, s_r in zip(states, states_r):
+        close(s, s_r, dtype)
+
+
+def test_optimizer_mixed_grad_dtype_and_view():
+    """A float64 gradient for float32 params, and a non-contiguous parameter view."""
+    rng = np.random.default_rng(4)
+    p = data(rng, (5, 6), np.float32)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    p_r, m_r, v_r = p.copy(), m.copy(), v.copy()
+    g = data(rng, (5, 6), np.float64)
+    compiled.adam_update(p, g, m, v, 0.01, 0.9, 0.999, 1e-7, 0.0)
+    ref.adam_update(p_r, g, m_r, v_r, 0.01, 0.9, 0.999, 1e-7, 0.0)
+    assert p.dtype == np.float32
+    close(p, p_r, np.float32)
+    big = data(rng, (6, 10), np.float64)
+    big_r = big.copy()
+    g = data(rng, (6, 5), np.float64)
+    compiled.sgd_update(big[:, ::2], g, 0.1, 0.01)
+    ref.sgd_update(big_r[:, ::2], g, 0.1, 0.01)
+    close(big, big_r, np.float64)
