@@ -12,8 +12,9 @@ import pytest
 
 from netspec.data import fetch, load_data
 from netspec.data.cli import add_parser
-from netspec.data.fetch import DATASETS
+from netspec.data.fetch import DATASETS, _verify
 from netspec.data.idx import idx_bytes
+from netspec.data.sources import DEBIAN_FASHION_MNIST
 from netspec.errors import DataError
 
 FILES = list(DATASETS["mnist"]["files"])
@@ -233,3 +234,15 @@ def test_cli_fetch_and_info(server, tmp_path):
     assert str(tmp_path / "data" / "mnist") in text and "mnist-5k (shipped)" in text
     with pytest.raises(SystemExit):
         parser.parse_args(["data", "fetch", "cifar10"])
+
+
+DEBIAN = DATASETS["fashion-mnist"]["files"]
+
+
+@pytest.mark.skipif(not all((DEBIAN_FASHION_MNIST / n).is_file() for n in DEBIAN),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_embedded_fashion_digests_match_debian_recompressed_files():
+    for name, digests in DEBIAN.items():
+        data = (DEBIAN_FASHION_MNIST / name).read_bytes()
+        assert hashlib.md5(data).hexdigest() != digests["md5_gz"]  # recompressed by Debian ...
+        _verify(data, digests, name)  # ... yet the decompressed content verifies
