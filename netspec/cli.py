@@ -1,0 +1,163 @@
+"""The ``netspec`` command line. User errors print one clear message and exit 2, never a traceback."""
+import argparse
+import json
+import os
+import platform
+import sys
+
+import numpy as np
+
+from . import __version__
+from .errors import NetspecError
+
+
+def _spec_and_model(path, dtype=None):
+    from .compile import compile
+    from .spec import load_spec
+    spec = load_spec(path)
+    return spec, compile(spec, dtype=dtype)
+
+
+def cmd_validate(args):
+    for path in args.specs:
+        _spec_and_model(path)
+        print(f"{path}: ok")
+    return 0
+
+
+def cmd_summary(args):
+    from .summary import format_summary, summarize
+    _, model = _spec_and_model(args.spec, args.dtype)
+    s = summarize(model)
+    print(json.dumps(s, indent=2) if args.json else format_summary(s))
+    return 0
+
+
+def cmd_gradcheck(args):
+    from .gradcheck import check_model, random_batch
+    _, model = _spec_and_model(args.spec, "float64")
+    x, t = random_batch(model, n=args.batch, seed=args.seed)
+    report = check_model(model, x, t, h=args.eps, max_elements=args.max_elements, seed=args.seed)
+    worst = max(r["error"] for r in report.values())
+    ok = worst <= args.tol and all(r["checked"] > 0 for r in report.values())
+    if args.json:
+        print(json.dumps({"ok": ok, "tolerance": args.tol, "params": report}, indent=2))
+    else:
+        print(f"gradient check of {args.spec}: float64, central differences h={args.eps}, batch {args.batch}, "
+              f"up to {args.max_elements} sampled elements per array")
+        w = max(len(k) for k in report)
+        for name, r in report.items():
+            flag = "ok" if r["error"] <= args.tol else "FAIL"
+            skip = f"  ({r['skipped']} at kinks, skipped)" if r["skipped"] else ""
+            print(f"  {name:<{w}}  {r['checked']:>5}/{r['size']:<8} max rel err {r['error']:.2e}  {flag}{skip}")
+        print(f"{'PASS' if ok else 'FAIL'}: worst {worst:.2e} (tolerance {args.tol:.0e})")
+    return 0 if ok else 1
+
+
+def cmd_info(args):
+    from . import kernels
+    info = {
+        "netspec": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "numpy": np.__version__,
+        "backend": kernels.BACKEND,
+        "backend_note": kernels.BACKEND_ERROR,
+    }
+    for mod in ("pydantic", "yaml", "Cython", "tqdm", "matplotlib", "torch", "sklearn"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception:
+            info[mod] = None
+    if kernels.BACKEND == "cython":
+        from . import kernels as k
+        info.update({f"compiled_{key}": v for key, v in k._impl.backend_info().items()}
+                    if hasattr(k._impl, "backend_info") else {})
+    info["cpu_count"] = os.cpu_count()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, v in info.items():
+            if v is not None:
+                print(f"{key:>24}: {v}")
+    return 0
+
+
+def cmd_schema(args):
+    from .spec import json_schema
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="netspec", description="Compile and train neural networks described in YAML/JSON.")
+    p.add_argument("--version", action="version", version=f"netspec {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    s = sub.add_parser("validate", help="check spec files (schema, names, shapes)")
+    s.add_argument("specs", nargs="+", metavar="SPEC")
+    s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("summary", help="layer table: output shapes, parameters, FLOPs")
+    s.add_argument("spec")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--dtype", choices=["float16", "float32", "float64"])
+    s.set_defaults(func=cmd_summary)
+
+    s = sub.add_parser("gradcheck", help="compare back-propagation with central differences (float64)")
+    s.add_argument("spec")
+    s.add_argument("--batch", type=int, default=2, help="random samples in the batch (default 2)")
+    s.add_argument("--max-elements", type=int, default=40,
+                   help="elements checked per parameter array; larger arrays are sampled (default 40)")
+    s.add_argument("--eps", type=float, default=1e-5, help="finite-difference step h (default 1e-5)")
+    s.add_argument("--tol", type=float, default=1e-5, help="max relative error allowed (default 1e-5)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_gradcheck)
+
+    s = sub.add_parser("info", help="versions and the active kernel backend")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("schema", help="print the JSON Schema of the spec format")
+    s.set_defaults(func=cmd_schema)
+
+    for register in _extra_commands():
+        register(sub)
+    return p
+
+
+def _extra_commands():
+    """Sub-commands that live in their own modules."""
+    out = []
+    try:
+        from .data.cli import add_parser as data_parser
+        out.append(data_parser)
+    except ImportError:
+        pass
+    try:
+        from .train_cli import register as train_parsers
+        out.append(train_parsers)
+    except ImportError:
+        pass
+    return out
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except NetspecError as exc:
+        print(f"error: {exc}" if "\n" not in str(exc) else f"error:\n{exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Parameter initialisers named in specs: normal(std), he, xavier, zeros, constant, values.
+
+A spec writes ``init: he``, ``init: {std: 0.01}``, ``init: {type: constant, value: 0.5}``
+or ``init: {values: [[...]]}``; the short forms are normalised to the tagged
+form before validation. fan_in is in-features for dense, C*kh*kw for conv.
+"""
+from typing import Annotated, Any, Literal, Union
+
+import numpy as np
+from pydantic import BeforeValidator, Field
+
+from .errors import ShapeError
+from ._strict import Strict
+
+
+class NormalInit(Strict):
+    type: Literal["normal"] = "normal"
+    std: float = Field(0.01, gt=0, description="standard deviation")
+    mean: float = 0.0
+
+
+class HeInit(Strict):
+    """Normal with std sqrt(2 / fan_in), for ReLU nets."""
+    type: Literal["he"] = "he"
+
+
+class XavierInit(Strict):
+    """Normal with std sqrt(1 / fan_in), for sigmoid/tanh nets."""
+    type: Literal["xavier"] = "xavier"
+
+
+class ZerosInit(Strict):
+    type: Literal["zeros"] = "zeros"
+
+
+class ConstantInit(Strict):
+    type: Literal["constant"] = "constant"
+    value: float
+
+
+class ValuesInit(Strict):
+    """Explicit values written in the spec, shape-checked against the parameter."""
+    type: Literal["values"] = "values"
+    values: Union[float, list[Any]]
+
+
+def _short_forms(v):
+    if isinstance(v, str):
+        return {"type": v}
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return {"type": "constant", "value": v}
+    if isinstance(v, list):
+        return {"type": "values", "values": v}
+    if isinstance(v, dict) and "type" not in v:
+        if "std" in v:
+            return {"type": "normal", **v}
+        if "values" in v:
+            return {"type": "values", **v}
+        if "value" in v:
+            return {"type": "constant", **v}
+    return v
+
+
+InitSpec = Annotated[
+    Union[NormalInit, HeInit, XavierInit, ZerosInit, ConstantInit, ValuesInit],
+    Field(discriminator="type"), BeforeValidator(_short_forms)]
+
+
+def initialize(spec, shape, fan_in, rng, dtype, where=""):
+    """Draw one parameter array of ``shape`` as ``spec`` says."""
+    kind = spec.type
+    if kind == "normal":
+        arr = spec.mean + spec.std * rng.standard_normal(shape)
+    elif kind in ("he", "xavier"):
+        std = np.sqrt((2.0 if kind == "he" else 1.0) / max(fan_in, 1))
+        arr = std * rng.standard_normal(shape)
+    elif kind == "zeros":
+        arr = np.zeros(shape)
+    elif kind == "constant":
+        arr = np.full(shape, spec.value)
+    elif kind == "values":
+        try:
+            arr = np.asarray(spec.values, dtype=np.float64)
+        except (ValueError, TypeError):
+            raise ShapeError(f"{where}: explicit values must be a rectangular nested list of numbers") from None
+        if arr.shape != tuple(shape):
+            raise ShapeError(f"{where}: explicit values have shape {list(arr.shape)}, "
+                             f"but the parameter is shaped {list(shape)}")
+    else:  # pragma: no cover - the schema admits no other kind
+        raise ValueError(kind)
+    return np.ascontiguousarray(arr, dtype=dtype)

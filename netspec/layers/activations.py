@@ -1,0 +1,86 @@
+"""Element-wise activations and softmax; each backward sits under its forward."""
+from typing import Literal
+
+import numpy as np
+
+from .base import Layer, LayerSpec, register
+
+
+@register
+class ReLU(Layer):
+    """out = max(x, 0); dx = dout where x > 0."""
+
+    class Spec(LayerSpec):
+        type: Literal["relu"]
+
+    prefix = "relu"
+
+    def forward(self, x, train=False):
+        self.mask = x > 0
+        return x * self.mask
+
+    def backward(self, dout):
+        return dout * self.mask
+
+    def kink_state(self):
+        """Which side of the kink at 0 each input was on (for gradient checks)."""
+        return self.mask
+
+
+@register
+class Sigmoid(Layer):
+    """out = 1 / (1 + exp(-x)); dx = dout * out * (1 - out)."""
+
+    class Spec(LayerSpec):
+        type: Literal["sigmoid"]
+
+    prefix = "sigmoid"
+
+    def forward(self, x, train=False):
+        with np.errstate(over="ignore"):  # exp(-x) -> inf gives the right limit, 0
+            self.out = 1.0 / (1.0 + np.exp(-x))
+        return self.out
+
+    def backward(self, dout):
+        return dout * self.out * (1.0 - self.out)
+
+
+@register
+class Tanh(Layer):
+    """out = tanh(x); dx = dout * (1 - out^2)."""
+
+    class Spec(LayerSpec):
+        type: Literal["tanh"]
+
+    prefix = "tanh"
+
+    def forward(self, x, train=False):
+        self.out = np.tanh(x)
+        return self.out
+
+    def backward(self, dout):
+        return dout * (1.0 - self.out * self.out)
+
+
+def softmax(x):
+    """Softmax over the last axis, max subtracted first so exp cannot overflow."""
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@register
+class Softmax(Layer):
+    """Probabilities over the last axis; dx = y * (dout - sum(dout * y))."""
+
+    class Spec(LayerSpec):
+        type: Literal["softmax"]
+
+    prefix = "softmax"
+
+    def forward(self, x, train=False):
+        self.out = softmax(x)
+        return self.out
+
+    def backward(self, dout):
+        y = self.out
+        return y * (dout - (dout * y).sum(axis=-1, keepdims=True))

@@ -1,0 +1,103 @@
+"""Layer base class, the closed layer registry, and spec field types shared by layers.
+
+Design: each layer class carries its own Pydantic ``Spec`` (a ``type`` literal
+plus its fields); ``@register`` adds the class under every name its literal
+allows. The spec schema's discriminated union is built from this registry, so
+the two can never name different sets of types. Shapes exclude the batch axis.
+"""
+from typing import Annotated, Literal, Optional, Union, get_args
+
+import numpy as np
+from pydantic import BeforeValidator, Field
+
+from .._strict import Strict
+
+from ..errors import ShapeError
+
+LAYERS = {}
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
+
+
+def _pair(v):
+    """An int means the same value on both axes."""
+    if isinstance(v, bool):
+        return v  # let pydantic reject it
+    if isinstance(v, int):
+        return (v, v)
+    return v
+
+
+PositivePair = Annotated[tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]],
+                         BeforeValidator(_pair)]
+
+
+class LayerSpec(Strict):
+    """Fields every layer accepts."""
+    name: Optional[Name] = Field(None, description="unique layer name; generated (conv1, relu2, ...) when omitted")
+    inputs: Optional[list[Name]] = Field(
+        None, min_length=1,
+        description="names of the layers feeding this one ('input' for the network input); default: the previous layer")
+
+
+def register(cls):
+    """Class decorator: add a layer class to the registry under its type name(s)."""
+    for type_name in get_args(cls.Spec.model_fields["type"].annotation):
+        if type_name in LAYERS:
+            raise RuntimeError(f"layer type {type_name!r} registered twice")
+        LAYERS[type_name] = cls
+    return cls
+
+
+def layer_spec_union():
+    """The discriminated union of every registered layer's Spec."""
+    specs = tuple(dict.fromkeys(cls.Spec for cls in LAYERS.values()))
+    return Annotated[Union[specs], Field(discriminator="type")]
+
+
+class Layer:
+    """A node of the compiled model: ``forward`` caches what ``backward`` needs."""
+
+    Spec = LayerSpec
+    prefix = "layer"      # used for generated names: conv1, relu2, ...
+    n_inputs = 1          # how many inputs it takes (None: two or more)
+
+    def __init__(self, spec, name, in_shapes):
+        self.spec = spec
+        self.name = name
+        self.in_shapes = [tuple(s) for s in in_shapes]
+        self.in_shape = self.in_shapes[0]
+        self.out_shape = tuple(self.infer_shape())
+        self.params = {}
+        self.grads = {}
+
+    # -- compile time -------------------------------------------------------
+    def infer_shape(self):
+        """Output shape (no batch axis) from ``self.in_shapes``; raise ShapeError if it cannot fit."""
+        return self.in_shape
+
+    def param_specs(self):
+        """{param name: (shape, init spec, fan_in)} of the arrays this layer learns."""
+        return {}
+
+    def flops(self):
+        """Forward floating point operations per sample (multiply-add counts 2)."""
+        return int(np.prod(self.out_shape))
+
+    def shape_error(self, message):
+        return ShapeError(f"layer '{self.name}' ({self.spec.type}): {message}")
+
+    # -- run time -----------------------------------------------------------
+    def forward(self, x, train=False):
+        raise NotImplementedError
+
+    def backward(self, dout):
+        raise NotImplementedError
+
+    def set_rng(self, rng):
+        """Layers that draw random numbers (dropout) take their generator here."""
+
+
+class MultiInputLayer(Layer):
+    """A layer fed by two or more named inputs: forward(list) / backward -> list."""
+    n_inputs = None

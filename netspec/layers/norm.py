@@ -1,0 +1,82 @@
+"""Batch normalisation over the batch (and spatial axes for (C, H, W) input).
+
+Train: normalise with the batch mean and (biased) variance and update running
+statistics as ``running = momentum * running + (1 - momentum) * batch``, the
+book's convention (PyTorch's ``momentum`` is our ``1 - momentum``, and PyTorch
+stores the unbiased variance). Test: normalise with the running statistics.
+"""
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from .base import Layer, LayerSpec, register
+
+
+@register
+class BatchNorm(Layer):
+    """out = gamma * (x - mean) / sqrt(var + eps) + beta, per feature or per channel."""
+
+    class Spec(LayerSpec):
+        type: Literal["batchnorm"]
+        momentum: float = Field(0.9, ge=0, lt=1, description="weight of the old running statistics")
+        eps: float = Field(1e-5, gt=0)
+
+    prefix = "bn"
+
+    def infer_shape(self):
+        if len(self.in_shape) not in (1, 3):
+            raise self.shape_error(f"expects (features,) or (C, H, W) input, got {list(self.in_shape)}")
+        self.axes = (0,) if len(self.in_shape) == 1 else (0, 2, 3)
+        self.stat_shape = (1, self.in_shape[0]) + (1,) * (len(self.in_shape) - 1)
+        return self.in_shape
+
+    def param_specs(self):
+        C = self.in_shape[0]
+        return {"gamma": ((C,), "ones", None), "beta": ((C,), "zeros", None)}
+
+    def buffers(self):
+        """Non-learned state saved with the parameters."""
+        return {"running_mean": self.running_mean, "running_var": self.running_var}
+
+    def init_buffers(self, dtype):
+        C = self.in_shape[0]
+        self.running_mean = np.zeros(C, dtype=dtype)
+        self.running_var = np.ones(C, dtype=dtype)
+
+    def flops(self):
+        return 4 * int(np.prod(self.out_shape))
+
+    def forward(self, x, train=False):
+        shape = self.stat_shape
+        gamma = self.params["gamma"].reshape(shape)
+        beta = self.params["beta"].reshape(shape)
+        if train:
+            mean = x.mean(axis=self.axes)
+            xc = x - mean.reshape(shape)
+            var = (xc * xc).mean(axis=self.axes)
+            m = self.spec.momentum
+            self.running_mean *= m
+            self.running_mean += (1 - m) * mean
+            self.running_var *= m
+            self.running_var += (1 - m) * var
+        else:
+            xc = x - self.running_mean.reshape(shape)
+            var = self.running_var
+        self.inv_std = (1.0 / np.sqrt(var + self.spec.eps)).reshape(shape).astype(x.dtype, copy=False)
+        self.xhat = xc * self.inv_std
+        self.train = train
+        return gamma * self.xhat + beta
+
+    def backward(self, dout):
+        shape = self.stat_shape
+        gamma = self.params["gamma"].reshape(shape)
+        self.grads["gamma"] = (dout * self.xhat).sum(axis=self.axes)
+        self.grads["beta"] = dout.sum(axis=self.axes)
+        dxhat = dout * gamma
+        if not self.train:
+            return dxhat * self.inv_std
+        m = dout.size // dout.shape[1]  # samples per feature: N, or N*H*W
+        # d/dx of normalising with batch statistics, written per feature
+        return self.inv_std * (dxhat - dxhat.sum(axis=self.axes, keepdims=True) / m
+                               - self.xhat * (dxhat * self.xhat).sum(axis=self.axes, keepdims=True) / m)

@@ -1,0 +1,83 @@
+"""Max and average pooling through the kernel seam (direct loops in the compiled backend)."""
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from .. import kernels
+from .base import Layer, LayerSpec, PositivePair, register
+
+
+class PoolSpec(LayerSpec):
+    size: PositivePair = Field(description="window: int or [kh, kw]")
+    stride: Optional[int] = Field(None, gt=0, description="default: the window size")
+    pad: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _pad_fits(self):
+        if self.pad * 2 > min(self.size):
+            raise ValueError(f"pad must be at most half the window (pad {self.pad}, window {list(self.size)})")
+        return self
+
+
+class _Pool(Layer):
+    def infer_shape(self):
+        if len(self.in_shape) != 3:
+            raise self.shape_error(f"expects input shaped (C, H, W), got {list(self.in_shape)}")
+        C, H, W = self.in_shape
+        kh, kw = self.spec.size
+        self.stride = self.spec.stride or kh
+        p, s = self.spec.pad, self.stride
+        if kh > H + 2 * p or kw > W + 2 * p:
+            raise self.shape_error(f"window {kh}x{kw} is larger than the padded input "
+                                   f"{H + 2 * p}x{W + 2 * p} (input {list(self.in_shape)})")
+        # Like the book and PyTorch (floor mode), a ragged last row/column is dropped.
+        return (C, (H + 2 * p - kh) // s + 1, (W + 2 * p - kw) // s + 1)
+
+    def flops(self):
+        kh, kw = self.spec.size
+        C, OH, OW = self.out_shape
+        return C * OH * OW * kh * kw
+
+
+@register
+class MaxPool2D(_Pool):
+    """Max over each window; remembers the arg-max so backward routes dout there."""
+
+    class Spec(PoolSpec):
+        type: Literal["maxpool2d"]
+
+    prefix = "pool"
+
+    def forward(self, x, train=False):
+        kh, kw = self.spec.size
+        self.x_shape = x.shape
+        out, self.argmax = kernels.maxpool2d_forward(x, kh, kw, self.stride, self.spec.pad)
+        return out
+
+    def backward(self, dout):
+        kh, kw = self.spec.size
+        return kernels.maxpool2d_backward(dout, self.argmax, self.x_shape, kh, kw,
+                                          self.stride, self.spec.pad)
+
+    def kink_state(self):
+        """Which element won each window (for gradient checks)."""
+        return self.argmax
+
+
+@register
+class AvgPool2D(_Pool):
+    """Mean over each window (padding counts as zeros)."""
+
+    class Spec(PoolSpec):
+        type: Literal["avgpool2d"]
+
+    prefix = "avgpool"
+
+    def forward(self, x, train=False):
+        kh, kw = self.spec.size
+        self.x_shape = x.shape
+        return kernels.avgpool2d_forward(x, kh, kw, self.stride, self.spec.pad)
+
+    def backward(self, dout):
+        kh, kw = self.spec.size
+        return kernels.avgpool2d_backward(dout, self.x_shape, kh, kw, self.stride, self.spec.pad)

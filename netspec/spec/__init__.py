@@ -1,0 +1,269 @@
+"""Load and validate spec files: text -> data with positions -> Pydantic models -> NetSpec.
+
+Every problem is reported as ``file:line:col: key.path: message``, all of a
+file's problems at once; a typo'd key gets the closest valid key suggested.
+"""
+import copy
+import difflib
+import os
+import typing
+
+from pydantic import BaseModel, ValidationError
+
+from ..errors import SpecError
+from ..layers import LAYERS, LOSSES
+from .loader import Positions, format_path, parse_text, read_spec_file
+from .models import FORMAT_VERSION, NetSpec
+
+__all__ = ["load_spec", "NetSpec", "FORMAT_VERSION", "json_schema", "spec_to_dict"]
+
+_TAGS = ("type", "source")
+
+
+def load_spec(spec, *, source=None):
+    """Return a validated NetSpec from a path, a dict, or a NetSpec (returned as is)."""
+    if isinstance(spec, NetSpec):
+        return spec
+    if isinstance(spec, (str, os.PathLike)):
+        data, pos = read_spec_file(spec)
+        source = os.fspath(spec)
+    elif isinstance(spec, dict):
+        data, pos = copy.deepcopy(spec), Positions()
+        source = source or "<dict>"
+    else:
+        raise TypeError(f"load_spec takes a path, a dict or a NetSpec, not {type(spec).__name__}")
+    return validate(data, pos, source)
+
+
+def loads_spec(text, source="<string>", fmt=None):
+    """Validate spec text (YAML, or JSON when fmt='json' or source ends in .json)."""
+    data, pos = parse_text(text, source, fmt)
+    return validate(data, pos, source)
+
+
+def validate(data, pos, source):
+    if not isinstance(data, dict):
+        raise SpecError([_issue(source, pos, (), f"a spec must be a mapping of keys, got {_kind(data)}")])
+    try:
+        spec = NetSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_issues_from(exc, data, pos, source), file=source) from None
+    spec._source = source
+    spec._positions = pos
+    spec._names = _check_graph(spec, pos, source)
+    return spec
+
+
+def _kind(v):
+    return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(
+        type(v), type(v).__name__)
+
+
+def _issue(source, pos, path, message, prefer_key=False):
+    line, col = pos.lookup(path, prefer_key)
+    return dict(file=source, line=line, column=col, path=format_path(path), message=message)
+
+
+# --- graph checks Pydantic cannot express -----------------------------------
+
+def _check_graph(spec, pos, source):
+    """Give every layer a unique name and check ``inputs`` references; returns the names."""
+    issues, names, seen = [], [], {}
+    explicit = {l.name for l in spec.layers if l.name}
+    counters = {}
+    for i, layer in enumerate(spec.layers):
+        if layer.name:
+            name = layer.name
+            if name == "input":
+                issues.append(_issue(source, pos, ("layers", i, "name"),
+                                     "'input' is reserved for the network input"))
+            elif name in seen:
+                issues.append(_issue(source, pos, ("layers", i, "name"),
+                                     f"duplicate layer name '{name}' (also layers[{seen[name]}])"))
+        else:
+            prefix = LAYERS[layer.type].prefix
+            while True:
+                counters[prefix] = counters.get(prefix, 0) + 1
+                name = f"{prefix}{counters[prefix]}"
+                if name not in explicit and name not in seen:
+                    break
+        seen.setdefault(name, i)
+        if layer.inputs:
+            n_in = LAYERS[layer.type].n_inputs
+            if n_in is not None and len(layer.inputs) != n_in:
+                issues.append(_issue(source, pos, ("layers", i, "inputs"),
+                                     f"layer type '{layer.type}' takes {n_in} input, got {len(layer.inputs)}"))
+            for j, ref in enumerate(layer.inputs):
+                if ref != "input" and ref not in names:
+                    later = " (it comes later: layers run in file order)" if ref in explicit else ""
+                    hint = _did_you_mean(ref, names + ["input"])
+                    issues.append(_issue(source, pos, ("layers", i, "inputs", j),
+                                         f"unknown input '{ref}'{later}{hint}"))
+        names.append(name)
+    if issues:
+        raise SpecError(issues, file=source)
+    return names
+
+
+# --- Pydantic errors -> positioned, human messages --------------------------
+
+def _did_you_mean(word, options):
+    match = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def _data_path(loc, data):
+    """Turn a Pydantic loc into a key path of the data, dropping union tags and wrappers."""
+    path, node = [], data
+    for el in loc:
+        if isinstance(node, dict):
+            if el in node:
+                path.append(el)
+                node = node[el]
+            elif isinstance(el, str) and any(node.get(t) == el for t in _TAGS):
+                continue  # discriminated-union tag, not a key
+            elif isinstance(el, str) and ("[" in el or "-" in el):
+                continue  # validator wrapper such as function-after[...]
+            else:
+                path.append(el)  # a missing key: the path names it
+                node = None
+        elif isinstance(node, list) and isinstance(el, int) and 0 <= el < len(node):
+            path.append(el)
+            node = node[el]
+        elif isinstance(node, list) and isinstance(el, str):
+            continue
+        else:
+            if isinstance(el, int) or not ("[" in el or "-" in el):
+                path.append(el)
+            node = None
+    return tuple(path)
+
+
+def _unwrap(tp):
+    """Pydantic model classes a (possibly nested) annotation can hold."""
+    out = []
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [tp]
+    for arg in typing.get_args(tp):
+        out.extend(_unwrap(arg))
+    return out
+
+
+def _model_at(path, data):
+    """The Pydantic model class that validates the mapping at ``path``, if known."""
+    models, node = [NetSpec], data
+    for el in path:
+        if isinstance(el, int):
+            node = node[el] if isinstance(node, list) and el < len(node) else None
+            continue
+        nxt = []
+        for m in models:
+            f = m.model_fields.get(el)
+            if f is not None:
+                nxt.extend(_unwrap(f.annotation))
+        node = node.get(el) if isinstance(node, dict) else None
+        models = nxt
+        if isinstance(node, dict):
+            tagged = [m for m in models for t in _TAGS
+                      if t in m.model_fields and node.get(t) in typing.get_args(m.model_fields[t].annotation)]
+            if tagged:
+                models = tagged
+    return models[0] if len(models) == 1 else None
+
+
+def _short(v, limit=60):
+    r = repr(v)
+    return r if len(r) <= limit else r[:limit - 3] + "..."
+
+
+def _message(err, data, path):
+    kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
+    if kind == "extra_forbidden":
+        key = path[-1]
+        model = _model_at(path[:-1], data)
+        hint = _did_you_mean(key, model.model_fields) if model else ""
+        return f"unknown key '{key}'{hint}"
+    if kind == "missing":
+        return f"missing required key '{path[-1]}'"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        disc = ctx.get("discriminator", "'type'").strip("'")
+        options = _options(path, disc)
+        if kind == "union_tag_not_found":
+            return f"missing key '{disc}'; expected one of: {', '.join(options)}"
+        tag = ctx.get("tag")
+        what = "layer type" if path[:1] == ("layers",) and len(path) == 2 else disc
+        return (f"unknown {what} '{tag}'{_did_you_mean(tag, options)} "
+                f"(known: {', '.join(options)})")
+    if kind == "literal_error":
+        expected = ctx.get("expected", "")
+        hint = _did_you_mean(got, [e.strip("' ") for e in expected.replace(" or ", ",").split(",")])
+        return f"expected {expected}, got {_short(got)}{hint}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
+        bound = next(iter(ctx.values()))
+        return f"must be {op} {bound} (got {_short(got)})"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"expected an integer, got {_short(got)}"
+    if kind in ("float_type", "float_parsing"):
+        return f"expected a number, got {_short(got)}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"expected true or false, got {_short(got)}"
+    if kind in ("string_type",):
+        return f"expected a string, got {_short(got)}"
+    if kind in ("list_type", "tuple_type"):
+        return f"expected a list, got {_short(got)}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"expected a mapping of keys, got {_short(got)}"
+    if kind in ("too_short", "too_long"):
+        return f"{err['msg'][0].lower()}{err['msg'][1:]}"
+    if kind == "string_pattern_mismatch":
+        return f"{_short(got)} is not allowed here (must match {ctx.get('pattern')})"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    msg = msg[0].lower() + msg[1:]
+    if not isinstance(got, (dict, list)):
+        msg += f" (got {_short(got)})"
+    return msg
+
+
+def _options(path, disc):
+    if path[:1] == ("layers",) and len(path) == 2:
+        return sorted(LAYERS)
+    if path[-1:] == ("loss",):
+        return sorted(LOSSES)
+    return []
+
+
+def _issues_from(exc, data, pos, source):
+    issues, seen = [], set()
+    for err in exc.errors():
+        path = _data_path(err["loc"], data)
+        msg = _message(err, data, path)
+        key = (path, msg)
+        if key in seen:
+            continue
+        seen.add(key)
+        if err["type"] == "missing":
+            issues.append(_issue(source, pos, path[:-1], msg))
+            issues[-1]["path"] = format_path(path)
+        else:
+            issues.append(_issue(source, pos, path, msg, prefer_key=err["type"] == "extra_forbidden"))
+    issues.sort(key=lambda i: (i["line"] or 0, i["column"] or 0))
+    return issues
+
+
+def json_schema():
+    """JSON Schema of the spec format, generated from the models."""
+    schema = NetSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "netspec network spec"
+    return schema
+
+
+def spec_to_dict(spec):
+    """The resolved spec (every default filled in, generated names included) as plain data."""
+    d = spec.model_dump(mode="json")
+    for layer, name in zip(d["layers"], spec.layer_names):
+        layer["name"] = name
+    return d

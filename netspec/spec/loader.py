@@ -1,0 +1,146 @@
+"""Read YAML or JSON into plain data plus the line/column of every key and value.
+
+Design: PyYAML's SafeLoader composes a node tree that carries marks; we build the
+data from the same nodes so the two cannot disagree, and record, for each key
+path such as ``("layers", 3, "units")``, where the key and its value start.
+JSON is parsed strictly by ``json`` (its errors carry line/column), then composed
+by the YAML loader only to recover positions. Nothing here can run code: the
+SafeLoader constructs only plain scalars, lists and dicts.
+"""
+import json
+import os
+
+import yaml
+
+from ..errors import SpecError
+
+
+class Positions:
+    """Map a key path to (line, column), 1-based, for its key and its value."""
+
+    def __init__(self):
+        self.keys = {}
+        self.values = {}
+
+    def lookup(self, path, prefer_key=False):
+        """Position of the deepest known prefix of ``path``."""
+        path = tuple(path)
+        while True:
+            if prefer_key and path in self.keys:
+                return self.keys[path]
+            if path in self.values:
+                return self.values[path]
+            if path in self.keys:
+                return self.keys[path]
+            if not path:
+                return (None, None)
+            path = path[:-1]
+
+
+def _mark(node):
+    return (node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+class _Walker:
+    def __init__(self, loader, source):
+        self.loader = loader
+        self.source = source
+        self.pos = Positions()
+        self.issues = []
+
+    def build(self, node, path=()):
+        self.pos.values[path] = _mark(node)
+        if isinstance(node, yaml.MappingNode):
+            self.loader.flatten_mapping(node)  # resolve YAML merge keys
+            out = {}
+            for key_node, value_node in node.value:
+                key = self.loader.construct_object(key_node, deep=True)
+                if not isinstance(key, (str, int, float, bool)) or key is None:
+                    line, col = _mark(key_node)
+                    self.issues.append(dict(file=self.source, line=line, column=col,
+                                            path=_fmt(path), message="keys must be plain strings"))
+                    continue
+                if key in out:
+                    line, col = _mark(key_node)
+                    first = self.pos.keys.get(path + (key,), (None, None))[0]
+                    self.issues.append(dict(
+                        file=self.source, line=line, column=col, path=_fmt(path + (key,)),
+                        message=f"duplicate key '{key}' (first given on line {first})"))
+                    continue
+                self.pos.keys[path + (key,)] = _mark(key_node)
+                out[key] = self.build(value_node, path + (key,))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
+        return self.loader.construct_object(node, deep=True)
+
+
+def _fmt(path):
+    """('layers', 3, 'units') -> 'layers[3].units'."""
+    out = ""
+    for p in path:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out += ("." if out else "") + str(p)
+    return out
+
+
+format_path = _fmt
+
+
+def _compose(text, source):
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, Positions(), []
+        walker = _Walker(loader, source)
+        data = walker.build(node)
+        return data, walker.pos, walker.issues
+    finally:
+        loader.dispose()
+
+
+def parse_text(text, source="<string>", fmt=None):
+    """Parse spec text; returns (data, Positions). Raises SpecError on syntax errors."""
+    if fmt is None:
+        fmt = "json" if str(source).lower().endswith(".json") else "yaml"
+    if fmt == "json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError([dict(file=source, line=exc.lineno, column=exc.colno, path="",
+                                  message=f"invalid JSON: {exc.msg}")], file=source) from None
+        try:
+            _, pos, _ = _compose(text, source)
+        except yaml.YAMLError:
+            pos = Positions()  # valid JSON that YAML 1.1 rejects: keep data, lose positions
+        return data, pos
+    try:
+        data, pos, issues = _compose(text, source)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
+        what = " ".join(x for x in (exc.context, exc.problem) if x)
+        raise SpecError([dict(file=source, line=line, column=col, path="",
+                              message=f"invalid YAML: {what}")], file=source) from None
+    except yaml.YAMLError as exc:
+        raise SpecError([dict(file=source, line=None, column=None, path="",
+                              message=f"invalid YAML: {exc}")], file=source) from None
+    if issues:
+        raise SpecError(issues, file=source)
+    return data, pos
+
+
+def read_spec_file(path):
+    """Read a spec file from disk; (data, Positions)."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise SpecError(f"spec file not found: {path}", file=path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read spec file {path}: {exc}", file=path) from None
+    return parse_text(text, source=path)
