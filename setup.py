@@ -72,6 +72,9 @@ class OptionalBuildExt(build_ext):
     def build_extensions(self):
         cflags, lflags = ["-O3", "-g0"], []
         try:
+            # no errno from sqrt lets the optimizer loops vectorize
+            if self._accepts("-fno-math-errno"):
+                cflags.append("-fno-math-errno")
             if self._accepts("-fopenmp"):
                 cflags.append("-fopenmp")
                 lflags.append("-fopenmp")

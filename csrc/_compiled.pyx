@@ -63,6 +63,16 @@ cdef int _nthreads(Py_ssize_t work) noexcept nogil:
     return netspec_max_threads()
 
 
+def _tuning(chunk_bytes=None, par_min=None):
+    """Read or set (chunk_bytes, par_min); for benchmarks and tests, not an API."""
+    global CHUNK_BYTES, PAR_MIN
+    if chunk_bytes is not None:
+        CHUNK_BYTES = chunk_bytes
+    if par_min is not None:
+        PAR_MIN = par_min
+    return CHUNK_BYTES, PAR_MIN
+
+
 def backend_info():
     """What the compiled backend was built with: OpenMP support and thread count."""
     import Cython
@@ -726,13 +736,86 @@ def avgpool2d_backward(dout, x_shape, kh, kw, stride, pad):
 
 
 # --- optimizer updates ---------------------------------------------------------
-# Each loop mirrors the reference's operation order term by term; Python
-# floats combined before touching an array are combined in double first and
-# then rounded to the parameter dtype, as numpy does with weak scalars.
+# One pass over contiguous memory per update, in plain C loops that the
+# compiler vectorizes (with an AVX2 clone picked at run time where GCC/clang
+# support target_clones). Each loop mirrors the reference's operation order
+# term by term; Python floats combined before touching an array are combined
+# in double first and then rounded to the parameter dtype, as numpy does with
+# weak scalars. No FMA: the AVX2 clone does not enable it, so results match
+# numpy's separately rounded operations.
+
+cdef extern from *:
+    """
+    #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__) \\
+        && defined(__has_attribute)
+    #  if __has_attribute(target_clones)
+    #    define NS_CLONES __attribute__((target_clones("avx2", "default")))
+    #  endif
+    #endif
+    #ifndef NS_CLONES
+    #  define NS_CLONES
+    #endif
+    #define NS_G(i) (decay ? g[i] + wd * p[i] : g[i])
+
+    #define NS_UPDATES(T, S, SQRT) \\
+    NS_CLONES static void ns_sgd_##S(T *p, const T *g, Py_ssize_t n, T lr, T wd, int decay) { \\
+        for (Py_ssize_t i = 0; i < n; i++) { T gi = NS_G(i); p[i] = p[i] - lr * gi; } } \\
+    NS_CLONES static void ns_momentum_##S(T *p, const T *g, T *v, Py_ssize_t n, T lr, T mom, \\
+                                          T wd, int decay) { \\
+        for (Py_ssize_t i = 0; i < n; i++) { \\
+            T gi = NS_G(i); T vi = v[i] * mom; vi = vi - lr * gi; v[i] = vi; p[i] = p[i] + vi; } } \\
+    NS_CLONES static void ns_nesterov_##S(T *p, const T *g, T *v, Py_ssize_t n, T lr, T mom, \\
+                                          T mm, T c, T wd, int decay) { \\
+        for (Py_ssize_t i = 0; i < n; i++) { \\
+            T gi = NS_G(i); T vi = v[i] * mom; vi = vi - lr * gi; v[i] = vi; \\
+            T pi = p[i] + mm * vi; p[i] = pi - c * gi; } } \\
+    NS_CLONES static void ns_adagrad_##S(T *p, const T *g, T *h, Py_ssize_t n, T lr, T eps, \\
+                                         T wd, int decay) { \\
+        for (Py_ssize_t i = 0; i < n; i++) { \\
+            T gi = NS_G(i); T hi = h[i] + gi * gi; h[i] = hi; \\
+            p[i] = p[i] - (lr * gi) / (SQRT(hi) + eps); } } \\
+    NS_CLONES static void ns_rmsprop_##S(T *p, const T *g, T *h, Py_ssize_t n, T lr, T d, T omd, \\
+                                         T eps, T wd, int decay) { \\
+        for (Py_ssize_t i = 0; i < n; i++) { \\
+            T gi = NS_G(i); T hi = h[i] * d; hi = hi + (omd * gi) * gi; h[i] = hi; \\
+            p[i] = p[i] - (lr * gi) / (SQRT(hi) + eps); } } \\
+    NS_CLONES static void ns_adam_##S(T *p, const T *g, T *m, T *v, Py_ssize_t n, T lr, T omb1, \\
+                                      T omb2, T eps, T wd, int decay) { \\
+        for (Py_ssize_t i = 0; i < n; i++) { \\
+            T gi = NS_G(i); T mi = m[i]; mi = mi + omb1 * (gi - mi); m[i] = mi; \\
+            T vi = v[i]; vi = vi + omb2 * (gi * gi - vi); v[i] = vi; \\
+            p[i] = p[i] - (lr * mi) / (SQRT(vi) + eps); } }
+
+    NS_UPDATES(float, f, sqrtf)
+    NS_UPDATES(double, d, sqrt)
+    """
+    void ns_sgd_f(float* p, const float* g, Py_ssize_t n, float lr, float wd, int decay) nogil
+    void ns_sgd_d(double* p, const double* g, Py_ssize_t n, double lr, double wd, int decay) nogil
+    void ns_momentum_f(float* p, const float* g, float* v, Py_ssize_t n, float lr, float mom,
+                       float wd, int decay) nogil
+    void ns_momentum_d(double* p, const double* g, double* v, Py_ssize_t n, double lr,
+                       double mom, double wd, int decay) nogil
+    void ns_nesterov_f(float* p, const float* g, float* v, Py_ssize_t n, float lr, float mom,
+                       float mm, float c, float wd, int decay) nogil
+    void ns_nesterov_d(double* p, const double* g, double* v, Py_ssize_t n, double lr,
+                       double mom, double mm, double c, double wd, int decay) nogil
+    void ns_adagrad_f(float* p, const float* g, float* h, Py_ssize_t n, float lr, float eps,
+                      float wd, int decay) nogil
+    void ns_adagrad_d(double* p, const double* g, double* h, Py_ssize_t n, double lr,
+                      double eps, double wd, int decay) nogil
+    void ns_rmsprop_f(float* p, const float* g, float* h, Py_ssize_t n, float lr, float d,
+                      float omd, float eps, float wd, int decay) nogil
+    void ns_rmsprop_d(double* p, const double* g, double* h, Py_ssize_t n, double lr, double d,
+                      double omd, double eps, double wd, int decay) nogil
+    void ns_adam_f(float* p, const float* g, float* m, float* v, Py_ssize_t n, float lr,
+                   float omb1, float omb2, float eps, float wd, int decay) nogil
+    void ns_adam_d(double* p, const double* g, double* m, double* v, Py_ssize_t n, double lr,
+                   double omb1, double omb2, double eps, double wd, int decay) nogil
+
 
 def _flat_state(p, *states):
     """Flat views of p and its state arrays, or None when the fast path cannot apply."""
-    if p.dtype != np.float32 and p.dtype != np.float64:
+    if not isinstance(p, np.ndarray) or (p.dtype != np.float32 and p.dtype != np.float64):
         return None
     arrays = (p,) + states
     for a in arrays:
@@ -749,175 +832,115 @@ def _flat_grad(g, p):
     return g.reshape(-1)
 
 
-cdef void _sgd(floating[::1] p, floating[::1] g, double lr, double wd) noexcept nogil:
-    cdef Py_ssize_t i, n = p.shape[0]
-    cdef floating lr_ = <floating>lr, wd_ = <floating>wd, gi
-    cdef bint decay = wd != 0
-    cdef int nt = _nthreads(n)
-    for i in prange(n, nogil=True, schedule="static", num_threads=nt):
-        gi = g[i]
-        if decay:
-            gi = gi + wd_ * p[i]
-        p[i] = p[i] - lr_ * gi
+cdef enum Update:
+    SGD, MOMENTUM, NESTEROV, ADAGRAD, RMSPROP, ADAM
+
+
+cdef void _update_block(Update kind, floating* p, const floating* g, floating* s1, floating* s2,
+                        Py_ssize_t n, double[8] c, int decay) noexcept nogil:
+    if floating is float:
+        if kind == SGD:
+            ns_sgd_f(p, g, n, <float>c[0], <float>c[7], decay)
+        elif kind == MOMENTUM:
+            ns_momentum_f(p, g, s1, n, <float>c[0], <float>c[1], <float>c[7], decay)
+        elif kind == NESTEROV:
+            ns_nesterov_f(p, g, s1, n, <float>c[0], <float>c[1], <float>c[2], <float>c[3],
+                          <float>c[7], decay)
+        elif kind == ADAGRAD:
+            ns_adagrad_f(p, g, s1, n, <float>c[0], <float>c[1], <float>c[7], decay)
+        elif kind == RMSPROP:
+            ns_rmsprop_f(p, g, s1, n, <float>c[0], <float>c[1], <float>c[2], <float>c[3],
+                         <float>c[7], decay)
+        else:
+            ns_adam_f(p, g, s1, s2, n, <float>c[0], <float>c[1], <float>c[2], <float>c[3],
+                      <float>c[7], decay)
+    else:
+        if kind == SGD:
+            ns_sgd_d(p, g, n, c[0], c[7], decay)
+        elif kind == MOMENTUM:
+            ns_momentum_d(p, g, s1, n, c[0], c[1], c[7], decay)
+        elif kind == NESTEROV:
+            ns_nesterov_d(p, g, s1, n, c[0], c[1], c[2], c[3], c[7], decay)
+        elif kind == ADAGRAD:
+            ns_adagrad_d(p, g, s1, n, c[0], c[1], c[7], decay)
+        elif kind == RMSPROP:
+            ns_rmsprop_d(p, g, s1, n, c[0], c[1], c[2], c[3], c[7], decay)
+        else:
+            ns_adam_d(p, g, s1, s2, n, c[0], c[1], c[2], c[3], c[7], decay)
+
+
+cdef void _update(Update kind, floating[::1] p, floating[::1] g, floating[::1] s1,
+                  floating[::1] s2, double[8] c, double wd) noexcept nogil:
+    """Split p into one contiguous block per thread and update each block in one pass."""
+    cdef Py_ssize_t n = p.shape[0], blk, lo, hi, nb
+    cdef floating* pp = &p[0]
+    cdef floating* p1 = &s1[0] if s1.shape[0] else NULL
+    cdef floating* p2 = &s2[0] if s2.shape[0] else NULL
+    cdef int decay = wd != 0
+    c[7] = wd
+    nb = _nthreads(n // 4)
+    for blk in prange(nb, nogil=True, schedule="static", num_threads=nb):
+        lo = blk * n // nb
+        hi = (blk + 1) * n // nb
+        _update_block(kind, pp + lo, &g[lo], (p1 + lo) if p1 != NULL else NULL,
+                      (p2 + lo) if p2 != NULL else NULL, hi - lo, c, decay)
+
+
+_EMPTY32 = np.zeros(0, np.float32)
+_EMPTY64 = np.zeros(0, np.float64)
+
+
+def _run_update(Update kind, p, g, states, consts, weight_decay):
+    """Dispatch one update; False when the arrays need the reference path."""
+    flat = _flat_state(p, *states)
+    if flat is None or p.size == 0:
+        return False
+    gf = _flat_grad(g, p)
+    cdef double[8] c
+    for i in range(7):
+        c[i] = consts[i] if i < len(consts) else 0.0
+    empty = _EMPTY32 if p.dtype == np.float32 else _EMPTY64
+    s1 = flat[1] if len(flat) > 1 else empty
+    s2 = flat[2] if len(flat) > 2 else empty
+    if p.dtype == np.float32:
+        _update[float](kind, flat[0], gf, s1, s2, c, weight_decay)
+    else:
+        _update[double](kind, flat[0], gf, s1, s2, c, weight_decay)
+    return True
 
 
 def sgd_update(p, g, lr, weight_decay):
     """p -= lr * g."""
-    flat = _flat_state(p)
-    if flat is None:
-        return _ref.sgd_update(p, g, lr, weight_decay)
-    gf = _flat_grad(g, p)
-    if p.dtype == np.float32:
-        _sgd[float](flat[0], gf, lr, weight_decay)
-    else:
-        _sgd[double](flat[0], gf, lr, weight_decay)
-
-
-cdef void _momentum(floating[::1] p, floating[::1] g, floating[::1] v, double lr,
-                    double momentum, double wd) noexcept nogil:
-    cdef Py_ssize_t i, n = p.shape[0]
-    cdef floating lr_ = <floating>lr, m_ = <floating>momentum, wd_ = <floating>wd, gi, vi
-    cdef bint decay = wd != 0
-    cdef int nt = _nthreads(n)
-    for i in prange(n, nogil=True, schedule="static", num_threads=nt):
-        gi = g[i]
-        if decay:
-            gi = gi + wd_ * p[i]
-        vi = v[i] * m_
-        vi = vi - lr_ * gi
-        v[i] = vi
-        p[i] = p[i] + vi
+    if not _run_update(SGD, p, g, (), (lr,), weight_decay):
+        _ref.sgd_update(p, g, lr, weight_decay)
 
 
 def momentum_update(p, g, v, lr, momentum, weight_decay):
     """v = m*v - lr*g; p += v."""
-    flat = _flat_state(p, v)
-    if flat is None:
-        return _ref.momentum_update(p, g, v, lr, momentum, weight_decay)
-    gf = _flat_grad(g, p)
-    if p.dtype == np.float32:
-        _momentum[float](flat[0], gf, flat[1], lr, momentum, weight_decay)
-    else:
-        _momentum[double](flat[0], gf, flat[1], lr, momentum, weight_decay)
-
-
-cdef void _nesterov(floating[::1] p, floating[::1] g, floating[::1] v, double lr,
-                    double momentum, double wd) noexcept nogil:
-    cdef Py_ssize_t i, n = p.shape[0]
-    cdef floating lr_ = <floating>lr, m_ = <floating>momentum, wd_ = <floating>wd
-    cdef floating mm = <floating>(momentum * momentum)
-    cdef floating c = <floating>((1 + momentum) * lr)
-    cdef floating gi, vi, pi
-    cdef bint decay = wd != 0
-    cdef int nt = _nthreads(n)
-    for i in prange(n, nogil=True, schedule="static", num_threads=nt):
-        gi = g[i]
-        if decay:
-            gi = gi + wd_ * p[i]
-        vi = v[i] * m_
-        vi = vi - lr_ * gi
-        v[i] = vi
-        pi = p[i] + mm * vi
-        p[i] = pi - c * gi
+    if not _run_update(MOMENTUM, p, g, (v,), (lr, momentum), weight_decay):
+        _ref.momentum_update(p, g, v, lr, momentum, weight_decay)
 
 
 def nesterov_update(p, g, v, lr, momentum, weight_decay):
     """v = m*v - lr*g; p += m*m*v - (1+m)*lr*g."""
-    flat = _flat_state(p, v)
-    if flat is None:
-        return _ref.nesterov_update(p, g, v, lr, momentum, weight_decay)
-    gf = _flat_grad(g, p)
-    if p.dtype == np.float32:
-        _nesterov[float](flat[0], gf, flat[1], lr, momentum, weight_decay)
-    else:
-        _nesterov[double](flat[0], gf, flat[1], lr, momentum, weight_decay)
-
-
-cdef void _adagrad(floating[::1] p, floating[::1] g, floating[::1] h, double lr,
-                   double eps, double wd) noexcept nogil:
-    cdef Py_ssize_t i, n = p.shape[0]
-    cdef floating lr_ = <floating>lr, eps_ = <floating>eps, wd_ = <floating>wd, gi, hi
-    cdef bint decay = wd != 0
-    cdef int nt = _nthreads(n)
-    for i in prange(n, nogil=True, schedule="static", num_threads=nt):
-        gi = g[i]
-        if decay:
-            gi = gi + wd_ * p[i]
-        hi = h[i] + gi * gi
-        h[i] = hi
-        p[i] = p[i] - (lr_ * gi) / (_sqrt(hi) + eps_)
+    consts = (lr, momentum, momentum * momentum, (1 + momentum) * lr)
+    if not _run_update(NESTEROV, p, g, (v,), consts, weight_decay):
+        _ref.nesterov_update(p, g, v, lr, momentum, weight_decay)
 
 
 def adagrad_update(p, g, h, lr, eps, weight_decay):
     """h += g*g; p -= lr * g / (sqrt(h) + eps)."""
-    flat = _flat_state(p, h)
-    if flat is None:
-        return _ref.adagrad_update(p, g, h, lr, eps, weight_decay)
-    gf = _flat_grad(g, p)
-    if p.dtype == np.float32:
-        _adagrad[float](flat[0], gf, flat[1], lr, eps, weight_decay)
-    else:
-        _adagrad[double](flat[0], gf, flat[1], lr, eps, weight_decay)
-
-
-cdef void _rmsprop(floating[::1] p, floating[::1] g, floating[::1] h, double lr,
-                   double decay, double eps, double wd) noexcept nogil:
-    cdef Py_ssize_t i, n = p.shape[0]
-    cdef floating lr_ = <floating>lr, d_ = <floating>decay, e_ = <floating>eps
-    cdef floating wd_ = <floating>wd, omd = <floating>(1 - decay), gi, hi
-    cdef bint wdecay = wd != 0
-    cdef int nt = _nthreads(n)
-    for i in prange(n, nogil=True, schedule="static", num_threads=nt):
-        gi = g[i]
-        if wdecay:
-            gi = gi + wd_ * p[i]
-        hi = h[i] * d_
-        hi = hi + (omd * gi) * gi
-        h[i] = hi
-        p[i] = p[i] - (lr_ * gi) / (_sqrt(hi) + e_)
+    if not _run_update(ADAGRAD, p, g, (h,), (lr, eps), weight_decay):
+        _ref.adagrad_update(p, g, h, lr, eps, weight_decay)
 
 
 def rmsprop_update(p, g, h, lr, decay, eps, weight_decay):
     """h = d*h + (1-d)*g*g; p -= lr * g / (sqrt(h) + eps)."""
-    flat = _flat_state(p, h)
-    if flat is None:
-        return _ref.rmsprop_update(p, g, h, lr, decay, eps, weight_decay)
-    gf = _flat_grad(g, p)
-    if p.dtype == np.float32:
-        _rmsprop[float](flat[0], gf, flat[1], lr, decay, eps, weight_decay)
-    else:
-        _rmsprop[double](flat[0], gf, flat[1], lr, decay, eps, weight_decay)
-
-
-cdef void _adam(floating[::1] p, floating[::1] g, floating[::1] m, floating[::1] v,
-                double lr_t, double beta1, double beta2, double eps,
-                double wd) noexcept nogil:
-    cdef Py_ssize_t i, n = p.shape[0]
-    cdef floating lr_ = <floating>lr_t, e_ = <floating>eps, wd_ = <floating>wd
-    cdef floating omb1 = <floating>(1 - beta1), omb2 = <floating>(1 - beta2)
-    cdef floating gi, mi, vi
-    cdef bint decay = wd != 0
-    cdef int nt = _nthreads(n)
-    for i in prange(n, nogil=True, schedule="static", num_threads=nt):
-        gi = g[i]
-        if decay:
-            gi = gi + wd_ * p[i]
-        mi = m[i]
-        mi = mi + omb1 * (gi - mi)
-        m[i] = mi
-        vi = v[i]
-        vi = vi + omb2 * (gi * gi - vi)
-        v[i] = vi
-        p[i] = p[i] - (lr_ * mi) / (_sqrt(vi) + e_)
+    if not _run_update(RMSPROP, p, g, (h,), (lr, decay, 1 - decay, eps), weight_decay):
+        _ref.rmsprop_update(p, g, h, lr, decay, eps, weight_decay)
 
 
 def adam_update(p, g, m, v, lr_t, beta1, beta2, eps, weight_decay):
     """m += (1-b1)(g-m); v += (1-b2)(g*g-v); p -= lr_t * m / (sqrt(v) + eps)."""
-    flat = _flat_state(p, m, v)
-    if flat is None:
-        return _ref.adam_update(p, g, m, v, lr_t, beta1, beta2, eps, weight_decay)
-    gf = _flat_grad(g, p)
-    if p.dtype == np.float32:
-        _adam[float](flat[0], gf, flat[1], flat[2], lr_t, beta1, beta2, eps, weight_decay)
-    else:
-        _adam[double](flat[0], gf, flat[1], flat[2], lr_t, beta1, beta2, eps, weight_decay)
+    if not _run_update(ADAM, p, g, (m, v), (lr_t, 1 - beta1, 1 - beta2, eps), weight_decay):
+        _ref.adam_update(p, g, m, v, lr_t, beta1, beta2, eps, weight_decay)
