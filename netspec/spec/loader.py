@@ -37,6 +37,12 @@ class Positions:
             path = path[:-1]
 
 
+# Tags of plain data. Anything else (``!!python/...``, ``!!set``, local ``!tags``) is
+# refused: the walker builds collections itself, so SafeLoader would never see their tags.
+_PLAIN_TAGS = frozenset("tag:yaml.org,2002:" + t for t in
+                        ("map", "seq", "str", "int", "float", "bool", "null", "timestamp"))
+
+
 def _mark(node):
     return (node.start_mark.line + 1, node.start_mark.column + 1)
 
@@ -50,6 +56,12 @@ class _Walker:
 
     def build(self, node, path=()):
         self.pos.values[path] = _mark(node)
+        if node.tag not in _PLAIN_TAGS:
+            line, col = _mark(node)
+            self.issues.append(dict(file=self.source, line=line, column=col, path=_fmt(path),
+                                    message=f"YAML tag '{node.tag}' is not allowed: a spec holds "
+                                            "only mappings, lists, strings, numbers and booleans"))
+            return None
         if isinstance(node, yaml.MappingNode):
             self.loader.flatten_mapping(node)  # resolve YAML merge keys
             out = {}
