@@ -9,11 +9,14 @@ from .base import Layer, LayerSpec, PositivePair, register
 
 class PoolSpec(LayerSpec):
     size: PositivePair = Field(description="window: int or [kh, kw]")
-    stride: Optional[int] = Field(None, gt=0, description="default: the window size")
+    stride: Optional[int] = Field(None, gt=0, description="default: the window size (square windows only)")
     pad: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _pad_fits(self):
+        if self.stride is None and self.size[0] != self.size[1]:
+            # one stride serves both axes, so "the window size" has no single value here
+            raise ValueError(f"a rectangular window {list(self.size)} needs an explicit stride")
         if self.pad * 2 > min(self.size):
             raise ValueError(f"pad must be at most half the window (pad {self.pad}, window {list(self.size)})")
         return self
