@@ -1,0 +1,299 @@
+"""One gradient check over the whole layer registry and every loss, float64.
+
+Design: ``check_layer`` drives a layer directly (forward, then backward of a
+random ``dout``) and compares d/d(input) and every parameter gradient with
+central differences. The objective is ``sum(forward(x) * dout)``, whose
+gradient is exactly what ``backward(dout)`` must return. ``backward`` gets a
+copy of ``dout`` that must come back unchanged, so a layer writing into its
+argument is caught. Inputs come from ``separated`` (distinct values, well apart
+from each other and from 0), so no perturbation crosses a ReLU kink or changes
+a pooling winner; the checker asserts that none did rather than skipping.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from netspec.gradcheck import numerical_gradient, relative_error
+from netspec.layers import LAYERS, LOSSES, MultiInputLayer
+from netspec.layers.activations import ReLU
+from netspec.layers.dense import Dense
+from netspec.layers.losses import MeanSquaredError
+
+TOL = 1e-6   # normwise relative error allowed in float64
+H = 1e-5     # central-difference step
+
+
+def separated(shape, rng, low=-2.0, high=2.0):
+    """Distinct values evenly spread over [low, high] in random order, none within half a gap of 0."""
+    n = int(np.prod(shape))
+    gap = (high - low) / n
+    values = low + gap * (np.arange(n) + 0.5)     # symmetric grid: 0 falls mid-gap
+    return rng.permutation(values).reshape(shape)
+
+
+def make_layer(type_, in_shapes, seed=0, name=None, **fields):
+    """A float64 layer of ``type_`` built from its validated spec, with random (not init) parameters.
+
+    Random parameters rather than the layer's init: a zero bias or a unit gamma
+    would let a wrong gradient term hide.
+    """
+    cls = LAYERS[type_]
+    spec = cls.Spec.model_validate({"type": type_, **fields})
+    layer = cls(spec, name or f"{cls.prefix}1", in_shapes)
+    layer.input_names = list(spec.inputs or ["input"])
+    rng = np.random.default_rng(seed)
+    for pname, (shape, _init, _fan_in) in layer.param_specs().items():
+        layer.params[pname] = rng.standard_normal(shape)
+    if hasattr(layer, "init_buffers"):
+        layer.init_buffers(np.float64)
+    return layer
+
+
+def check_layer(layer, xs, *, train=False, seed=0, tol=TOL, h=H):
+    """Assert back-propagation through ``layer`` matches central differences; returns the errors.
+
+    ``xs`` is the list of inputs (one per input of the layer). Dropout gets the
+    same generator state before every forward, so every evaluation sees one mask.
+    """
+    multi = isinstance(layer, MultiInputLayer)
+    assert len(xs) == len(layer.in_shapes)
+
+    def run():
+        layer.set_rng(np.random.default_rng(seed))
+        return layer.forward(list(xs) if multi else xs[0], train=train)
+
+    out = run()
+    assert out.shape == (xs[0].shape[0],) + layer.out_shape, "forward disagrees with infer_shape"
+    dout = np.random.default_rng(seed + 1).standard_normal(out.shape)
+    sent = dout.copy()
+    dxs = layer.backward(sent)
+    assert np.array_equal(sent, dout), f"{layer.name}.backward wrote into its argument dout"
+    dxs = list(dxs) if multi else [dxs]
+    analytic = {f"d(input {i})": dx for i, dx in enumerate(dxs)}
+    assert set(layer.grads) == set(layer.params), "backward must fill a gradient for every parameter"
+    analytic.update({f"d({k})": g.copy() for k, g in layer.grads.items()})
+    wrt = {f"d(input {i})": x for i, x in enumerate(xs)}
+    wrt.update({f"d({k})": p for k, p in layer.params.items()})
+
+    base = _kinks(layer)
+
+    def objective():
+        return float(np.sum(run() * dout))
+
+    def smooth():
+        return all(np.array_equal(a, b) for a, b in zip(base, _kinks(layer)))
+
+    errors = {}
+    for key, x in wrt.items():
+        assert analytic[key].shape == x.shape, f"{key} shaped {analytic[key].shape}, expected {x.shape}"
+        numeric = numerical_gradient(objective, x, h=h, smooth=smooth)
+        assert not np.isnan(numeric).any(), f"{key}: a perturbation crossed a kink; inputs not separated"
+        assert np.abs(numeric).max() > 1e-3, f"{key}: gradient is zero, the check would prove nothing"
+        errors[key] = relative_error(analytic[key], numeric)
+    bad = {k: e for k, e in errors.items() if not e <= tol}
+    assert not bad, f"{layer.name} ({layer.spec.type}): relative error above {tol:g}: {bad}"
+    return errors
+
+
+def _kinks(layer):
+    return [np.copy(layer.kink_state())] if hasattr(layer, "kink_state") else []
+
+
+def check_loss(loss, y, t, *, tol=TOL, h=H):
+    """Assert ``loss.backward()`` is the gradient of ``loss.forward(y, t)`` in y; returns the error."""
+    t_before = np.copy(t)
+    loss.forward(y, t)
+    dy = loss.backward().copy()
+    assert dy.shape == y.shape
+    numeric = numerical_gradient(lambda: loss.forward(y, t), y, h=h)
+    assert np.array_equal(t, t_before), "the loss wrote into its targets"
+    assert np.abs(numeric).max() > 1e-3
+    err = relative_error(dy, numeric)
+    assert err <= tol, f"{loss.name}: relative error {err:.2e} above {tol:g}"
+    return err
+
+
+# --- the cases: every registered type, several variants each -------------------
+
+@dataclass
+class Case:
+    type: str
+    in_shapes: list
+    fields: dict = field(default_factory=dict)
+    train: bool = False
+    n: int = 2
+    id: str = ""
+
+    def __str__(self):
+        return f"{self.type}-{self.id}" if self.id else self.type
+
+
+LAYER_CASES = [
+    # dense flattens N-D input; "affine" is the same layer under the book's name
+    Case("dense", [(4,)], {"units": 3}, id="vector"),
+    Case("dense", [(2, 3, 2)], {"units": 5}, id="flattens-3d"),
+    Case("dense", [(4,)], {"units": 3, "bias": False}, id="no-bias"),
+    Case("affine", [(3,)], {"units": 2}),
+    Case("flatten", [(2, 3, 2)]),
+    # conv: stride, pad, rectangular kernels, several channels, 1x1, no bias
+    Case("conv2d", [(1, 5, 5)], {"filters": 2, "kernel": 3}, id="k3"),
+    Case("conv2d", [(3, 5, 5)], {"filters": 4, "kernel": 3, "stride": 2, "pad": 1}, id="c3-s2-p1"),
+    Case("conv2d", [(2, 4, 5)], {"filters": 3, "kernel": [2, 3], "pad": 1}, id="rect-2x3-p1"),
+    Case("conv2d", [(2, 5, 6)], {"filters": 2, "kernel": [3, 2], "stride": 2, "pad": 1}, id="rect-3x2-s2"),
+    Case("conv2d", [(3, 3, 4)], {"filters": 2, "kernel": 1, "bias": False}, id="1x1-no-bias"),
+    Case("conv2d", [(2, 4, 4)], {"filters": 2, "kernel": 2, "stride": 2, "pad": 2}, id="pad-gt-half"),
+    # pools: non-overlapping, overlapping, padded, rectangular, ragged (floor) edge
+    Case("maxpool2d", [(2, 4, 4)], {"size": 2}, id="2x2"),
+    Case("maxpool2d", [(2, 7, 7)], {"size": 3, "stride": 2}, id="overlap-3s2"),
+    Case("maxpool2d", [(1, 4, 6)], {"size": 2, "stride": 2, "pad": 1}, id="pad1"),
+    Case("maxpool2d", [(2, 4, 6)], {"size": [2, 3], "stride": 2}, id="rect-2x3"),
+    Case("maxpool2d", [(1, 5, 5)], {"size": 2, "stride": 2}, id="ragged"),
+    Case("avgpool2d", [(2, 4, 4)], {"size": 2}, id="2x2"),
+    Case("avgpool2d", [(2, 7, 7)], {"size": 3, "stride": 2}, id="overlap-3s2"),
+    Case("avgpool2d", [(1, 4, 6)], {"size": 2, "stride": 2, "pad": 1}, id="pad1"),
+    Case("avgpool2d", [(2, 4, 6)], {"size": [2, 3], "stride": 1}, id="rect-2x3"),
+    Case("avgpool2d", [(1, 5, 5)], {"size": 2, "stride": 2}, id="ragged"),
+    # element-wise
+    Case("relu", [(7,)], id="vector"),
+    Case("relu", [(2, 3, 3)], id="image"),
+    Case("sigmoid", [(5,)]),
+    Case("tanh", [(2, 2, 3)]),
+    Case("softmax", [(6,)], id="vector"),
+    Case("softmax", [(2, 4)], id="last-axis"),
+    # dropout with a frozen mask (train), identity at test
+    Case("dropout", [(10,)], {"ratio": 0.5}, train=True, id="train"),
+    Case("dropout", [(2, 3, 3)], {"ratio": 0.2}, train=True, id="train-image"),
+    Case("dropout", [(10,)], {"ratio": 0.5}, train=False, id="test"),
+    # batchnorm over features (2-D) and over channels (4-D), batch and running statistics
+    Case("batchnorm", [(3,)], {}, train=True, n=5, id="2d-train"),
+    Case("batchnorm", [(3,)], {}, train=False, n=5, id="2d-test"),
+    Case("batchnorm", [(2, 3, 2)], {}, train=True, n=3, id="4d-train"),
+    Case("batchnorm", [(2, 3, 2)], {}, train=False, n=3, id="4d-test"),
+    # merges with two and three inputs
+    Case("add", [(4,), (4,)], {"inputs": ["a", "b"]}, id="two"),
+    Case("add", [(2, 2, 3)] * 3, {"inputs": ["a", "b", "c"]}, id="three-images"),
+    Case("concat", [(3,), (2,)], {"inputs": ["a", "b"]}, id="vectors"),
+    Case("concat", [(2, 2, 3), (1, 2, 3), (3, 2, 3)], {"inputs": ["a", "b", "c"]}, id="three-channels"),
+]
+
+
+def _inputs(case, seed=0):
+    rng = np.random.default_rng(seed)
+    return [separated((case.n,) + tuple(s), rng) for s in case.in_shapes]
+
+
+@pytest.mark.parametrize("case", LAYER_CASES, ids=str)
+def test_layer_gradients(case):
+    layer = make_layer(case.type, case.in_shapes, **case.fields)
+    if case.type == "batchnorm":
+        # test mode normalises with running statistics: make them something other than 0 and 1
+        rng = np.random.default_rng(7)
+        layer.running_mean[...] = rng.standard_normal(layer.running_mean.shape)
+        layer.running_var[...] = rng.uniform(0.5, 2.0, layer.running_var.shape)
+    check_layer(layer, _inputs(case), train=case.train)
+
+
+LOSS_CASES = [
+    ("softmax_cross_entropy", "labels"),
+    ("softmax_cross_entropy", "one-hot"),
+    ("softmax_cross_entropy", "probabilities"),
+    ("mse", "vector"),
+    ("mse", "single-output"),
+    ("sse", "vector"),
+    ("sse", "single-output"),
+]
+
+
+def _loss_inputs(variant, rng, n=4, k=5):
+    k = 1 if variant == "single-output" else k
+    y = rng.standard_normal((n, k))
+    if variant == "labels":
+        return y, rng.integers(0, k, size=n)
+    if variant == "one-hot":
+        return y, np.eye(k)[rng.integers(0, k, size=n)]
+    if variant == "probabilities":
+        p = rng.uniform(0.1, 1.0, (n, k))
+        return y, p / p.sum(axis=1, keepdims=True)
+    return y, rng.standard_normal((n, k))
+
+
+@pytest.mark.parametrize("loss_name,variant", LOSS_CASES, ids=lambda v: str(v))
+def test_loss_gradients(loss_name, variant):
+    y, t = _loss_inputs(variant, np.random.default_rng(3))
+    check_loss(LOSSES[loss_name](), y, t)
+
+
+def test_every_layer_type_and_loss_has_a_gradient_case():
+    """Registering a layer or loss without adding it here fails this test."""
+    assert {c.type for c in LAYER_CASES} == set(LAYERS)
+    assert {name for name, _ in LOSS_CASES} == set(LOSSES)
+
+
+def test_separated_inputs_have_no_ties_and_no_zeros():
+    x = separated((3, 4, 5), np.random.default_rng(0))
+    assert len(np.unique(x)) == x.size
+    assert np.abs(x).min() == pytest.approx(2.0 / x.size)   # half a gap from 0
+    assert np.diff(np.sort(x.ravel())).min() == pytest.approx(4.0 / x.size)
+
+
+# --- the checker must fail on a wrong backward ----------------------------------
+
+def test_checker_catches_relu_backward_without_mask(monkeypatch):
+    monkeypatch.setattr(ReLU, "backward", lambda self, dout: dout * 1.0)
+    layer = make_layer("relu", [(6,)])
+    with pytest.raises(AssertionError, match=r"relative error above 1e-06: \{'d\(input 0\)'"):
+        check_layer(layer, [separated((2, 6), np.random.default_rng(0))])
+
+
+def test_checker_catches_a_slightly_wrong_weight_gradient(monkeypatch):
+    original = Dense.backward
+
+    def backward(self, dout):
+        dx = original(self, dout)
+        self.grads["W"] = self.grads["W"] * (1 + 1e-4)   # off by 0.01 %
+        return dx
+
+    monkeypatch.setattr(Dense, "backward", backward)
+    layer = make_layer("dense", [(4,)], units=3)
+    with pytest.raises(AssertionError, match=r"relative error above 1e-06: \{'d\(W\)': 9\.99\d*e-05\}"):
+        check_layer(layer, [separated((2, 4), np.random.default_rng(0))])
+
+
+def test_checker_catches_a_backward_that_writes_into_dout(monkeypatch):
+    def backward(self, dout):
+        dout *= self.mask     # the right gradient, computed in place in the caller's array
+        return dout
+
+    monkeypatch.setattr(ReLU, "backward", backward)
+    layer = make_layer("relu", [(6,)])
+    with pytest.raises(AssertionError, match="relu1.backward wrote into its argument dout"):
+        check_layer(layer, [separated((2, 6), np.random.default_rng(0))])
+
+
+def test_checker_catches_a_parameter_without_gradient(monkeypatch):
+    original = Dense.backward
+
+    def backward(self, dout):
+        dx = original(self, dout)
+        del self.grads["b"]
+        return dx
+
+    monkeypatch.setattr(Dense, "backward", backward)
+    layer = make_layer("dense", [(4,)], units=3)
+    with pytest.raises(AssertionError, match="backward must fill a gradient for every parameter"):
+        check_layer(layer, [separated((2, 4), np.random.default_rng(0))])
+
+
+def test_checker_refuses_inputs_at_a_relu_kink():
+    layer = make_layer("relu", [(3,)])
+    x = np.array([[0.5, 0.0, -0.5]])
+    with pytest.raises(AssertionError, match="crossed a kink"):
+        check_layer(layer, [x])
+
+
+def test_loss_checker_catches_mse_missing_factor_two(monkeypatch):
+    monkeypatch.setattr(MeanSquaredError, "backward", lambda self: self.diff / self.diff.size)
+    y, t = _loss_inputs("vector", np.random.default_rng(0))
+    with pytest.raises(AssertionError, match=r"mse: relative error 5\.00e-01 above 1e-06"):
+        check_loss(MeanSquaredError(), y, t)
