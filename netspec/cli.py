@@ -14,7 +14,8 @@ from .errors import NetspecError
 def _spec_and_model(path, dtype=None):
     from .compile import compile
     from .spec import load_spec
-    spec = load_spec(path)
+    from .train_cli import resolve_spec_path
+    spec = load_spec(resolve_spec_path(path))
     return spec, compile(spec, dtype=dtype)
 
 
@@ -130,18 +131,9 @@ def build_parser():
 
 def _extra_commands():
     """Sub-commands that live in their own modules."""
-    out = []
-    try:
-        from .data.cli import add_parser as data_parser
-        out.append(data_parser)
-    except ImportError:
-        pass
-    try:
-        from .train_cli import register as train_parsers
-        out.append(train_parsers)
-    except ImportError:
-        pass
-    return out
+    from .data.cli import add_parser as data_parser
+    from .train_cli import register as train_parsers
+    return [train_parsers, data_parser]
 
 
 def main(argv=None):

@@ -1,0 +1,19 @@
+"""Find the specs shipped with netspec (installed as netspec/specs, or specs/ in a checkout)."""
+import os
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def spec_dirs():
+    return [d for d in (os.path.join(_HERE, "specs"), os.path.join(os.path.dirname(_HERE), "specs"))
+            if os.path.isdir(d)]
+
+
+def shipped_spec(name):
+    """Path of a shipped spec by name ('simple_convnet'), or None."""
+    for d in spec_dirs():
+        for ext in (".yaml", ".yml", ".json"):
+            p = os.path.join(d, name + ext)
+            if os.path.exists(p):
+                return p
+    return None

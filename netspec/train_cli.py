@@ -1,0 +1,178 @@
+"""CLI commands that train and use models: run, evaluate, predict."""
+import json
+import os
+
+import numpy as np
+
+from .errors import DataError, NetspecError, SpecError
+
+DEFAULT_SPEC = "simple_convnet"
+
+
+def resolve_spec_path(arg):
+    """A spec path as given, or the name of a spec shipped with netspec (e.g. 'simple_convnet')."""
+    if arg is None:
+        arg = DEFAULT_SPEC
+    if os.path.exists(arg):
+        return arg
+    from .specs_dir import shipped_spec
+    found = shipped_spec(arg)
+    if found:
+        return found
+    raise SpecError(f"spec file not found: {arg}", file=arg)
+
+
+def cmd_run(args):
+    from .train import resume_trainer, trainer_for
+    if args.resume:
+        if args.spec:
+            raise SpecError("give either SPEC or --resume DIR, not both (the run directory holds its spec)")
+        tr = resume_trainer(args.resume, epochs=args.epochs, quiet=args.quiet,
+                            progress=False if args.no_progress else None)
+        if not args.quiet:
+            print(f"resuming {args.resume} at step {tr.step} (epoch {tr.epoch})", flush=True)
+    else:
+        path = resolve_spec_path(args.spec)
+        tr = trainer_for(path, out=args.out, epochs=args.epochs, dtype=args.dtype, quiet=args.quiet,
+                         progress=False if args.no_progress else None)
+        if not args.quiet:
+            n = tr.model
+            print(f"training {tr.spec.name} ({path}) on {len(tr.x_train)} samples, "
+                  f"{tr.total_steps} steps of batch {tr.cfg.batch_size}, {n.dtype}; run dir {tr.run_dir}",
+                  flush=True)
+    try:
+        tr.run()
+    except KeyboardInterrupt:
+        return 130
+    print(f"saved {tr.checkpoint_path}")
+    return 0
+
+
+def _load_model(path, dtype):
+    from .checkpoint import load_model
+    return load_model(path, dtype=dtype)
+
+
+def _data_arg(value, model):
+    """--data: a source name ('mnist-5k'), inline JSON, or a YAML/JSON file with a data section."""
+    from .data import data_spec_adapter
+    from pydantic import ValidationError
+    if value is None:
+        if model.spec.train is None:
+            raise DataError("the checkpoint's spec has no data section; pass --data")
+        return model.spec.train.data
+    if value.lstrip().startswith("{"):
+        try:
+            raw = json.loads(value)
+        except ValueError as exc:
+            raise DataError(f"--data: invalid JSON ({exc})") from None
+    elif os.path.exists(value):
+        from .spec.loader import read_spec_file
+        raw, _ = read_spec_file(value)
+    else:
+        raw = {"source": value}
+    try:
+        return data_spec_adapter().validate_python(raw)
+    except ValidationError as exc:
+        msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise DataError(f"--data: {msgs}") from None
+
+
+def cmd_evaluate(args):
+    from .data import load_data
+    from .train import _fit_data, check_targets
+    model = _load_model(args.model, args.dtype)
+    data = load_data(_data_arg(args.data, model), seed=model.spec.seed, dtype=model.dtype)
+    x = _fit_data(data.x_test, model.input_shape, f"data '{data.name}' (test)")
+    check_targets(model, data.t_test, f"data '{data.name}' (test)")
+    loss, acc = model.evaluate(x, data.t_test, args.batch_size)
+    result = {"model": args.model, "data": data.name, "samples": int(len(x)), "dtype": str(model.dtype),
+              "loss": float(loss), "accuracy": acc}
+    if model.loss_fn.classification:
+        k = model.output_shape[0]
+        pred = model.predict(x, batch_size=args.batch_size).argmax(axis=1)
+        labels = data.t_test if data.t_test.ndim == 1 else data.t_test.argmax(axis=1)
+        cm = np.zeros((k, k), dtype=np.int64)
+        np.add.at(cm, (labels, pred), 1)
+        result["confusion_matrix"] = cm.tolist()
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{args.model} on {data.name} test set ({len(x)} samples, {model.dtype}):")
+    print(f"  loss     {loss:.6g}")
+    if acc is not None:
+        print(f"  accuracy {acc:.4f}")
+        cm = np.array(result["confusion_matrix"])
+        w = max(4, len(str(cm.max())) + 1)
+        print("  confusion matrix (rows: label, columns: prediction)")
+        print("      " + "".join(f"{j:>{w}}" for j in range(len(cm))))
+        for i, row in enumerate(cm):
+            print(f"  {i:>3} " + "".join(f"{v:>{w}}" for v in row))
+    return 0
+
+
+def _read_input(value):
+    if value.endswith(".npy"):
+        if not os.path.exists(value):
+            raise DataError(f"{value}: no such file")
+        try:
+            return np.load(value, allow_pickle=False)
+        except ValueError as exc:
+            raise DataError(f"{value}: cannot read .npy without pickle ({exc})") from None
+        except (OSError, EOFError) as exc:
+            raise DataError(f"{value}: corrupt .npy file ({exc})") from None
+    text = value
+    if os.path.exists(value):
+        with open(value) as f:
+            text = f.read()
+    try:
+        arr = np.asarray(json.loads(text), dtype=np.float64)
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"INPUT must be a .npy file or a JSON list of numbers ({exc})") from None
+    return arr
+
+
+def cmd_predict(args):
+    model = _load_model(args.model, args.dtype)
+    x = _read_input(args.input)
+    try:
+        y = model.predict(x, batch_size=1000)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    result = {"outputs": y.astype(np.float64).tolist()}
+    if model.loss_fn.classification:
+        result["argmax"] = y.argmax(axis=1).tolist()
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    for i, row in enumerate(y):
+        vals = " ".join(f"{v:.6g}" for v in np.ravel(row))
+        tail = f"  -> {int(np.argmax(row))}" if model.loss_fn.classification else ""
+        print(f"{i}: {vals}{tail}")
+    return 0
+
+
+def register(sub):
+    s = sub.add_parser("run", help="train a spec; writes a run directory with checkpoints and metrics")
+    s.add_argument("spec", nargs="?", help=f"spec file, or the name of a shipped spec (default {DEFAULT_SPEC})")
+    s.add_argument("--out", help="run directory (default runs/<name>-<timestamp>)")
+    s.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    s.add_argument("--epochs", type=int, help="override the spec's budget with N epochs")
+    s.add_argument("--dtype", choices=["float32", "float64"], help="override the spec's compute dtype")
+    s.add_argument("--quiet", action="store_true", help="print only the final result")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar, one line per epoch")
+    s.set_defaults(func=cmd_run)
+
+    for name, func, helptext in (("evaluate", cmd_evaluate, "loss, accuracy and confusion matrix of a checkpoint"),
+                                 ("predict", cmd_predict, "outputs and arg-max of a checkpoint for some inputs")):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("model", metavar="MODEL.npz")
+        if name == "predict":
+            s.add_argument("input", metavar="INPUT", help=".npy file, or a JSON list (inline or a .json file)")
+        else:
+            s.add_argument("--data", help="data source name, JSON, or a YAML/JSON file (default: the spec's)")
+            s.add_argument("--batch-size", type=int, default=1000)
+        s.add_argument("--dtype", choices=["float16", "float32", "float64"],
+                       help="run the model in this precision (float16: half-precision inference)")
+        s.add_argument("--json", action="store_true")
+        s.set_defaults(func=func)
