@@ -52,8 +52,8 @@ def compile(spec, dtype=None):
         try:
             layer = LAYERS[ls.type](ls, name, [shapes[n] for n in input_names])
         except ShapeError as exc:
-            where = ", ".join(f"'{n}' {list(shapes[n])}" for n in input_names)
-            raise ShapeError(f"{_where(spec, i)} ('{name}'): {exc} [incoming: {where}]") from None
+            incoming = ", ".join(f"{list(shapes[n])} from '{n}'" for n in input_names)
+            raise ShapeError(f"{_where(spec, i)}: layer '{name}' ({ls.type}) receives {incoming}: {exc}") from None
         layer.input_names = input_names
         for pname, (shape, init, fan_in) in layer.param_specs().items():
             layer.params[pname] = initialize(_resolve_init(init), shape, fan_in, rng, dtype,

@@ -85,7 +85,7 @@ class Layer:
         return int(np.prod(self.out_shape))
 
     def shape_error(self, message):
-        return ShapeError(f"layer '{self.name}' ({self.spec.type}): {message}")
+        return ShapeError(message)
 
     # -- run time -----------------------------------------------------------
     def forward(self, x, train=False):

@@ -35,14 +35,14 @@ class Conv2D(Layer):
         s, p = self.spec.stride, self.spec.pad
         out = []
         for axis, size, k in (("height", H, kh), ("width", W, kw)):
+            formula = f"output {axis} = ({size} + 2*{p} - {k}) / {s} + 1"
             if k > size + 2 * p:
                 raise self.shape_error(
                     f"kernel {kh}x{kw} is larger than the padded input {H + 2 * p}x{W + 2 * p} "
-                    f"(input {list(self.in_shape)}, pad {p})")
+                    f"({formula} = {(size + 2 * p - k) / s + 1:g} < 1)")
             if (size + 2 * p - k) % s:
                 raise self.shape_error(
-                    f"output {axis} ({size} + 2*{p} - {k}) / {s} + 1 is not an integer "
-                    f"(input {list(self.in_shape)}); change stride or pad")
+                    f"{formula} = {(size + 2 * p - k) / s + 1:g} is not an integer; change stride or pad")
             out.append((size + 2 * p - k) // s + 1)
         self.fan_in = C * kh * kw
         return (self.spec.filters, out[0], out[1])

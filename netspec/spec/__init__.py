@@ -155,20 +155,15 @@ def _model_at(path, data):
     for el in path:
         if isinstance(el, int):
             node = node[el] if isinstance(node, list) and el < len(node) else None
-            continue
-        nxt = []
-        for m in models:
-            f = m.model_fields.get(el)
-            if f is not None:
-                nxt.extend(_unwrap(f.annotation))
-        node = node.get(el) if isinstance(node, dict) else None
-        models = nxt
+        else:
+            models = [m for mod in models if el in mod.model_fields
+                      for m in _unwrap(mod.model_fields[el].annotation)]
+            node = node.get(el) if isinstance(node, dict) else None
         if isinstance(node, dict):
             tagged = [m for m in models for t in _TAGS
                       if t in m.model_fields and node.get(t) in typing.get_args(m.model_fields[t].annotation)]
-            if tagged:
-                models = tagged
-    return models[0] if len(models) == 1 else None
+            models = tagged or models
+    return models[0] if len(set(models)) == 1 else None
 
 
 def _short(v, limit=60):
@@ -237,8 +232,20 @@ def _options(path, disc):
 
 def _issues_from(exc, data, pos, source):
     issues, seen = [], set()
-    for err in exc.errors():
+    errors = exc.errors()
+    # A typo gives both "unknown key 'filtres'" and "missing 'filters'": report the typo once.
+    suggested = set()
+    for err in errors:
+        if err["type"] == "extra_forbidden":
+            path = _data_path(err["loc"], data)
+            model = _model_at(path[:-1], data)
+            if model:
+                suggested.update(path[:-1] + (m,) for m in difflib.get_close_matches(
+                    str(path[-1]), list(model.model_fields), n=1, cutoff=0.6))
+    for err in errors:
         path = _data_path(err["loc"], data)
+        if err["type"] == "missing" and path in suggested:
+            continue
         msg = _message(err, data, path)
         key = (path, msg)
         if key in seen:
