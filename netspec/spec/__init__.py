@@ -115,13 +115,15 @@ def _did_you_mean(word, options):
 def _data_path(loc, data):
     """Turn a Pydantic loc into a key path of the data, dropping union tags and wrappers."""
     path, node = [], data
-    for el in loc:
+    for k, el in enumerate(loc):
         if isinstance(node, dict):
             if el in node:
                 path.append(el)
                 node = node[el]
             elif isinstance(el, str) and any(node.get(t) == el for t in _TAGS):
                 continue  # discriminated-union tag, not a key
+            elif isinstance(el, str) and k < len(loc) - 1:
+                continue  # a tag chosen by a before-validator (init: {std: ...} -> 'normal'): a missing key is always last
             elif isinstance(el, str) and ("[" in el or "-" in el):
                 continue  # validator wrapper such as function-after[...]
             else:
@@ -149,8 +151,13 @@ def _unwrap(tp):
     return out
 
 
-def _model_at(path, data):
-    """The Pydantic model class that validates the mapping at ``path``, if known."""
+def _fields_at(path, data):
+    """Keys valid at ``path``: the fields of the one model there, or of every union member still possible."""
+    return list(dict.fromkeys(f for m in _models_at(path, data) for f in m.model_fields))
+
+
+def _models_at(path, data):
+    """The Pydantic model classes that may validate the mapping at ``path``."""
     models, node = [NetSpec], data
     for el in path:
         if isinstance(el, int):
@@ -163,7 +170,7 @@ def _model_at(path, data):
             tagged = [m for m in models for t in _TAGS
                       if t in m.model_fields and node.get(t) in typing.get_args(m.model_fields[t].annotation)]
             models = tagged or models
-    return models[0] if len(set(models)) == 1 else None
+    return list(dict.fromkeys(models))
 
 
 def _short(v, limit=60):
@@ -175,14 +182,16 @@ def _message(err, data, path):
     kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
     if kind == "extra_forbidden":
         key = path[-1]
-        model = _model_at(path[:-1], data)
-        hint = _did_you_mean(key, model.model_fields) if model else ""
+        hint = _did_you_mean(key, _fields_at(path[:-1], data))
         return f"unknown key '{key}'{hint}"
     if kind == "missing":
+        if isinstance(path[-1], int):  # a fixed-length list such as kernel: [kh, kw]
+            return f"too few items: item {path[-1]} is missing"
         return f"missing required key '{path[-1]}'"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         disc = ctx.get("discriminator", "'type'").strip("'")
-        options = _options(path, disc)
+        options = _options(path, disc) or [
+            o.strip(" '") for o in ctx.get("expected_tags", "").split(",") if o.strip(" '")]
         if kind == "union_tag_not_found":
             return f"missing key '{disc}'; expected one of: {', '.join(options)}"
         tag = ctx.get("tag")
@@ -238,10 +247,8 @@ def _issues_from(exc, data, pos, source):
     for err in errors:
         if err["type"] == "extra_forbidden":
             path = _data_path(err["loc"], data)
-            model = _model_at(path[:-1], data)
-            if model:
-                suggested.update(path[:-1] + (m,) for m in difflib.get_close_matches(
-                    str(path[-1]), list(model.model_fields), n=1, cutoff=0.6))
+            suggested.update(path[:-1] + (m,) for m in difflib.get_close_matches(
+                str(path[-1]), _fields_at(path[:-1], data), n=1, cutoff=0.6))
     for err in errors:
         path = _data_path(err["loc"], data)
         if err["type"] == "missing" and path in suggested:
