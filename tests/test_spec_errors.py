@@ -285,3 +285,25 @@ def test_dict_specs_have_paths_without_positions():
     assert info.value.issues == [{"file": "<dict>", "line": None, "column": None,
                                   "path": "layers[0].units", "message": "must be > 0 (got 0)"}]
     assert str(info.value) == "<dict>: layers[0].units: must be > 0 (got 0)"
+
+
+def test_typo_inside_a_short_form_init(write_spec):
+    # init: {std: ...} is the short form of {type: normal, std: ...}: the path has no 'normal' in it
+    path = write_spec("input: {shape: [4]}\nlayers:\n  - {type: dense, units: 2, init: {std: 0.1, meen: 0}}\nloss: mse\n")
+    assert str(spec_error(path)) == f"{path}:3:46: layers[0].init.meen: unknown key 'meen'; did you mean 'mean'?"
+
+
+def test_unknown_init_lists_the_known_ones(write_spec):
+    path = write_spec("input: {shape: [4]}\nlayers:\n  - {type: dense, units: 2, init: hee}\nloss: mse\n")
+    assert str(spec_error(path)) == (f"{path}:3:35: layers[0].init: unknown type 'hee'; did you mean 'he'? "
+                                     "(known: normal, he, xavier, zeros, constant, values)")
+
+
+def test_kernel_list_too_short(write_spec):
+    path = write_spec("input: {shape: [1, 5, 5]}\nlayers:\n  - {type: conv2d, filters: 2, kernel: [3]}\nloss: mse\n")
+    assert str(spec_error(path)) == f"{path}:3:40: layers[0].kernel[1]: too few items: item 1 is missing"
+
+
+def test_rectangular_pool_window_needs_a_stride(write_spec):
+    path = write_spec("input: {shape: [1, 4, 9]}\nlayers:\n  - {type: maxpool2d, size: [2, 3]}\nloss: mse\n")
+    assert str(spec_error(path)) == f"{path}:3:5: layers[0]: a rectangular window [2, 3] needs an explicit stride"
