@@ -35,7 +35,7 @@ def _train_spec():
 
     class TrainSpec(Strict):
         data: DataSpec = Field(description="where the training and test arrays come from")
-        optimizer: OptimizerSpec = Field(default_factory=lambda: {"type": "sgd"})
+        optimizer: OptimizerSpec = Field(default_factory=lambda: {"type": "sgd"}, validate_default=True)
         schedule: Optional[ScheduleSpec] = Field(None, description="learning-rate schedule per epoch")
         epochs: Optional[int] = Field(None, gt=0, description="passes over the data (or steps / steps_per_epoch)")
         steps: Optional[int] = Field(None, gt=0, description="step budget instead of epochs")
