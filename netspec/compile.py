@@ -4,6 +4,8 @@ Random streams: ``SeedSequence(spec.seed)`` spawns three children — parameter
 initialisation, training (batches, augmentation), and dropout masks — so each
 is reproducible on its own.
 """
+import math
+
 import numpy as np
 from pydantic import TypeAdapter
 
@@ -56,8 +58,14 @@ def compile(spec, dtype=None):
             raise ShapeError(f"{_where(spec, i)}: layer '{name}' ({ls.type}) receives {incoming}: {exc}") from None
         layer.input_names = input_names
         for pname, (shape, init, fan_in) in layer.param_specs().items():
-            layer.params[pname] = initialize(_resolve_init(init), shape, fan_in, rng, dtype,
-                                             where=f"{_where(spec, i)} ('{name}').{pname}")
+            where = f"{_where(spec, i)} ('{name}').{pname}"
+            try:
+                layer.params[pname] = initialize(_resolve_init(init), shape, fan_in, rng, dtype, where=where)
+            except ShapeError:
+                raise
+            except (ValueError, MemoryError) as exc:  # numpy: "Maximum allowed dimension exceeded", out of memory
+                raise ShapeError(f"{where}: cannot allocate a parameter shaped {list(shape)} "
+                                 f"({math.prod(shape):,} elements): {exc}") from None
         if hasattr(layer, "init_buffers"):
             layer.init_buffers(dtype)
         shapes[name] = layer.out_shape

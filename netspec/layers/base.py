@@ -5,6 +5,7 @@ plus its fields); ``@register`` adds the class under every name its literal
 allows. The spec schema's discriminated union is built from this registry, so
 the two can never name different sets of types. Shapes exclude the batch axis.
 """
+import math
 from typing import Annotated, Literal, Optional, Union, get_args
 
 import numpy as np
@@ -82,7 +83,7 @@ class Layer:
 
     def flops(self):
         """Forward floating point operations per sample (multiply-add counts 2)."""
-        return int(np.prod(self.out_shape))
+        return math.prod(self.out_shape)
 
     def shape_error(self, message):
         return ShapeError(message)

@@ -1,4 +1,5 @@
 """Dense (affine) layer and flatten: out = flatten(x) @ W + b."""
+import math
 from typing import Literal, Optional
 
 import numpy as np
@@ -22,7 +23,7 @@ class Dense(Layer):
     prefix = "dense"
 
     def infer_shape(self):
-        self.fan_in = int(np.prod(self.in_shape))
+        self.fan_in = math.prod(self.in_shape)
         return (self.spec.units,)
 
     def param_specs(self):
@@ -59,7 +60,7 @@ class Flatten(Layer):
     prefix = "flatten"
 
     def infer_shape(self):
-        return (int(np.prod(self.in_shape)),)
+        return (math.prod(self.in_shape),)
 
     def flops(self):
         return 0

@@ -5,6 +5,7 @@ statistics as ``running = momentum * running + (1 - momentum) * batch``, the
 book's convention (PyTorch's ``momentum`` is our ``1 - momentum``, and PyTorch
 stores the unbiased variance). Test: normalise with the running statistics.
 """
+import math
 from typing import Literal
 
 import numpy as np
@@ -45,7 +46,7 @@ class BatchNorm(Layer):
         self.running_var = np.ones(C, dtype=dtype)
 
     def flops(self):
-        return 4 * int(np.prod(self.out_shape))
+        return 4 * math.prod(self.out_shape)
 
     def forward(self, x, train=False):
         shape = self.stat_shape
