@@ -23,7 +23,7 @@ def resolve_spec_path(arg):
 
 
 def cmd_run(args):
-    from .train import resume_trainer, trainer_for
+    from .trainer import resume_trainer, trainer_for
     if args.resume:
         if args.spec:
             raise SpecError("give either SPEC or --resume DIR, not both (the run directory holds its spec)")
@@ -44,6 +44,8 @@ def cmd_run(args):
         tr.run()
     except KeyboardInterrupt:
         return 130
+    if args.quiet:
+        print(tr.result_line())
     print(f"saved {tr.checkpoint_path}")
     return 0
 
@@ -80,7 +82,7 @@ def _data_arg(value, model):
 
 def cmd_evaluate(args):
     from .data import load_data
-    from .train import _fit_data, check_targets
+    from .trainer import _fit_data, check_targets
     model = _load_model(args.model, args.dtype)
     data = load_data(_data_arg(args.data, model), seed=model.spec.seed, dtype=model.dtype)
     x = _fit_data(data.x_test, model.input_shape, f"data '{data.name}' (test)")

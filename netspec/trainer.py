@@ -168,7 +168,8 @@ class Trainer:
         if aug is not None and aug.enabled:
             from .data import augment
             x = augment(x, aug, self.rng)
-        grads = self.model.gradient(x, self.t_train[idx])
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported below, by step
+            grads = self.model.gradient(x, self.t_train[idx])
         loss = self.model.last_loss
         if not math.isfinite(loss):
             where = (f"the last good checkpoint, {self.checkpoint_path} (epoch {self.epoch}, step "
@@ -188,8 +189,9 @@ class Trainer:
     def evaluate_epoch(self):
         m, cfg = self.model, self.cfg
         k = cfg.eval_samples
-        tr = m.evaluate(self.x_train[:k], self.t_train[:k], cfg.eval_batch_size)
-        te = m.evaluate(self.x_test[:k], self.t_test[:k], cfg.eval_batch_size)
+        with np.errstate(over="ignore", invalid="ignore"):
+            tr = m.evaluate(self.x_train[:k], self.t_train[:k], cfg.eval_batch_size)
+            te = m.evaluate(self.x_test[:k], self.t_test[:k], cfg.eval_batch_size)
         return {"train_acc": tr[1], "test_acc": te[1], "test_loss": te[0]}
 
     def _improved(self, metrics):
@@ -302,15 +304,18 @@ class Trainer:
         loss, acc = self.model.evaluate(self.x_test, self.t_test, self.cfg.eval_batch_size)
         h = self.history
         h.model, h.run_dir, h.test_acc, h.test_loss = self.model, self.run_dir, acc, loss
-        if acc is not None:
-            self.log(f"test accuracy: {acc:.4f} ({round(acc * len(self.t_test))}/{len(self.t_test)}), "
-                     f"test loss {loss:.4f}")
-        else:
-            self.log(f"test loss: {loss:.6g} ({len(self.t_test)} samples)")
+        if not self.quiet:
+            self.log(self.result_line())
         if self.run_dir:
             from .plots import save_plots
             save_plots(self)
         return h
+
+    def result_line(self):
+        h, n = self.history, len(self.t_test)
+        if h.test_acc is not None:
+            return f"test accuracy: {h.test_acc:.4f} ({round(h.test_acc * n)}/{n}), test loss {h.test_loss:.4f}"
+        return f"test loss: {h.test_loss:.6g} ({n} samples)"
 
     # -- output ----------------------------------------------------------------------
     def _print(self, bar, msg):
