@@ -6,9 +6,11 @@ element winning a pooling window) straddles a kink, where a central difference
 is not a derivative; such elements are skipped and counted, never passed.
 
 The error reported per parameter array is normwise relative:
-``max|analytic - numeric| / max(max|analytic|, max|numeric|)`` over the checked
-elements. It is scale-free, and a wrong backward (a missing term, a wrong
-factor, a transposed index) gives O(1), far above the float64 tolerance.
+``max|analytic - numeric|`` over the checked elements, divided by the largest
+analytic gradient of the whole array (or the largest checked value, if larger).
+It is scale-free, and a wrong backward (a missing term, a wrong factor, a
+transposed index) gives O(1), far above the float64 tolerance; a sample of
+near-zero elements is not judged against its own round-off.
 """
 import numpy as np
 
@@ -40,13 +42,18 @@ def numerical_gradient(f, x, h=1e-4, indices=None, smooth=None):
     return grad
 
 
-def relative_error(analytic, numeric):
-    """max|a - n| / max(max|a|, max|n|) over the elements where n is not NaN."""
+def relative_error(analytic, numeric, scale=0.0):
+    """max|a - n| / max(max|a|, max|n|, scale) over the elements where n is not NaN.
+
+    ``scale`` is the size of the whole gradient array when only a sample is
+    checked: a sample of near-zero elements (a ReLU-dead unit) must not be
+    judged relative to its own round-off.
+    """
     a = np.asarray(analytic, dtype=np.float64).ravel()
     n = np.asarray(numeric, dtype=np.float64).ravel()
     keep = ~np.isnan(n)
     a, n = a[keep], n[keep]
-    scale = max(np.abs(a).max(initial=0.0), np.abs(n).max(initial=0.0))
+    scale = max(np.abs(a).max(initial=0.0), np.abs(n).max(initial=0.0), float(scale))
     if scale == 0.0:
         return 0.0
     return float(np.abs(a - n).max() / scale)
@@ -83,7 +90,8 @@ def check_model(model, x, t, *, h=1e-5, max_elements=40, seed=0):
         idx = sample_indices(p.size, max_elements, rng)
         num = numerical_gradient(loss, p, h=h, indices=idx, smooth=smooth)
         skipped = int(np.isnan(num).sum())
-        report[name] = {"error": relative_error(analytic[name].reshape(-1)[idx], num),
+        report[name] = {"error": relative_error(analytic[name].reshape(-1)[idx], num,
+                                                scale=np.abs(analytic[name]).max()),
                         "checked": int(len(idx)) - skipped, "skipped": skipped, "size": int(p.size)}
     return report
 
