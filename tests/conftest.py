@@ -12,6 +12,10 @@ from pathlib import Path
 if "numpy" not in sys.modules:
     for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_var, "1")
+# The compiled kernels keep their OpenMP threads (the tests should run the parallel
+# loops), but waiting threads sleep instead of spinning: with more busy processes than
+# cores, libgomp's spin-wait made each small conv 50x slower. Read when libgomp loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 
@@ -24,7 +28,8 @@ SPECS_DIR = REPO / "specs"
 def pytest_report_header(config):
     note = f" ({netspec.kernels.BACKEND_ERROR})" if netspec.kernels.BACKEND_ERROR else ""
     return (f"netspec kernel backend: {netspec.kernels.BACKEND}{note}; "
-            f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}")
+            f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}, "
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
 
 
 @pytest.fixture

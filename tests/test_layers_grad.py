@@ -297,3 +297,13 @@ def test_loss_checker_catches_mse_missing_factor_two(monkeypatch):
     y, t = _loss_inputs("vector", np.random.default_rng(0))
     with pytest.raises(AssertionError, match=r"mse: relative error 5\.00e-01 above 1e-06"):
         check_loss(MeanSquaredError(), y, t)
+
+
+def test_relative_error_is_judged_against_the_whole_array_when_sampling():
+    # a sample of ReLU-dead elements: analytic round-off 2e-12, numeric exactly 0
+    assert relative_error([2e-12, 0.0], [0.0, 0.0]) == 1.0
+    assert relative_error([2e-12, 0.0], [0.0, 0.0], scale=0.1) == pytest.approx(2e-11)
+    # a wrong gradient stays O(1) whatever the scale
+    assert relative_error([0.2, 0.1], [0.1, 0.1], scale=0.1) == pytest.approx(0.5)
+    # elements skipped at kinks (NaN numeric) are left out
+    assert relative_error([1.0, 5.0], [1.0, np.nan]) == 0.0

@@ -12,15 +12,17 @@ from netspec.spec import json_schema
 from netspec.summary import summarize
 
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
-SPEC_NAMES = ["deep_convnet", "forward_example", "function_approx", "mnist_mlp",
+SEED_SPECS = ["deep_convnet", "forward_example", "function_approx", "mnist_mlp",
               "simple_convnet", "simple_net", "two_layer_net"]
+SPEC_NAMES = sorted(p.stem for p in SPECS_DIR.glob("*.yaml"))   # every shipped spec is checked
 
 # per spec: (batch, elements checked per parameter array); the conv nets are sampled thinly to stay fast
-GRADCHECK = {"deep_convnet": (2, 10), "simple_convnet": (2, 20), "mnist_mlp": (2, 10)}
+GRADCHECK = {"deep_convnet": (2, 10), "deep_convnet_fashion": (1, 4), "simple_convnet": (2, 20),
+             "mnist_mlp": (2, 10)}
 
 
 def test_the_seven_seed_specs_are_shipped():
-    assert sorted(p.stem for p in SPECS_DIR.glob("*.yaml")) == SPEC_NAMES
+    assert set(SEED_SPECS) <= set(SPEC_NAMES)
 
 
 @pytest.mark.parametrize("name", SPEC_NAMES)
