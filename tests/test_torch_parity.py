@@ -1,0 +1,637 @@
+"""PyTorch as an independent reference, float64: every layer, every loss, the optimizers, one training step.
+
+Design: netspec's conventions are translated into torch calls explicitly, never
+approximated: dense ``W`` is (in, out) and torch's Linear weight is its
+transpose; batchnorm's ``momentum`` weighs the old running statistics (torch's
+is ``1 - momentum``) and netspec's running variance is the biased one; dropout
+in torch is driven by netspec's own mask, since the two RNGs differ. Where the
+book's update rules (SEEDS.md) are not torch.optim's (Nesterov, Adam's epsilon,
+momentum under a changing learning rate), netspec is checked against the book's
+formula written out here, and the difference from torch is shown to be real.
+docs/book_vs_torch.md explains each difference.
+"""
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+import netspec  # noqa: E402
+from netspec.data import load_data  # noqa: E402
+from netspec.layers import LAYERS, LOSSES, MultiInputLayer  # noqa: E402
+from netspec.optim import (AdaGradSpec, AdamSpec, MomentumSpec, NesterovSpec, RMSpropSpec,  # noqa: E402
+                           SGDSpec, make_optimizer)
+
+pytestmark = pytest.mark.torch
+
+TOL = 1e-10
+SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
+
+
+def rel_err(ours, ref):
+    """max|ours - ref| / max|ref|, normwise over the array; NaN anywhere counts as infinite."""
+    ours = np.asarray(ours, dtype=np.float64)
+    ref = ref.detach().numpy() if isinstance(ref, torch.Tensor) else np.asarray(ref, dtype=np.float64)
+    assert ours.shape == ref.shape, f"shape {ours.shape}, torch {ref.shape}"
+    if np.isnan(ours).any() or np.isnan(ref).any():
+        return math.inf
+    scale = np.abs(ref).max(initial=0.0)
+    diff = np.abs(ours - ref).max(initial=0.0)
+    return float(diff / scale) if scale else float(diff)
+
+
+def assert_close(what, ours, ref, tol=TOL):
+    err = rel_err(ours, ref)
+    assert err <= tol, f"{what}: relative error {err:.3e} against torch, expected <= {tol:g}"
+
+
+def t64(a, grad=False):
+    return torch.tensor(np.asarray(a, dtype=np.float64), requires_grad=grad)
+
+
+# --- layers ----------------------------------------------------------------------------
+
+@dataclass
+class Case:
+    type: str
+    in_shapes: list
+    fields: dict = field(default_factory=dict)
+    train: bool = False
+    n: int = 3
+    id: str = ""
+
+    def __str__(self):
+        return f"{self.type}-{self.id}" if self.id else self.type
+
+
+LAYER_CASES = [
+    Case("dense", [(5,)], {"units": 4}, id="vector"),
+    Case("dense", [(2, 3, 4)], {"units": 3}, id="flattens-3d"),
+    Case("dense", [(4,)], {"units": 3, "bias": False}, id="no-bias"),
+    Case("affine", [(3,)], {"units": 2}),
+    Case("flatten", [(2, 3, 4)]),
+    Case("conv2d", [(1, 6, 6)], {"filters": 2, "kernel": 3}, id="k3"),
+    Case("conv2d", [(3, 7, 7)], {"filters": 4, "kernel": 3, "stride": 2, "pad": 1}, id="c3-s2-p1"),
+    Case("conv2d", [(2, 5, 6)], {"filters": 3, "kernel": [2, 3], "pad": 1}, id="rect-2x3-p1"),
+    Case("conv2d", [(2, 7, 6)], {"filters": 2, "kernel": [3, 2], "stride": 2, "pad": 1}, id="rect-3x2-s2-p1"),
+    Case("conv2d", [(3, 4, 5)], {"filters": 2, "kernel": 1, "bias": False}, id="1x1-no-bias"),
+    Case("conv2d", [(2, 4, 4)], {"filters": 2, "kernel": 2, "stride": 2, "pad": 2}, id="pad-gt-half"),
+    Case("maxpool2d", [(2, 4, 4)], {"size": 2}, id="2x2"),
+    Case("maxpool2d", [(2, 7, 7)], {"size": 3, "stride": 2}, id="overlap-3s2"),
+    Case("maxpool2d", [(2, 5, 6)], {"size": 3, "stride": 2, "pad": 1}, id="pad1"),
+    Case("maxpool2d", [(2, 4, 7)], {"size": [2, 3], "stride": 2}, id="rect-2x3"),
+    Case("maxpool2d", [(1, 5, 5)], {"size": 2}, id="ragged"),
+    Case("avgpool2d", [(2, 4, 4)], {"size": 2}, id="2x2"),
+    Case("avgpool2d", [(2, 7, 7)], {"size": 3, "stride": 2}, id="overlap-3s2"),
+    Case("avgpool2d", [(2, 5, 6)], {"size": 3, "stride": 2, "pad": 1}, id="pad1"),
+    Case("avgpool2d", [(2, 4, 7)], {"size": [2, 3], "stride": 1, "pad": 1}, id="rect-2x3-pad1"),
+    Case("avgpool2d", [(1, 5, 5)], {"size": 2}, id="ragged"),
+    Case("relu", [(7,)], id="vector"),
+    Case("relu", [(2, 3, 3)], id="image"),
+    Case("sigmoid", [(6,)]),
+    Case("tanh", [(2, 3, 2)]),
+    Case("softmax", [(6,)]),
+    Case("dropout", [(12,)], {"ratio": 0.5}, train=True, id="train"),
+    Case("dropout", [(2, 3, 3)], {"ratio": 0.2}, train=True, id="train-image"),
+    Case("dropout", [(12,)], {"ratio": 0.5}, train=False, id="test"),
+    Case("batchnorm", [(4,)], {"momentum": 0.8}, train=True, n=6, id="2d-train"),
+    Case("batchnorm", [(4,)], {}, train=False, n=6, id="2d-test"),
+    Case("batchnorm", [(3, 4, 3)], {"momentum": 0.7, "eps": 1e-3}, train=True, n=4, id="4d-train"),
+    Case("batchnorm", [(3, 4, 3)], {}, train=False, n=4, id="4d-test"),
+    Case("add", [(5,), (5,)], id="two"),
+    Case("add", [(2, 3, 4)] * 3, id="three-images"),
+    Case("concat", [(3,), (2,)], id="vectors"),
+    Case("concat", [(2, 3, 4), (1, 3, 4), (3, 3, 4)], id="three-images"),
+]
+
+
+def test_every_layer_type_has_a_parity_case():
+    """A newly registered layer type fails here until it gets a torch reference."""
+    covered = {c.type for c in LAYER_CASES}
+    assert covered == set(LAYERS), f"no parity case for {sorted(set(LAYERS) - covered)}"
+    assert set(TORCH_LAYERS) == set(LAYERS)
+
+
+def compile_layer(case):
+    """Compile a spec whose last layer is the one under test; merges get one feeder per input."""
+    layer_spec = {"type": case.type, "name": "under_test", **case.fields}
+    layers = []
+    if LAYERS[case.type].n_inputs is None:
+        first = case.in_shapes[0]
+        input_shape = list(first) if len(first) == 1 else [1, *first[1:]]
+        for i, s in enumerate(case.in_shapes):
+            # a dense or 1x1 conv feeder turns the input into the shape this case needs
+            if len(s) == 1:
+                feeder = {"type": "dense", "units": s[0]}
+            else:
+                feeder = {"type": "conv2d", "filters": s[0], "kernel": 1}
+            layers.append({**feeder, "name": f"in{i}", "inputs": ["input"]})
+        layer_spec["inputs"] = [f"in{i}" for i in range(len(case.in_shapes))]
+    else:
+        input_shape = list(case.in_shapes[0])
+    spec = {"name": "parity", "input": {"shape": input_shape}, "layers": layers + [layer_spec], "loss": "mse"}
+    layer = netspec.compile(spec, dtype="float64").layers[-1]
+    assert layer.name == "under_test" and [tuple(s) for s in layer.in_shapes] == [tuple(s) for s in case.in_shapes]
+    return layer
+
+
+def _conv(layer, xs, p, train):
+    return F.conv2d(xs[0], p["W"], p.get("b"), stride=layer.spec.stride, padding=layer.spec.pad)
+
+
+def _pool(fn, **kw):
+    def run(layer, xs, p, train):
+        return fn(xs[0], tuple(layer.spec.size), stride=layer.spec.stride or layer.spec.size[0],
+                  padding=layer.spec.pad, **kw)
+    return run
+
+
+def _dense(layer, xs, p, train):
+    # torch.nn.Linear keeps its weight as (out, in): p["W"] here is netspec's W transposed
+    return F.linear(xs[0].flatten(1), p["W"], p.get("b"))
+
+
+def _dropout(layer, xs, p, train):
+    if layer.scale is None:
+        return F.dropout(xs[0], layer.spec.ratio, training=False)
+    # torch's own RNG cannot reproduce netspec's draw: use netspec's keep-mask in torch's formula
+    keep = t64(layer.scale != 0)
+    return xs[0] * keep / (1 - layer.spec.ratio)
+
+
+def _batchnorm(layer, xs, p, train):
+    layer.torch_running = (t64(layer.running_before[0]), t64(layer.running_before[1]))
+    return F.batch_norm(xs[0], *layer.torch_running, p["gamma"], p["beta"], training=train,
+                        momentum=1 - layer.spec.momentum, eps=layer.spec.eps)
+
+
+def _add(layer, xs, p, train):
+    out = xs[0]
+    for x in xs[1:]:
+        out = out + x
+    return out
+
+
+TORCH_LAYERS = {
+    "dense": _dense,
+    "affine": _dense,
+    "flatten": lambda layer, xs, p, train: torch.flatten(xs[0], 1),
+    "conv2d": _conv,
+    "maxpool2d": _pool(F.max_pool2d),
+    "avgpool2d": _pool(F.avg_pool2d, count_include_pad=True),
+    "relu": lambda layer, xs, p, train: torch.relu(xs[0]),
+    "sigmoid": lambda layer, xs, p, train: torch.sigmoid(xs[0]),
+    "tanh": lambda layer, xs, p, train: torch.tanh(xs[0]),
+    "softmax": lambda layer, xs, p, train: F.softmax(xs[0], dim=-1),
+    "dropout": _dropout,
+    "batchnorm": _batchnorm,
+    "add": _add,
+    "concat": lambda layer, xs, p, train: torch.cat(xs, dim=1),
+}
+
+
+def _to_torch_layout(layer, name, a):
+    return a.T if layer.spec.type in ("dense", "affine") and name == "W" else a
+
+
+@pytest.mark.parametrize("case", LAYER_CASES, ids=str)
+def test_layer_matches_torch(case):
+    layer = compile_layer(case)
+    rng = np.random.default_rng(0)
+    for p in layer.params.values():   # random, not init: unit gammas and zero biases hide mistakes
+        p[...] = rng.standard_normal(p.shape)
+    if case.type == "batchnorm":
+        layer.running_mean[...] = rng.standard_normal(layer.running_mean.shape)
+        layer.running_var[...] = rng.uniform(0.5, 2.0, layer.running_var.shape)
+        layer.running_before = (layer.running_mean.copy(), layer.running_var.copy())
+    layer.set_rng(np.random.default_rng(1))
+    xs = [rng.standard_normal((case.n,) + tuple(s)) for s in case.in_shapes]
+    multi = isinstance(layer, MultiInputLayer)
+
+    out = layer.forward(list(xs) if multi else xs[0], train=case.train)
+    dout = rng.standard_normal(out.shape)
+    dxs = layer.backward(dout.copy())
+    dxs = list(dxs) if multi else [dxs]
+
+    xs_t = [t64(x, grad=True) for x in xs]
+    params_t = {k: t64(_to_torch_layout(layer, k, v), grad=True) for k, v in layer.params.items()}
+    out_t = TORCH_LAYERS[case.type](layer, xs_t, params_t, case.train)
+    out_t.backward(t64(dout))
+
+    assert_close("output", out, out_t)
+    for i, (dx, x_t) in enumerate(zip(dxs, xs_t)):
+        assert_close(f"d(input {i})", dx, x_t.grad)
+    assert set(layer.grads) == set(layer.params)
+    for k, g in layer.grads.items():
+        assert_close(f"d({k})", _to_torch_layout(layer, k, g), params_t[k].grad)
+    if case.type == "dropout" and case.train:
+        kept = layer.scale[layer.scale != 0]
+        assert kept.size and np.all(kept == 1 / (1 - case.fields["ratio"])), "inverted dropout scale"
+    if case.type == "batchnorm":
+        _check_running_stats(layer, case)
+
+
+def _check_running_stats(layer, case):
+    rm_t, rv_t = layer.torch_running
+    if not case.train:
+        assert np.array_equal(layer.running_mean, layer.running_before[0])
+        assert np.array_equal(layer.running_var, layer.running_before[1])
+        return
+    assert_close("running_mean", layer.running_mean, rm_t)
+    # torch folds the unbiased batch variance into its running variance, netspec the biased one:
+    # recover torch's batch variance from its update and rescale it by (n - 1) / n before comparing
+    m = layer.spec.momentum
+    n = case.n * int(np.prod(case.in_shapes[0][1:]))   # samples per feature: N, or N*H*W
+    batch_var_unbiased = (rv_t.numpy() - m * layer.running_before[1]) / (1 - m)
+    expected = m * layer.running_before[1] + (1 - m) * batch_var_unbiased * (n - 1) / n
+    assert_close("running_var", layer.running_var, expected)
+    assert rel_err(layer.running_var, rv_t) > 1e-3, "running variances should differ by the n/(n-1) factor"
+
+
+# --- losses ----------------------------------------------------------------------------
+
+def _targets(kind, y, rng):
+    N, K = y.shape[0], y.shape[-1]
+    if kind == "labels":
+        return rng.integers(0, K, N)
+    if kind == "one-hot":
+        return np.eye(K)[rng.integers(0, K, N)]
+    if kind == "probabilities":
+        return rng.dirichlet(np.ones(K), N)
+    return rng.standard_normal(y.shape)
+
+
+LOSS_CASES = [
+    ("softmax_cross_entropy", "labels", (5, 4)),
+    ("softmax_cross_entropy", "one-hot", (5, 4)),
+    ("softmax_cross_entropy", "probabilities", (5, 4)),
+    ("mse", "values", (5, 3)),
+    ("mse", "values", (2, 3, 2, 4)),
+    ("sse", "values", (5, 3)),
+    ("sse", "values", (1, 4)),
+    ("sse", "values", (2, 3, 2, 4)),
+]
+
+
+def _torch_loss(name, y, t):
+    N = y.shape[0]
+    if name == "softmax_cross_entropy":   # class indices, or probability rows (one-hot included)
+        return F.cross_entropy(y, t)
+    if name == "mse":
+        return F.mse_loss(y, t)   # mean over every element
+    return 0.5 * F.mse_loss(y, t, reduction="sum") / N   # sse: 0.5 * sum per sample, mean over the batch
+
+
+def test_every_loss_has_a_parity_case():
+    assert {name for name, _, _ in LOSS_CASES} == set(LOSSES)
+
+
+@pytest.mark.parametrize("name,kind,shape", LOSS_CASES,
+                         ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else v)
+def test_loss_matches_torch(name, kind, shape):
+    rng = np.random.default_rng(2)
+    y = rng.standard_normal(shape) * 3
+    t = _targets(kind, y, rng)
+    loss = LOSSES[name]()
+    value = loss.forward(y, t)
+    dy = loss.backward()
+    y_t = t64(y, grad=True)
+    value_t = _torch_loss(name, y_t, torch.tensor(t))
+    value_t.backward()
+    assert_close("loss", value, value_t)
+    assert_close("d(y)", dy, y_t.grad)
+
+
+def test_cross_entropy_has_no_1e7_floor():
+    """A confidently wrong prediction costs its full log-probability, as in torch.
+
+    The book's -log(y + 1e-7) would cap the loss at -log(1e-7) = 16.1; netspec's
+    log-sum-exp and torch's log_softmax agree far beyond it.
+    """
+    y = np.array([[60.0, 0.0, -5.0], [0.0, 1.0, 2.0]])
+    t = np.array([2, 0])
+    loss = LOSSES["softmax_cross_entropy"]()
+    value = loss.forward(y, t)
+    y_t = t64(y, grad=True)
+    value_t = F.cross_entropy(y_t, torch.tensor(t))
+    value_t.backward()
+    assert value > 30 > -math.log(1e-7)
+    assert_close("loss", value, value_t)
+    assert_close("d(y)", loss.backward(), y_t.grad)
+
+
+# --- optimizers --------------------------------------------------------------------------
+# Every trajectory descends the same smooth objective from the same start:
+#   f(p) = sum(0.5 * c * p^2 + s * sin(p)),  grad = c * p + s * cos(p),
+# so each step's gradient depends on where the previous steps went.
+
+STEPS = 10
+
+
+def _start():
+    rng = np.random.default_rng(3)
+    params = {"fc.W": rng.standard_normal((3, 4)), "fc.b": rng.standard_normal(4)}
+    coef = {k: (rng.uniform(0.5, 2.0, v.shape), rng.uniform(-1.0, 1.0, v.shape)) for k, v in params.items()}
+    return params, coef
+
+
+def _grad(coef, name, p):
+    c, s = coef[name]
+    return c * p + s * np.cos(p)
+
+
+def netspec_trajectory(spec, lrs=None):
+    """Parameters after each of STEPS updates by netspec's optimizer; ``lrs`` changes opt.lr per step."""
+    params, coef = _start()
+    opt = make_optimizer(spec)
+    out = []
+    for step in range(STEPS):
+        if lrs is not None:
+            opt.lr = lrs[step]
+        opt.update(params, {k: _grad(coef, k, p) for k, p in params.items()})
+        out.append({k: p.copy() for k, p in params.items()})
+    return out
+
+
+def torch_trajectory(make_opt, before_step=None):
+    """The same descent driven by a torch.optim optimizer (gradients by autograd)."""
+    params, coef = _start()
+    params_t = {k: t64(p, grad=True) for k, p in params.items()}
+    coef_t = {k: (t64(c), t64(s)) for k, (c, s) in coef.items()}
+    opt = make_opt(list(params_t.values()))
+    out = []
+    for step in range(STEPS):
+        opt.zero_grad()
+        f = sum((0.5 * coef_t[k][0] * p * p + coef_t[k][1] * torch.sin(p)).sum() for k, p in params_t.items())
+        f.backward()
+        if before_step:
+            before_step(opt, step)
+        opt.step()
+        out.append({k: p.detach().numpy().copy() for k, p in params_t.items()})
+    return out
+
+
+def closed_form_trajectory(rule, hp, lrs=None):
+    """SEEDS.md's update rules written out in numpy (weight decay adds wd * p to the gradient)."""
+    params, coef = _start()
+    state = {k: {"v": np.zeros_like(p), "h": np.zeros_like(p), "m": np.zeros_like(p)} for k, p in params.items()}
+    out = []
+    for step in range(STEPS):
+        t = step + 1
+        lr = hp["lr"] if lrs is None else lrs[step]
+        for k, p in params.items():
+            g = _grad(coef, k, p) + hp.get("weight_decay", 0.0) * p
+            st = state[k]
+            if rule == "sgd":
+                p -= lr * g
+            elif rule == "momentum":
+                st["v"] = hp["momentum"] * st["v"] - lr * g
+                p += st["v"]
+            elif rule == "nesterov":   # the book's reformulation
+                m = hp["momentum"]
+                st["v"] = m * st["v"] - lr * g
+                p += m * m * st["v"]
+                p -= (1 + m) * lr * g
+            elif rule == "nesterov_torch":   # same v, but m*m applied to the velocity before this step
+                m = hp["momentum"]
+                v_old = st["v"]
+                st["v"] = m * v_old - lr * g
+                p += m * m * v_old - (1 + m) * lr * g
+            elif rule == "adagrad":
+                st["h"] = st["h"] + g * g
+                p -= lr * g / (np.sqrt(st["h"]) + hp["eps"])
+            elif rule == "rmsprop":
+                st["h"] = hp["decay"] * st["h"] + (1 - hp["decay"]) * g * g
+                p -= lr * g / (np.sqrt(st["h"]) + hp["eps"])
+            elif rule == "adam":   # bias correction folded into lr_t; eps added to the uncorrected sqrt(v)
+                b1, b2 = hp["beta1"], hp["beta2"]
+                lr_t = lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+                st["m"] = st["m"] + (1 - b1) * (g - st["m"])
+                st["v"] = st["v"] + (1 - b2) * (g * g - st["v"])
+                p -= lr_t * st["m"] / (np.sqrt(st["v"]) + hp["eps"])
+            else:
+                raise AssertionError(rule)
+        out.append({k: p.copy() for k, p in params.items()})
+    return out
+
+
+def trajectory_error(ours, ref):
+    """Worst relative error over steps and parameters of the displacement from the start p_t - p_0."""
+    start, _ = _start()
+    return max(rel_err(o[k] - start[k], r[k] - start[k]) for o, r in zip(ours, ref) for k in start)
+
+
+SPEC_TYPES = {"sgd": SGDSpec, "momentum": MomentumSpec, "nesterov": NesterovSpec,
+              "adagrad": AdaGradSpec, "rmsprop": RMSpropSpec, "adam": AdamSpec}
+
+
+def opt_spec(rule, **hp):
+    return SPEC_TYPES[rule].model_validate({"type": rule, **hp})
+
+
+TORCH_OPT_CASES = [
+    # (id, netspec spec fields, torch.optim constructor)
+    ("sgd", {"type": "sgd", "lr": 0.1},
+     lambda ps: torch.optim.SGD(ps, lr=0.1)),
+    ("sgd-weight-decay", {"type": "sgd", "lr": 0.1, "weight_decay": 0.05},
+     lambda ps: torch.optim.SGD(ps, lr=0.1, weight_decay=0.05)),
+    # torch: buf = m*buf + g; p -= lr*buf.  book: v = m*v - lr*g; p += v.  v = -lr*buf while lr is constant
+    ("momentum", {"type": "momentum", "lr": 0.05, "momentum": 0.9},
+     lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9)),
+    ("momentum-weight-decay", {"type": "momentum", "lr": 0.05, "momentum": 0.8, "weight_decay": 0.1},
+     lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.8, weight_decay=0.1)),
+    # torch's accumulator starts at initial_accumulator_value=0 and eps goes after the sqrt, as in the book
+    ("adagrad", {"type": "adagrad", "lr": 0.3, "eps": 1e-7},
+     lambda ps: torch.optim.Adagrad(ps, lr=0.3, eps=1e-7)),
+    ("adagrad-weight-decay", {"type": "adagrad", "lr": 0.3, "eps": 1e-3, "weight_decay": 0.1},
+     lambda ps: torch.optim.Adagrad(ps, lr=0.3, eps=1e-3, weight_decay=0.1)),
+    # torch's alpha is our decay; eps after the sqrt
+    ("rmsprop", {"type": "rmsprop", "lr": 0.01, "decay": 0.99, "eps": 1e-7},
+     lambda ps: torch.optim.RMSprop(ps, lr=0.01, alpha=0.99, eps=1e-7)),
+    ("rmsprop-weight-decay", {"type": "rmsprop", "lr": 0.02, "decay": 0.9, "eps": 1e-3, "weight_decay": 0.1},
+     lambda ps: torch.optim.RMSprop(ps, lr=0.02, alpha=0.9, eps=1e-3, weight_decay=0.1)),
+]
+
+
+@pytest.mark.parametrize("fields,make_opt", [c[1:] for c in TORCH_OPT_CASES], ids=[c[0] for c in TORCH_OPT_CASES])
+def test_optimizer_trajectory_matches_torch(fields, make_opt):
+    spec = SPEC_TYPES[fields["type"]].model_validate(fields)
+    err = trajectory_error(netspec_trajectory(spec), torch_trajectory(make_opt))
+    assert err <= TOL, f"10-step trajectory differs from torch.optim by {err:.3e}"
+
+
+ADAM = {"lr": 0.05, "beta1": 0.9, "beta2": 0.999}
+
+
+def torch_adam(eps, weight_decay=0.0):
+    return lambda ps: torch.optim.Adam(ps, lr=ADAM["lr"], betas=(ADAM["beta1"], ADAM["beta2"]),
+                                       eps=eps, weight_decay=weight_decay)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_adam_matches_torch_with_eps_translated(weight_decay):
+    """netspec's Adam is torch's Adam whose eps at step t is eps / sqrt(1 - beta2^t).
+
+    The book adds eps to sqrt(v) before the bias correction sqrt(1 - beta2^t), which
+    is folded into the step size; torch adds it after. Feeding torch the translated
+    eps each step makes the two formulas identical.
+    """
+    eps = 1e-3   # large enough that a wrong translation would show
+    spec = opt_spec("adam", eps=eps, weight_decay=weight_decay, **ADAM)
+
+    def translate_eps(opt, step):
+        opt.param_groups[0]["eps"] = eps / math.sqrt(1 - ADAM["beta2"] ** (step + 1))
+
+    ref = torch_trajectory(torch_adam(eps, weight_decay), before_step=translate_eps)
+    err = trajectory_error(netspec_trajectory(spec), ref)
+    assert err <= TOL, f"Adam with translated eps differs from torch by {err:.3e}"
+
+
+def test_adam_matches_torch_with_eps_zero():
+    """With eps = 0 on both sides the two placements coincide exactly.
+
+    netspec's spec refuses eps = 0 (a zero gradient would divide 0 by 0), so the
+    spec is built without validation for this check only.
+    """
+    spec = AdamSpec.model_construct(type="adam", eps=0.0, weight_decay=0.0, **ADAM)
+    ref = torch_trajectory(torch_adam(eps=0.0))
+    err = trajectory_error(netspec_trajectory(spec), ref)
+    assert err <= TOL, f"Adam with eps=0 differs from torch by {err:.3e}"
+
+
+def test_adam_same_eps_differs_from_torch_within_bound():
+    """Same eps: the first step differs from torch's, relatively, by at most eps*(1/sqrt(1-beta2) - 1)/min|g|.
+
+    First step: m = (1-b1) g, v = (1-b2) g^2. netspec moves lr*g/(|g| + eps/c) with
+    c = sqrt(1-b2), torch lr*g/(|g| + eps); their ratio differs from 1 by at most
+    eps*(1/c - 1)/|g|. The difference is real but, for the default eps, negligible.
+    """
+    eps = 1e-7
+    params, coef = _start()
+    g_min = min(np.abs(_grad(coef, k, p)).min() for k, p in params.items())
+    ours = netspec_trajectory(opt_spec("adam", eps=eps, **ADAM))[0]
+    ref = torch_trajectory(torch_adam(eps))[0]
+    bound = eps * (1 / math.sqrt(1 - ADAM["beta2"]) - 1) / g_min
+    errs = [rel_err(ours[k] - params[k], ref[k] - params[k]) for k in params]
+    assert max(errs) <= bound * 1.01 + 1e-14
+    assert max(errs) > TOL, "the eps placements should give visibly different steps"
+
+
+CLOSED_FORM_CASES = [
+    ("sgd", {"lr": 0.1, "weight_decay": 0.05}),
+    ("momentum", {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.05}),
+    ("nesterov", {"lr": 0.05, "momentum": 0.9}),
+    ("nesterov", {"lr": 0.02, "momentum": 0.5, "weight_decay": 0.1}),
+    ("adagrad", {"lr": 0.3, "eps": 1e-3, "weight_decay": 0.05}),
+    ("rmsprop", {"lr": 0.02, "decay": 0.9, "eps": 1e-3, "weight_decay": 0.05}),
+    ("adam", {**ADAM, "eps": 1e-7}),
+    ("adam", {**ADAM, "eps": 1e-3, "weight_decay": 0.1}),
+]
+
+
+@pytest.mark.parametrize("rule,hp", CLOSED_FORM_CASES, ids=[f"{r}-{i}" for i, (r, _) in enumerate(CLOSED_FORM_CASES)])
+def test_optimizer_trajectory_matches_book_formula(rule, hp):
+    err = trajectory_error(netspec_trajectory(opt_spec(rule, **hp)), closed_form_trajectory(rule, hp))
+    assert err <= TOL, f"{rule}: 10-step trajectory differs from SEEDS.md's formula by {err:.3e}"
+
+
+def test_nesterov_book_form_is_not_torch_nesterov():
+    """The book applies m*m to the updated velocity; torch's nesterov=True amounts to the previous one.
+
+    With v = -lr*buf, torch's step p -= lr*(g + m*buf_new) equals
+    p += m*m*v_old - (1+m)*lr*g. netspec follows the book (v_new), so its steps
+    are larger: the first is (1 + m + m^2)*lr*g against torch's (1 + m)*lr*g.
+    """
+    hp = {"lr": 0.05, "momentum": 0.9}
+    ours = netspec_trajectory(opt_spec("nesterov", **hp))
+    ref = torch_trajectory(lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True))
+    assert trajectory_error(closed_form_trajectory("nesterov_torch", hp), ref) <= TOL
+    assert trajectory_error(ours, ref) > 0.05
+    start, coef = _start()
+    for k in start:
+        g = _grad(coef, k, start[k])
+        assert_close(f"first step {k}", ours[0][k] - start[k], -(1 + 0.9 + 0.81) * 0.05 * g)
+
+
+def test_momentum_under_changing_lr_differs_from_torch():
+    """The book's velocity stores lr*g; torch's buffer stores g and multiplies by the current lr.
+
+    Identical while lr is constant (tested above); once a schedule changes lr,
+    netspec keeps the old lr inside its velocity, as the book's formula does.
+    """
+    lrs = [0.05] * 5 + [0.01] * 5
+    hp = {"lr": 0.05, "momentum": 0.9}
+    ours = netspec_trajectory(opt_spec("momentum", **hp), lrs=lrs)
+    assert trajectory_error(ours, closed_form_trajectory("momentum", hp, lrs=lrs)) <= TOL
+
+    def schedule(opt, step):
+        opt.param_groups[0]["lr"] = lrs[step]
+
+    ref = torch_trajectory(lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9), before_step=schedule)
+    assert trajectory_error(ours[:5], ref[:5]) <= TOL
+    assert trajectory_error(ours, ref) > 1e-3
+
+
+# --- a whole network: simple_convnet, one training step -------------------------------
+
+@pytest.fixture(scope="module")
+def mnist_batch():
+    model = netspec.compile(SPECS_DIR / "simple_convnet.yaml", dtype="float64")
+    data = load_data(model.spec.train.data, dtype="float64")
+    return data.x_train[:100], data.t_train[:100]
+
+
+def torch_simple_convnet(model):
+    """torch.nn twin of specs/simple_convnet.yaml carrying the compiled model's weights."""
+    p = model.params
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 30, 5, stride=1, padding=0), torch.nn.ReLU(), torch.nn.MaxPool2d(2, 2),
+        torch.nn.Flatten(), torch.nn.Linear(30 * 12 * 12, 100), torch.nn.ReLU(), torch.nn.Linear(100, 10),
+    ).double()
+    names = {"0.weight": "conv1.W", "0.bias": "conv1.b", "4.weight": "affine1.W", "4.bias": "affine1.b",
+             "6.weight": "affine2.W", "6.bias": "affine2.b"}
+    with torch.no_grad():
+        for tname, tparam in net.named_parameters():
+            ours = p[names[tname]]
+            tparam.copy_(t64(ours.T if ours.ndim == 2 else ours))
+    return net, names
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_simple_convnet_training_step_matches_torch(optimizer, mnist_batch):
+    x, t = mnist_batch
+    model = netspec.compile(SPECS_DIR / "simple_convnet.yaml", dtype="float64")
+    net, names = torch_simple_convnet(model)
+    if optimizer == "adam":
+        spec = model.spec.train.optimizer   # the spec's own: Adam, lr 0.001, eps 1e-7
+        assert spec.type == "adam" and spec.lr == 0.001
+        # one step: torch's eps after the bias correction equals ours divided by sqrt(1 - beta2)
+        opt_t = torch.optim.Adam(net.parameters(), lr=spec.lr, betas=(spec.beta1, spec.beta2),
+                                 eps=spec.eps / math.sqrt(1 - spec.beta2))
+    else:
+        spec = SGDSpec(type="sgd", lr=0.1)
+        opt_t = torch.optim.SGD(net.parameters(), lr=0.1)
+    start = {k: v.copy() for k, v in model.params.items()}
+
+    grads = model.gradient(x, t)
+    loss = model.last_loss
+    opt_t.zero_grad()
+    loss_t = F.cross_entropy(net(t64(x)), torch.tensor(t))
+    loss_t.backward()
+    assert_close("loss", loss, loss_t)
+    for tname, tparam in net.named_parameters():
+        g = grads[names[tname]]
+        assert_close(f"d({names[tname]})", g.T if g.ndim == 2 else g, tparam.grad)
+
+    make_optimizer(spec).update(model.params, grads)
+    opt_t.step()
+    for tname, tparam in net.named_parameters():
+        name = names[tname]
+        new_t = tparam.detach().numpy()
+        new_t = new_t.T if new_t.ndim == 2 else new_t
+        assert_close(f"updated {name}", model.params[name], new_t)
+        assert_close(f"update of {name}", model.params[name] - start[name], new_t - start[name])
