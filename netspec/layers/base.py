@@ -9,7 +9,7 @@ import math
 from typing import Annotated, Literal, Optional, Union, get_args
 
 import numpy as np
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, StrictInt
 
 from .._strict import Strict
 
@@ -29,7 +29,7 @@ def _pair(v):
     return v
 
 
-PositivePair = Annotated[tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]],
+PositivePair = Annotated[tuple[Annotated[StrictInt, Field(gt=0)], Annotated[StrictInt, Field(gt=0)]],
                          BeforeValidator(_pair)]
 
 

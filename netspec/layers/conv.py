@@ -1,7 +1,7 @@
 """2-D convolution through the kernel seam (im2col + matrix product)."""
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, StrictInt
 
 from .. import kernels
 from ..init import InitSpec
@@ -17,10 +17,10 @@ class Conv2D(Layer):
 
     class Spec(LayerSpec):
         type: Literal["conv2d"]
-        filters: int = Field(gt=0, description="output channels")
+        filters: StrictInt = Field(gt=0, description="output channels")
         kernel: PositivePair = Field(description="kernel size: int or [kh, kw]")
-        stride: int = Field(1, gt=0)
-        pad: int = Field(0, ge=0, description="zero padding on each side")
+        stride: StrictInt = Field(1, gt=0)
+        pad: StrictInt = Field(0, ge=0, description="zero padding on each side")
         bias: bool = True
         init: Optional[InitSpec] = Field(None, description="weight init (default: he)")
         bias_init: Optional[InitSpec] = Field(None, description="bias init (default: zeros)")

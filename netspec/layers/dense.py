@@ -3,7 +3,7 @@ import math
 from typing import Literal, Optional
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, StrictInt
 
 from ..init import InitSpec
 from .base import Layer, LayerSpec, register
@@ -15,7 +15,7 @@ class Dense(Layer):
 
     class Spec(LayerSpec):
         type: Literal["dense", "affine"]
-        units: int = Field(gt=0, description="output features")
+        units: StrictInt = Field(gt=0, description="output features")
         bias: bool = Field(True, description="false drops the bias")
         init: Optional[InitSpec] = Field(None, description="weight init (default: he)")
         bias_init: Optional[InitSpec] = Field(None, description="bias init (default: zeros)")

@@ -1,7 +1,7 @@
 """Max and average pooling through the kernel seam (direct loops in the compiled backend)."""
 from typing import Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, StrictInt, model_validator
 
 from .. import kernels
 from .base import Layer, LayerSpec, PositivePair, register
@@ -9,8 +9,8 @@ from .base import Layer, LayerSpec, PositivePair, register
 
 class PoolSpec(LayerSpec):
     size: PositivePair = Field(description="window: int or [kh, kw]")
-    stride: Optional[int] = Field(None, gt=0, description="default: the window size (square windows only)")
-    pad: int = Field(0, ge=0)
+    stride: Optional[StrictInt] = Field(None, gt=0, description="default: the window size (square windows only)")
+    pad: StrictInt = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _pad_fits(self):

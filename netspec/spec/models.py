@@ -5,7 +5,7 @@ every model forbids unknown keys so typos are caught, never ignored.
 """
 from typing import Annotated, Literal, Optional
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, StrictInt, PrivateAttr, model_validator
 
 from ..layers import LOSSES, layer_spec_union
 from .._strict import Strict
@@ -18,14 +18,14 @@ LossName = Literal[tuple(LOSSES)]
 
 
 class InputSpec(Strict):
-    shape: list[Annotated[int, Field(gt=0)]] = Field(
+    shape: list[Annotated[StrictInt, Field(gt=0)]] = Field(
         min_length=1, max_length=3, description="shape of one sample: [features] or [C, H, W]")
 
 
 class EarlyStopping(Strict):
     """Stop when ``metric`` has not improved for ``patience`` epochs."""
     metric: Literal["test_acc", "test_loss", "train_loss", "train_acc"] = "test_acc"
-    patience: int = Field(3, gt=0)
+    patience: StrictInt = Field(3, gt=0)
     min_delta: float = Field(0.0, ge=0)
 
 
@@ -37,20 +37,20 @@ def _train_spec():
         data: DataSpec = Field(description="where the training and test arrays come from")
         optimizer: OptimizerSpec = Field(default_factory=lambda: {"type": "sgd"}, validate_default=True)
         schedule: Optional[ScheduleSpec] = Field(None, description="learning-rate schedule per epoch")
-        epochs: Optional[int] = Field(None, gt=0, description="passes over the data (or steps / steps_per_epoch)")
-        steps: Optional[int] = Field(None, gt=0, description="step budget instead of epochs")
-        steps_per_epoch: Optional[int] = Field(
+        epochs: Optional[StrictInt] = Field(None, gt=0, description="passes over the data (or steps / steps_per_epoch)")
+        steps: Optional[StrictInt] = Field(None, gt=0, description="step budget instead of epochs")
+        steps_per_epoch: Optional[StrictInt] = Field(
             None, gt=0, description="steps between evaluations; default: ceil(train size / batch size)")
-        batch_size: int = Field(100, gt=0)
+        batch_size: StrictInt = Field(100, gt=0)
         sampling: Literal["shuffle", "replacement"] = Field(
             "shuffle", description="shuffled epochs, or the book's random draw with replacement per step")
-        eval_samples: Optional[int] = Field(
+        eval_samples: Optional[StrictInt] = Field(
             None, gt=0, description="evaluate accuracy on only the first N samples each epoch")
-        eval_batch_size: int = Field(1000, gt=0)
+        eval_batch_size: StrictInt = Field(1000, gt=0)
         early_stopping: Optional[EarlyStopping] = None
         augment: Optional[AugmentSpec] = None
-        log_every: int = Field(0, ge=0, description="print the loss every N steps (0: per epoch only)")
-        checkpoint_every: int = Field(1, gt=0, description="epochs between checkpoints")
+        log_every: StrictInt = Field(0, ge=0, description="print the loss every N steps (0: per epoch only)")
+        checkpoint_every: StrictInt = Field(1, gt=0, description="epochs between checkpoints")
 
         @model_validator(mode="after")
         def _budget(self):
@@ -71,7 +71,7 @@ class NetSpec(Strict):
     netspec: Literal[1] = Field(FORMAT_VERSION, description="format version")
     name: str = Field("model", pattern=r"^[A-Za-z0-9_.\-]+$", max_length=100)
     description: Optional[str] = None
-    seed: int = Field(0, ge=0, description="every random stream (init, batches, dropout) derives from it")
+    seed: StrictInt = Field(0, ge=0, description="every random stream (init, batches, dropout) derives from it")
     dtype: Literal["float32", "float64"] = "float32"
     input: InputSpec
     layers: list[LayerSpecUnion] = Field(min_length=1)
