@@ -307,3 +307,15 @@ def test_kernel_list_too_short(write_spec):
 def test_rectangular_pool_window_needs_a_stride(write_spec):
     path = write_spec("input: {shape: [1, 4, 9]}\nlayers:\n  - {type: maxpool2d, size: [2, 3]}\nloss: mse\n")
     assert str(spec_error(path)) == f"{path}:3:5: layers[0]: a rectangular window [2, 3] needs an explicit stride"
+
+
+@pytest.mark.parametrize("line,col,path,got", [
+    ("  - {type: conv2d, filters: yes, kernel: 3}", 29, "layers[0].filters", "True"),
+    ("  - {type: conv2d, filters: 2, kernel: [3, true]}", 44, "layers[0].kernel[1]", "True"),
+    ("  - {type: conv2d, filters: 2, kernel: 3, stride: 2.0}", 51, "layers[0].stride", "2.0"),
+    ("  - {type: conv2d, filters: '2', kernel: 3}", 29, "layers[0].filters", "'2'"),
+])
+def test_booleans_floats_and_strings_are_not_integers(write_spec, line, col, path, got):
+    # YAML 1.1 reads yes/true as booleans; Pydantic's lax mode would make them 1
+    spec = write_spec(f"input: {{shape: [1, 6, 6]}}\nlayers:\n{line}\nloss: mse\n")
+    assert str(spec_error(spec)) == f"{spec}:3:{col}: {path}: expected an integer, got {got}"
