@@ -4,7 +4,8 @@ Design: PyYAML's SafeLoader composes a node tree that carries marks; we build th
 data from the same nodes so the two cannot disagree, and record, for each key
 path such as ``("layers", 3, "units")``, where the key and its value start.
 JSON is parsed strictly by ``json`` (its errors carry line/column), then composed
-by the YAML loader only to recover positions. Nothing here can run code: the
+by the YAML loader to recover positions and to catch duplicate keys, which
+``json`` accepts silently. Nothing here can run code: the
 SafeLoader constructs only plain scalars, lists and dicts.
 """
 import json
@@ -125,9 +126,11 @@ def parse_text(text, source="<string>", fmt=None):
             raise SpecError([dict(file=source, line=exc.lineno, column=exc.colno, path="",
                                   message=f"invalid JSON: {exc.msg}")], file=source) from None
         try:
-            _, pos, _ = _compose(text, source)
+            _, pos, issues = _compose(text, source)
         except yaml.YAMLError:
-            pos = Positions()  # valid JSON that YAML 1.1 rejects: keep data, lose positions
+            pos, issues = Positions(), []  # valid JSON that YAML 1.1 rejects: keep data, lose positions
+        if issues:  # json.loads keeps the last of duplicate keys silently; the composed tree saw them
+            raise SpecError(issues, file=source)
         return data, pos
     try:
         data, pos, issues = _compose(text, source)
