@@ -319,3 +319,10 @@ def test_booleans_floats_and_strings_are_not_integers(write_spec, line, col, pat
     # YAML 1.1 reads yes/true as booleans; Pydantic's lax mode would make them 1
     spec = write_spec(f"input: {{shape: [1, 6, 6]}}\nlayers:\n{line}\nloss: mse\n")
     assert str(spec_error(spec)) == f"{spec}:3:{col}: {path}: expected an integer, got {got}"
+
+
+def test_duplicate_json_key(write_spec):
+    # json.loads would keep the last value silently
+    path = write_spec('{"input": {"shape": [4]},\n "layers": [{"type": "dense", "units": 3,\n'
+                      '             "units": 4}],\n "loss": "mse"}\n', "spec.json")
+    assert str(spec_error(path)) == f"{path}:3:14: layers[0].units: duplicate key 'units' (first given on line 2)"
