@@ -72,8 +72,8 @@ def cmd_info(args):
             info[mod] = None
     if kernels.BACKEND == "cython":
         from . import kernels as k
-        info.update({f"compiled_{key}": v for key, v in k._impl.backend_info().items()}
-                    if hasattr(k._impl, "backend_info") else {})
+        if hasattr(k._impl, "backend_info"):
+            info.update(k._impl.backend_info())
     info["cpu_count"] = os.cpu_count()
     if args.json:
         print(json.dumps(info, indent=2))
