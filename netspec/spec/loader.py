@@ -48,14 +48,30 @@ def _mark(node):
     return (node.start_mark.line + 1, node.start_mark.column + 1)
 
 
+# Values an alias may make the walker build again. Nested aliases multiply ("billion
+# laughs"): seven levels of ten took 40 s and gigabytes before this limit.
+MAX_ALIAS_VALUES = 100_000
+
+
 class _Walker:
     def __init__(self, loader, source):
         self.loader = loader
         self.source = source
         self.pos = Positions()
         self.issues = []
+        self.built = set()
+        self.repeated = 0
 
     def build(self, node, path=()):
+        if id(node) in self.built:  # reached again through an alias
+            self.repeated += 1
+            if self.repeated > MAX_ALIAS_VALUES:
+                line, col = _mark(node)
+                raise SpecError([dict(file=self.source, line=line, column=col, path=_fmt(path),
+                                      message=f"YAML aliases expand to more than {MAX_ALIAS_VALUES:,} values")],
+                                file=self.source)
+        else:
+            self.built.add(id(node))
         self.pos.values[path] = _mark(node)
         if node.tag not in _PLAIN_TAGS:
             line, col = _mark(node)
