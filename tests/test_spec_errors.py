@@ -326,3 +326,21 @@ def test_duplicate_json_key(write_spec):
     path = write_spec('{"input": {"shape": [4]},\n "layers": [{"type": "dense", "units": 3,\n'
                       '             "units": 4}],\n "loss": "mse"}\n', "spec.json")
     assert str(spec_error(path)) == f"{path}:3:14: layers[0].units: duplicate key 'units' (first given on line 2)"
+
+
+def test_yaml_alias_bomb_is_refused_quickly(write_spec):
+    lines = ["a0: &a0 [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]   # 10**9 values
+    path = write_spec("\n".join(lines) + "\ninput: {shape: [4]}\nlayers: [{type: dense, units: 2}]\nloss: mse\n")
+    err = spec_error(path)
+    assert [i["message"] for i in err.issues] == ["YAML aliases expand to more than 100,000 values"]
+    assert err.issues[0]["path"].startswith("a4[")
+
+
+def test_aliases_and_merge_keys_still_work(write_spec):
+    path = write_spec("input: {shape: [4]}\nlayers:\n"
+                      "  - &fc {type: dense, units: 3, init: {std: 0.5}}\n"
+                      "  - {<<: *fc, name: second}\nloss: mse\n")
+    spec = netspec.load_spec(path)
+    assert spec.layer_names == ["dense1", "second"]
+    assert spec.layers[1].init.std == 0.5
