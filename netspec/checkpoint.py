@@ -51,6 +51,7 @@ def save_checkpoint(path, model, optimizer=None, trainer_state=None, extra_array
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".model-", suffix=".npz.tmp", dir=folder)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is an ordinary file
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
@@ -63,6 +64,12 @@ def save_checkpoint(path, model, optimizer=None, trainer_state=None, extra_array
             pass
         raise
     return path
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_checkpoint(path):
