@@ -154,5 +154,27 @@ class Model:
         acc = correct / max(n, 1) if self.loss_fn.classification else None
         return total / max(n, 1), acc
 
+    def graph(self):
+        """The model as plain data (ops, shapes, attributes, named arrays), e.g. for export.
+
+        Returns {"inputs", "nodes", "output", "loss", "dtype"}; each node names its op,
+        inputs, attributes (the layer's spec fields), output shape (no batch axis) and
+        the keys of its arrays in ``model.params`` / ``model.buffers``.
+        """
+        skip = {"type", "name", "inputs", "init", "bias_init"}
+        nodes = []
+        for l in self.layers:
+            attrs = {k: v for k, v in l.spec.model_dump(mode="json").items() if k not in skip}
+            if getattr(l, "stride", None) is not None and "stride" in attrs:
+                attrs["stride"] = l.stride  # pooling's default stride, resolved
+            nodes.append({
+                "name": l.name, "op": l.spec.type, "inputs": list(l.input_names), "attrs": attrs,
+                "output_shape": list(l.out_shape),
+                "params": {k: f"{l.name}.{k}" for k in l.params},
+                "buffers": {k: f"{l.name}.{k}" for k in (l.buffers() if hasattr(l, "buffers") else {})},
+            })
+        return {"inputs": [{"name": "input", "shape": list(self.input_shape)}], "nodes": nodes,
+                "output": self.layers[-1].name, "loss": self.spec.loss, "dtype": str(self.dtype)}
+
     def __repr__(self):
         return f"<netspec.Model {self.name!r}: {len(self.layers)} layers, {self.dtype}>"

@@ -121,3 +121,37 @@ def test_checkpoint_cli_errors_exit_2(tmp_path, capsys):
     assert main(["evaluate", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "x.npz" in err and "Traceback" not in err
+
+
+def test_graph_export_description_rebuilds_the_same_outputs(ckpt):
+    """model.graph() plus the named arrays is enough to recompute the model outside netspec's Model."""
+    _, model = ckpt
+    g = model.graph()
+    assert [n["op"] for n in g["nodes"]] == ["conv2d", "batchnorm", "relu", "dense"]
+    assert g["nodes"][0]["attrs"] == {"filters": 2, "kernel": [3, 3], "stride": 1, "pad": 0, "bias": True}
+    assert g["nodes"][1]["buffers"] == {"running_mean": "bn1.running_mean", "running_var": "bn1.running_var"}
+    arrays = {**model.params, **model.buffers}
+    x = np.random.default_rng(5).random((2, 1, 8, 8))
+    # an independent interpreter of the graph, written with plain numpy loops
+    vals = {"input": x}
+    for n in g["nodes"]:
+        a, v = n["attrs"], vals[n["inputs"][0]]
+        if n["op"] == "conv2d":
+            W, b = arrays[n["params"]["W"]], arrays[n["params"]["b"]]
+            F, _, kh, kw = W.shape
+            OH, OW = n["output_shape"][1:]
+            out = np.zeros((len(v), F, OH, OW))
+            for i in range(OH):
+                for j in range(OW):
+                    out[:, :, i, j] = np.tensordot(v[:, :, i:i + kh, j:j + kw], W, axes=([1, 2, 3], [1, 2, 3]))
+            vals[n["name"]] = out + b[None, :, None, None]
+        elif n["op"] == "batchnorm":
+            m_, var = arrays[n["buffers"]["running_mean"]], arrays[n["buffers"]["running_var"]]
+            gam, bet = arrays[n["params"]["gamma"]], arrays[n["params"]["beta"]]
+            r = lambda z: z[None, :, None, None]
+            vals[n["name"]] = r(gam) * (v - r(m_)) / np.sqrt(r(var) + a["eps"]) + r(bet)
+        elif n["op"] == "relu":
+            vals[n["name"]] = np.maximum(v, 0)
+        elif n["op"] == "dense":
+            vals[n["name"]] = v.reshape(len(v), -1) @ arrays[n["params"]["W"]] + arrays[n["params"]["b"]]
+    np.testing.assert_allclose(vals[g["output"]], model.predict(x), rtol=1e-5, atol=1e-6)
