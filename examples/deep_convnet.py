@@ -2,20 +2,20 @@
 
 Trains specs/deep_convnet.yaml on mnist-5k (the spec says 20 epochs; this
 script's default trains 8 to stay within a few minutes on 2 cores, --epochs 20
-for the full run, --quick one short epoch), or evaluates an already trained
+for the full run, --quick one step on 100 images), or evaluates an already trained
 checkpoint with --model (e.g. the Fashion-MNIST run of
 specs/deep_convnet_fashion.yaml). Then it shows the first 20 misclassified test
 images in a 4x5 grid (label -> prediction) and re-runs inference with every
 parameter and the input cast to float16, float32 and float64.
 """
+from _shared import misclassified, misclassified_grid, parse_args, pyplot, spec_dict  # before numpy: sets BLAS threads
+
 import time
 
 import numpy as np
 
 import netspec
 from netspec.data import load_data
-
-from _shared import misclassified, misclassified_grid, parse_args, pyplot, spec_dict
 
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -42,7 +42,7 @@ else:
     spec = spec_dict("deep_convnet")
     epochs = args.epochs
     if args.quick:
-        spec["train"]["data"].update(limit_train=300, limit_test=200)
+        spec["train"]["data"].update(limit_train=100, limit_test=100)
         epochs = 1
     t0 = time.perf_counter()
     history = netspec.train(spec, epochs=epochs, quiet=False)

@@ -4,12 +4,12 @@ Trains specs/forward_example.yaml (MSE, SGD lr 0.1, 3,000 steps), printing the
 prediction and the loss every 150 steps as the seed did, and saves the loss curve.
 The run is deterministic: the prediction ends within 1e-3 of the target [0.2, 0.1].
 """
+from _shared import parse_args, pyplot, saved, spec_path  # before numpy: sets BLAS threads
+
 import numpy as np
 
 import netspec
 from netspec.trainer import trainer_for
-
-from _shared import parse_args, pyplot, saved, spec_path
 
 args = parse_args(__doc__)
 spec = netspec.load_spec(spec_path("forward_example"))

@@ -5,13 +5,13 @@ the seed first did, the same net with lr 0.001. Prints the mean squared error
 over an even grid in the middle of the range (|x| <= 2.5) and at its ends
 (|x| >= 4), and saves the fit next to the true curve. --quick trains 2,000 steps.
 """
+from _shared import parse_args, pyplot, saved, spec_dict  # before numpy: sets BLAS threads
+
 import sys
 
 import numpy as np
 
 import netspec
-
-from _shared import parse_args, pyplot, saved, spec_dict
 
 args = parse_args(__doc__)
 spec = spec_dict("function_approx")

@@ -5,11 +5,12 @@ per-epoch accuracies and the final test accuracy over all 1,000 test images, and
 saves the loss/accuracy curves and the first 20 misclassified test images.
 --quick trains one epoch on 500 images.
 """
+from _shared import (curves, misclassified, misclassified_grid, parse_args, pyplot,  # before numpy:
+                     spec_dict)  # it sets the BLAS thread count
+
 import time
 
 import netspec
-
-from _shared import curves, misclassified, misclassified_grid, parse_args, pyplot, spec_dict
 
 args = parse_args(__doc__)
 spec = spec_dict("simple_convnet")

@@ -4,12 +4,12 @@ Compiles specs/simple_net.yaml in float64 and prints the gradient of the loss
 with respect to W twice: by central differences (h = 1e-4, as the seed) and by
 back-propagation. They agree to 1e-7.
 """
+from _shared import gradient_scatter, parse_args, pyplot, spec_path  # before numpy: sets BLAS threads
+
 import numpy as np
 
 import netspec
 from netspec.gradcheck import numerical_gradient
-
-from _shared import gradient_scatter, parse_args, pyplot, spec_path
 
 args = parse_args(__doc__)
 spec = netspec.load_spec(spec_path("simple_net"))

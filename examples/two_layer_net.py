@@ -6,6 +6,8 @@ or fewer with --quick). Then trains specs/two_layer_net.yaml with the seed's
 settings (SGD lr 0.1, batch 100 drawn with replacement, 10,000 iterations,
 accuracy every 600) on mnist-5k and saves the accuracy curve.
 """
+from _shared import gradient_scatter, parse_args, pyplot, saved, spec_path  # before numpy: sets BLAS threads
+
 import time
 
 import numpy as np
@@ -13,8 +15,6 @@ import numpy as np
 import netspec
 from netspec.data import load_data
 from netspec.gradcheck import numerical_gradient, relative_error, sample_indices
-
-from _shared import gradient_scatter, parse_args, pyplot, saved, spec_path
 
 
 def extra(p):
