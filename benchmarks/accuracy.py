@@ -1,0 +1,322 @@
+"""Measure the accuracy targets of the seed systems and write benchmarks/RESULTS.md.
+
+Usage:  python benchmarks/accuracy.py [TARGET ...] [--runs DIR] [--budget-minutes 30] [--no-write]
+
+With no TARGET, runs the short ones (minutes on 2 cores): forward_example,
+simple_net, two_layer_net, simple_convnet, deep_convnet (mnist-5k),
+function_approx. The long ones run only when named:
+
+- ``mnist_mlp``     the seed's 50,000 single-image Adam steps, twice (with the
+                    first ReLU, and without it: what the seed's bug trained)
+- ``fashion``       specs/deep_convnet_fashion.yaml, 20 epochs on the full
+                    Fashion-MNIST, then float16/float32/float64 inference
+- ``fashion_plus``  specs/deep_convnet_fashion_plus.yaml, stopped before the
+                    wall-clock budget (--budget-minutes, default 30) runs out
+
+The two Fashion targets train into run directories under --runs (default
+runs/accuracy/); a directory that already holds a checkpoint is resumed, and a
+finished one is only evaluated, so a run started with ``netspec run SPEC --out
+DIR`` can be collected later with ``--runs`` pointing at DIR's parent.
+
+Each result is merged into the JSON block at the end of RESULTS.md, and the
+tables are rebuilt from all stored results, so targets can be measured in
+separate invocations. Seconds per epoch are training time only (no
+evaluation), wall clock, on whatever else the machine was doing: the load
+average at the start and end of each target is stored next to it.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+# The compiled kernels run their own OpenMP threads; a second, OpenBLAS, pool on the
+# same two cores made a DeepConvNet step ~15x slower under load. Must precede numpy.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+import netspec  # noqa: E402
+from netspec.data import load_data  # noqa: E402
+from netspec.gradcheck import numerical_gradient  # noqa: E402
+from netspec.trainer import resume_trainer, trainer_for  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SPECS = REPO / "specs"
+RESULTS = REPO / "benchmarks" / "RESULTS.md"
+SHORT = ["forward_example", "simple_net", "two_layer_net", "simple_convnet", "deep_convnet", "function_approx"]
+LONG = ["mnist_mlp", "fashion", "fashion_plus"]
+
+
+def spec_file(name):
+    return str(SPECS / f"{name}.yaml")
+
+
+def load_average():
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def per_epoch_seconds(history):
+    secs = [m["seconds"] for m in history]
+    return round(float(np.median(secs)), 1) if secs else None
+
+
+# -- targets: each returns {key: row}; a row is one line of the results table ------------
+
+def forward_example(args):
+    spec = netspec.load_spec(spec_file("forward_example"))
+    x, t = np.array(spec.train.data.x, float), np.array(spec.train.data.t, float)
+    history = netspec.train(spec)
+    y = history.model.predict(x)[0]
+    err = float(np.abs(y - t[0]).max())
+    return {"forward_example": dict(
+        spec="forward_example", data="one inline sample", budget=f"{history[-1]['step']} steps",
+        result=f"prediction {np.round(y, 6).tolist()}, max |y - t| = {err:.2e}",
+        target="|y - t| <= 1e-3 after 3,000 steps", holds=err <= 1e-3, value=err)}
+
+
+def simple_net(args):
+    spec = netspec.load_spec(spec_file("simple_net"))
+    model = netspec.compile(spec, dtype="float64")
+    x, t = np.array(spec.train.data.x, np.float64), np.array(spec.train.data.t)
+    W = model.params["W.W"]
+    numeric = numerical_gradient(lambda: model.loss(x, t), W, h=1e-4)
+    diff = float(np.abs(model.gradient(x, t)["W.W"] - numeric).max())
+    return {"simple_net": dict(
+        spec="simple_net", data="one inline sample", budget="-",
+        result=f"max |numerical - backprop| of dL/dW = {diff:.1e}",
+        target="agree to 1e-7", holds=diff <= 1e-7, value=diff)}
+
+
+def _classifier(key, name, target, threshold, published="", epochs=None, data=None):
+    h = netspec.train(spec_file(name), epochs=epochs)
+    spec = h.model.spec
+    steps = h[-1]["step"]
+    budget = f"{steps} steps" if spec.train.steps else f"{len(h)} epochs"
+    return {key: dict(
+        spec=name, data=data or spec.train.data.source, budget=budget,
+        result=f"test accuracy {h.test_acc:.4f}", value=h.test_acc,
+        target=target, holds=None if threshold is None else h.test_acc >= threshold,
+        seconds_per_epoch=per_epoch_seconds(h), published=published,
+        curve=[round(m["test_acc"], 4) for m in h])}
+
+
+def two_layer_net(args):
+    return _classifier("two_layer_net", "two_layer_net", ">= 90%", 0.90, data="mnist-5k (4,000 / 1,000)")
+
+
+def simple_convnet(args):
+    return _classifier("simple_convnet", "simple_convnet", ">= 97%", 0.97, data="mnist-5k (4,000 / 1,000)")
+
+
+def deep_convnet(args):
+    rows = _classifier("deep_convnet", "deep_convnet", "(no target on mnist-5k)", None,
+                       published="~99.4% (book, full MNIST 60k/10k, 20 epochs)", data="mnist-5k (4,000 / 1,000)")
+    return rows
+
+
+def function_approx(args):
+    spec = netspec.load_spec(spec_file("function_approx"))
+    h = netspec.train(spec)
+    grid = np.linspace(-5, 5, 1001)[:, None]
+    truth = np.polyval(spec.train.data.coefficients, grid)
+    y = h.model.predict(grid)
+    a = np.abs(grid[:, 0])
+    middle = float(np.mean((y[a <= 2.5] - truth[a <= 2.5]) ** 2))
+    ends = float(np.mean((y[a >= 4] - truth[a >= 4]) ** 2))
+    return {"function_approx": dict(
+        spec="function_approx", data="x ~ U[-5, 5], 10,000 samples", budget=f"{h[-1]['step']} steps",
+        result=f"MSE middle (|x| <= 2.5) {middle:.2f}, ends (|x| >= 4) {ends:.2f}, test {h.test_loss:.2f}",
+        target="report middle vs ends (seed: good in the middle, poor at the ends)",
+        holds=ends > middle, value={"middle": middle, "ends": ends, "test": h.test_loss},
+        seconds_per_epoch=per_epoch_seconds(h))}
+
+
+def mnist_mlp(args):
+    import yaml
+    with open(spec_file("mnist_mlp"), encoding="utf-8") as f:
+        spec = yaml.safe_load(f)
+    rows = {}
+    variants = [("mnist_mlp", spec, "as specified (ReLU after fc1 and fc2)")]
+    without = json.loads(json.dumps(spec))
+    without["name"] = "mnist_mlp_no_relu1"
+    del without["layers"][1]
+    variants.append(("mnist_mlp_bug", without, "what the seed's bug trained: no ReLU after fc1"))
+    for key, s, what in variants:
+        t0 = time.perf_counter()
+        h = netspec.train(s)
+        rows[key] = dict(
+            spec="mnist_mlp" + (" minus relu1" if key.endswith("bug") else ""), data="mnist-5k (4,000 / 1,000)",
+            budget=f"{h[-1]['step']} single-image steps", result=f"test accuracy {h.test_acc:.4f} ({what})",
+            value=h.test_acc, target="report; seed: ~70% (with its bug, full MNIST)", holds=None,
+            seconds_per_epoch=per_epoch_seconds(h), seconds_total=round(time.perf_counter() - t0),
+            published="~70% (the seed's buggy run)", curve=[round(m["test_acc"], 4) for m in h])
+    cost = rows["mnist_mlp"]["value"] - rows["mnist_mlp_bug"]["value"]
+    rows["mnist_mlp_bug"]["result"] += f"; the bug cost {100 * cost:+.2f} points"
+    return rows
+
+
+def _run_dir_trainer(spec_name, run_dir, callbacks=()):
+    """Resume ``run_dir`` if it holds a checkpoint, else start training into it."""
+    if (run_dir / "model.npz").exists():
+        print(f"resuming {run_dir}", flush=True)
+        return resume_trainer(str(run_dir), callbacks=callbacks)
+    return trainer_for(spec_file(spec_name), out=str(run_dir), callbacks=callbacks)
+
+
+def _dtype_accuracies(model, x, t):
+    acc = {}
+    for dtype in ("float16", "float32", "float64"):
+        m = netspec.compile(model.spec, dtype=dtype)
+        m.load_arrays({**model.params, **model.buffers})
+        acc[dtype] = m.accuracy(x.astype(dtype), t, batch_size=500)
+        print(f"  {dtype} inference: accuracy {acc[dtype]:.4f}", flush=True)
+    return acc
+
+
+def fashion(args):
+    run_dir = Path(args.runs) / "deep_convnet_fashion"
+    tr = _run_dir_trainer("deep_convnet_fashion", run_dir)
+    h = tr.run()
+    rows = {"fashion": dict(
+        spec="deep_convnet_fashion", data="fashion-mnist (60,000 / 10,000)", budget=f"{len(h)} epochs",
+        result=f"test accuracy {h.test_acc:.4f}", value=h.test_acc, target=">= 92.5% within 20 epochs",
+        holds=h.test_acc >= 0.925 and len(h) <= 20, seconds_per_epoch=per_epoch_seconds(h),
+        epoch_seconds=[round(m["seconds"]) for m in h], run_dir=str(run_dir),
+        curve=[round(m["test_acc"], 4) for m in h],
+        published="0.903-0.932 for small CNNs in the Fashion-MNIST README's submitted (unverified) table")}
+    data = load_data(tr.spec.train.data, dtype=np.float64)
+    acc = _dtype_accuracies(h.model, data.x_test, data.t_test)
+    drop = 100 * (acc["float32"] - acc["float16"])
+    rows["float16"] = dict(
+        spec="deep_convnet_fashion", data="fashion-mnist test (10,000)", budget="inference",
+        result=f"float16 {acc['float16']:.4f}, float32 {acc['float32']:.4f}, float64 {acc['float64']:.4f}",
+        value=acc, target="float16 loses <= 0.2 points vs float32", holds=drop <= 0.2)
+    return rows
+
+
+def fashion_plus(args):
+    budget = args.budget_minutes * 60
+    run_dir = Path(args.runs) / "deep_convnet_fashion_plus"
+    started = time.perf_counter()
+
+    def stop_before_budget(trainer, metrics):
+        # Stop after this epoch if another one (as long as the slowest so far) would overrun.
+        elapsed = time.perf_counter() - started
+        slowest = max(m["seconds"] for m in trainer.history)
+        if elapsed + 1.1 * slowest > budget:
+            trainer.total_steps = trainer.step
+            print(f"stopping: {elapsed / 60:.1f} of {args.budget_minutes} minutes used", flush=True)
+
+    tr = _run_dir_trainer("deep_convnet_fashion_plus", run_dir, callbacks=[stop_before_budget])
+    resumed = len(tr.history)
+    h = tr.run()
+    elapsed = time.perf_counter() - started
+    return {"fashion_plus": dict(
+        spec="deep_convnet_fashion_plus", data="fashion-mnist (60,000 / 10,000)",
+        budget=f"{len(h)} epochs in {args.budget_minutes} min" + (f" ({resumed} before a resume)" if resumed else ""),
+        result=f"test accuracy {h.test_acc:.4f}", value=h.test_acc,
+        target="how far in 30 minutes on 2 cores", holds=None, seconds_per_epoch=per_epoch_seconds(h),
+        epoch_seconds=[round(m["seconds"]) for m in h], wall_seconds=round(elapsed), run_dir=str(run_dir),
+        curve=[round(m["test_acc"], 4) for m in h],
+        published="0.936 (CapsNet, 8M params, same shift-2 + flip augmentation), 0.950 (MobileNet), "
+                  "Fashion-MNIST README, unverified")}
+
+
+TARGETS = {f.__name__: f for f in (forward_example, simple_net, two_layer_net, simple_convnet, deep_convnet,
+                                   function_approx, mnist_mlp, fashion, fashion_plus)}
+
+
+# -- RESULTS.md -----------------------------------------------------------------------
+
+ORDER = ["forward_example", "simple_net", "two_layer_net", "simple_convnet", "deep_convnet", "function_approx",
+         "mnist_mlp", "mnist_mlp_bug", "fashion", "float16", "fashion_plus"]
+STORE = re.compile(r"<!-- results-json\n(.*?)\n-->", re.S)
+
+
+def read_store(path):
+    if not path.exists():
+        return {}
+    m = STORE.search(path.read_text(encoding="utf-8"))
+    return json.loads(m.group(1)) if m else {}
+
+
+def render(rows):
+    def cell(row, k):
+        v = row.get(k)
+        return "-" if v in (None, "") else str(v).replace("|", "\\|")
+
+    def holds(row):
+        return {True: "yes", False: "**no**", None: "-"}[row.get("holds")]
+
+    lines = [
+        "# Accuracy of the seed systems",
+        "",
+        "Written by `python benchmarks/accuracy.py` (see its docstring for the targets and flags); the",
+        "JSON block at the end holds every measured value and is merged on each run. Seconds per epoch",
+        "are the median training time per reported epoch (evaluation excluded), wall clock, compiled",
+        "Cython backend, float32, 2 cores shared with other work: see each row's load average.",
+        "",
+        "| target | spec | data | budget | result | target | holds | s/epoch | published |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in sorted(rows, key=lambda k: ORDER.index(k) if k in ORDER else len(ORDER)):
+        r = rows[key]
+        lines.append("| " + " | ".join([key, cell(r, "spec"), cell(r, "data"), cell(r, "budget"), cell(r, "result"),
+                                         cell(r, "target"), holds(r), cell(r, "seconds_per_epoch"),
+                                         cell(r, "published")]) + " |")
+    lines += ["", "Per-run details (date, load average at start and end, per-epoch test accuracy):", ""]
+    for key in sorted(rows, key=lambda k: ORDER.index(k) if k in ORDER else len(ORDER)):
+        r = rows[key]
+        extra = [f"measured {r.get('date', '?')}", f"load {r.get('load_start')} -> {r.get('load_end')}"]
+        if r.get("curve"):
+            extra.append("test acc per epoch " + ", ".join(f"{a:.3f}" for a in r["curve"]))
+        if r.get("epoch_seconds"):
+            extra.append("seconds per epoch " + ", ".join(map(str, r["epoch_seconds"])))
+        if r.get("run_dir"):
+            extra.append(f"run dir `{r['run_dir']}`")
+        lines.append(f"- **{key}**: " + "; ".join(extra))
+    lines += ["", "<!-- results-json", json.dumps(rows, indent=1, sort_keys=True), "-->", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("targets", nargs="*", metavar="TARGET",
+                   help=f"any of {', '.join(TARGETS)} (default: {', '.join(SHORT)})")
+    p.add_argument("--runs", default=str(REPO / "runs" / "accuracy"), help="run directories of the Fashion targets")
+    p.add_argument("--budget-minutes", type=float, default=30.0, help="wall-clock budget of fashion_plus")
+    p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--no-write", action="store_true", help="print the results, leave RESULTS.md alone")
+    args = p.parse_args(argv)
+    unknown = [t for t in args.targets if t not in TARGETS]
+    if unknown:
+        p.error(f"unknown target {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
+    targets = args.targets or SHORT
+    print(f"netspec {netspec.__version__}, backend {netspec.BACKEND}, {platform.machine()}, "
+          f"{os.cpu_count()} cpus, load {load_average()}", flush=True)
+    for name in targets:
+        load_start, t0 = load_average(), time.perf_counter()
+        print(f"== {name}", flush=True)
+        rows = TARGETS[name](args)
+        for key, row in rows.items():
+            row.update(date=datetime.date.today().isoformat(), load_start=load_start, load_end=load_average(),
+                       backend=netspec.BACKEND)
+            print(f"{key}: {row['result']} (target {row['target']}; holds: {row['holds']}) "
+                  f"[{time.perf_counter() - t0:.0f} s]", flush=True)
+        if not args.no_write:
+            store = read_store(args.results)
+            store.update(json.loads(json.dumps(rows, default=float)))
+            args.results.write_text(render(store), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
