@@ -4,6 +4,7 @@ A spec writes ``init: he``, ``init: {std: 0.01}``, ``init: {type: constant, valu
 or ``init: {values: [[...]]}``; the short forms are normalised to the tagged
 form before validation. fan_in is in-features for dense, C*kh*kw for conv.
 """
+import math
 from typing import Annotated, Any, Literal, Union
 
 import numpy as np
@@ -15,8 +16,8 @@ from ._strict import Strict
 
 class NormalInit(Strict):
     type: Literal["normal"] = "normal"
-    std: float = Field(0.01, gt=0, description="standard deviation")
-    mean: float = 0.0
+    std: float = Field(0.01, gt=0, allow_inf_nan=False, description="standard deviation")
+    mean: float = Field(0.0, allow_inf_nan=False)
 
 
 class HeInit(Strict):
@@ -35,13 +36,29 @@ class ZerosInit(Strict):
 
 class ConstantInit(Strict):
     type: Literal["constant"] = "constant"
-    value: float
+    value: float = Field(allow_inf_nan=False)
+
+
+def _finite_numbers(v):
+    """Explicit values are a number or nested lists of finite numbers: no strings, booleans, NaN or inf."""
+    def check(x, where):
+        if isinstance(x, list):
+            for i, item in enumerate(x):
+                check(item, f"{where}[{i}]")
+        elif isinstance(x, bool) or not isinstance(x, (int, float)):
+            if not where:
+                raise ValueError("explicit values must be a number or nested lists of numbers")
+            raise ValueError(f"explicit values must be numbers, got {x!r} at values{where}")
+        elif not math.isfinite(x):
+            raise ValueError(f"explicit values must be finite, got {x!r} at values{where}")
+    check(v, "")
+    return v
 
 
 class ValuesInit(Strict):
     """Explicit values written in the spec, shape-checked against the parameter."""
     type: Literal["values"] = "values"
-    values: Union[float, list[Any]]
+    values: Annotated[Union[float, list[Any]], BeforeValidator(_finite_numbers)]
 
 
 def _short_forms(v):

@@ -21,7 +21,7 @@ class BatchNorm(Layer):
     class Spec(LayerSpec):
         type: Literal["batchnorm"]
         momentum: float = Field(0.9, ge=0, lt=1, description="weight of the old running statistics")
-        eps: float = Field(1e-5, gt=0)
+        eps: float = Field(1e-5, gt=0, allow_inf_nan=False)
 
     prefix = "bn"
 

@@ -134,6 +134,8 @@ def _data_path(loc, data):
             node = node[el]
         elif isinstance(node, list) and isinstance(el, str):
             continue
+        elif node is not None and not isinstance(node, list):
+            continue  # a scalar has no keys: the rest of loc names union members (float, list[...])
         else:
             if isinstance(el, int) or not ("[" in el or "-" in el):
                 path.append(el)
@@ -210,6 +212,8 @@ def _message(err, data, path):
         return f"expected an integer, got {_short(got)}"
     if kind in ("float_type", "float_parsing"):
         return f"expected a number, got {_short(got)}"
+    if kind == "finite_number":
+        return f"must be a finite number (got {_short(got)})"
     if kind in ("bool_type", "bool_parsing"):
         return f"expected true or false, got {_short(got)}"
     if kind in ("string_type",):
