@@ -344,3 +344,18 @@ def test_aliases_and_merge_keys_still_work(write_spec):
     spec = netspec.load_spec(path)
     assert spec.layer_names == ["dense1", "second"]
     assert spec.layers[1].init.std == 0.5
+
+
+@pytest.mark.parametrize("init,path,message", [
+    ("{std: .inf}", "layers[0].init.std", "must be a finite number (got inf)"),
+    ("{type: constant, value: .nan}", "layers[0].init.value", "must be a finite number (got nan)"),
+    ("{values: [[1, '2'], [3, 4]]}", "layers[0].init.values", "explicit values must be numbers, got '2' at values[0][1]"),
+    ("{values: [[1, 2], [true, 4]]}", "layers[0].init.values", "explicit values must be numbers, got True at values[1][0]"),
+    ("{values: [[1, .nan], [3, 4]]}", "layers[0].init.values", "explicit values must be finite, got nan at values[0][1]"),
+    ("{values: abc}", "layers[0].init.values",
+     "explicit values must be a number or nested lists of numbers (got 'abc')"),
+])
+def test_init_numbers_must_be_finite_numbers(write_spec, init, path, message):
+    spec = write_spec(f"input: {{shape: [2]}}\nlayers:\n  - {{type: dense, units: 2, init: {init}}}\nloss: mse\n")
+    err = spec_error(spec)
+    assert [(i["path"], i["message"]) for i in err.issues] == [(path, message)]
