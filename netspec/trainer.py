@@ -247,9 +247,10 @@ class Trainer:
                 elif cfg.early_stopping:
                     self.bad_epochs = 0
                 last = self.step >= self.total_steps or stopped
-                if self.run_dir and (self.epoch % cfg.checkpoint_every == 0 or last):
-                    self.save()
-                    self._append_metrics(metrics)
+                if self.run_dir:
+                    if self.epoch % cfg.checkpoint_every == 0 or last:
+                        self.save()
+                    self._append_metrics(metrics)  # after the save: a resume rewrites it from the checkpoint
                 if stopped:
                     self._print(bar, stopped)
                     break

@@ -253,3 +253,11 @@ def test_evaluate_and_predict_commands(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("0: ")
     assert main(["predict", ckpt, "[1, 2, 3]"]) == 2
     assert "does not fit the model input" in capsys.readouterr().err
+
+
+def test_metrics_every_epoch_even_between_checkpoints(tmp_path):
+    netspec.train(small_conv(epochs=3, checkpoint_every=2), out=tmp_path)
+    lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+    assert [l["epoch"] for l in lines] == [1, 2, 3]
+    meta, _ = read_checkpoint(tmp_path / "model.npz")
+    assert meta["trainer"]["epoch"] == 3  # the last epoch is always checkpointed
