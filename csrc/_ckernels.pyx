@@ -544,14 +544,18 @@ cdef void _maxpool_fwd(floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
                        Py_ssize_t stride, Py_ssize_t pad) noexcept nogil:
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
-    cdef Py_ssize_t nc, n, c, oh, ow, i, j, h, w, i0, i1, j0, j1, a
+    cdef Py_ssize_t nc, oh, ow, i, j, i0, i1, j0, j1, a
+    cdef bint take
     cdef floating best, v
     cdef const floating* plane
+    cdef const floating* row
+    cdef floating* o
+    cdef int64_t* ao
     cdef int nt = _nthreads(N * C * OH * OW * kh * kw)
     for nc in prange(N * C, nogil=True, schedule="static", num_threads=nt):
-        n = nc // C
-        c = nc - n * C
-        plane = &x[n, c, 0, 0]
+        plane = &x[0, 0, 0, 0] + nc * H * W
+        o = &out[0, 0, 0, 0] + nc * OH * OW
+        ao = &arg[0, 0, 0, 0] + nc * OH * OW
         for oh in range(OH):
             i0 = pad - oh * stride
             if i0 < 0:
@@ -567,18 +571,19 @@ cdef void _maxpool_fwd(floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
                 if j1 > kw:
                     j1 = kw
                 # padding is -inf: it never wins a strict comparison, and an
-                # all -inf window reports index 0 like numpy's argmax
+                # all -inf window reports index 0 like numpy's argmax.
+                # Selects instead of branches: random data mispredicts them.
                 best = -INFINITY
                 a = 0
                 for i in range(i0, i1):
-                    h = oh * stride + i - pad
+                    row = plane + (oh * stride + i - pad) * W + ow * stride - pad
                     for j in range(j0, j1):
-                        v = plane[h * W + ow * stride + j - pad]
-                        if v > best:
-                            best = v
-                            a = i * kw + j
-                out[n, c, oh, ow] = best
-                arg[n, c, oh, ow] = a
+                        v = row[j]
+                        take = v > best
+                        best = v if take else best
+                        a = (i * kw + j) if take else a
+                o[oh * OW + ow] = best
+                ao[oh * OW + ow] = a
 
 
 cdef void _maxpool_bwd(floating[:, :, :, ::1] dout, int64_t[:, :, :, ::1] arg,
