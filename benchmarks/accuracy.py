@@ -1,6 +1,7 @@
 """Measure the accuracy targets of the seed systems and write benchmarks/RESULTS.md.
 
-Usage:  python benchmarks/accuracy.py [TARGET ...] [--runs DIR] [--budget-minutes 30] [--no-write]
+Usage:  python benchmarks/accuracy.py [TARGET ...] [--runs DIR] [--budget-minutes 30] [--float16-images N]
+                                      [--no-write] [--render]
 
 With no TARGET, runs the short ones (minutes on 2 cores): forward_example,
 simple_net, two_layer_net, simple_convnet, deep_convnet (mnist-5k),
@@ -117,8 +118,14 @@ def simple_convnet(args):
 
 
 def deep_convnet(args):
-    rows = _classifier("deep_convnet", "deep_convnet", "(no target on mnist-5k)", None,
-                       published="~99.4% (book, full MNIST 60k/10k, 20 epochs)", data="mnist-5k (4,000 / 1,000)")
+    h = netspec.train(spec_file("deep_convnet"))
+    rows = {"deep_convnet": dict(
+        spec="deep_convnet", data="mnist-5k (4,000 / 1,000)", budget=f"{len(h)} epochs",
+        result=f"test accuracy {h.test_acc:.4f}", value=h.test_acc, target="(none on mnist-5k)", holds=None,
+        seconds_per_epoch=per_epoch_seconds(h), published="~99.4% (the book: full MNIST, 60k / 10k, 20 epochs)",
+        curve=[round(m["test_acc"], 4) for m in h])}
+    data = load_data(h.model.spec.train.data, dtype=np.float64)
+    rows["float16_mnist5k"] = _float16_row(h.model, data, "deep_convnet", "mnist-5k test")
     return rows
 
 
@@ -171,14 +178,23 @@ def _run_dir_trainer(spec_name, run_dir, callbacks=()):
     return trainer_for(spec_file(spec_name), out=str(run_dir), callbacks=callbacks)
 
 
-def _dtype_accuracies(model, x, t):
-    acc = {}
+def _float16_row(model, data, spec_name, what, limit=None):
+    """Accuracy with every parameter and the input cast to float16, float32 and float64."""
+    x, t = data.x_test[:limit], data.t_test[:limit]
+    acc, seconds = {}, {}
     for dtype in ("float16", "float32", "float64"):
         m = netspec.compile(model.spec, dtype=dtype)
         m.load_arrays({**model.params, **model.buffers})
+        t0 = time.perf_counter()
         acc[dtype] = m.accuracy(x.astype(dtype), t, batch_size=500)
-        print(f"  {dtype} inference: accuracy {acc[dtype]:.4f}", flush=True)
-    return acc
+        seconds[dtype] = round(time.perf_counter() - t0, 1)
+        print(f"  {dtype} inference: accuracy {acc[dtype]:.4f} ({seconds[dtype]} s)", flush=True)
+    drop = 100 * (acc["float32"] - acc["float16"])
+    return dict(
+        spec=spec_name, data=f"{what} ({len(t):,})", budget="inference",
+        result=f"float16 {acc['float16']:.4f}, float32 {acc['float32']:.4f}, float64 {acc['float64']:.4f} "
+               f"(float16 {drop:+.2f} points lost)",
+        value=acc, inference_seconds=seconds, target="float16 loses <= 0.2 points vs float32", holds=drop <= 0.2)
 
 
 def fashion(args):
@@ -193,12 +209,8 @@ def fashion(args):
         curve=[round(m["test_acc"], 4) for m in h],
         published="0.903-0.932 for small CNNs in the Fashion-MNIST README's submitted (unverified) table")}
     data = load_data(tr.spec.train.data, dtype=np.float64)
-    acc = _dtype_accuracies(h.model, data.x_test, data.t_test)
-    drop = 100 * (acc["float32"] - acc["float16"])
-    rows["float16"] = dict(
-        spec="deep_convnet_fashion", data="fashion-mnist test (10,000)", budget="inference",
-        result=f"float16 {acc['float16']:.4f}, float32 {acc['float32']:.4f}, float64 {acc['float64']:.4f}",
-        value=acc, target="float16 loses <= 0.2 points vs float32", holds=drop <= 0.2)
+    rows["float16"] = _float16_row(h.model, data, "deep_convnet_fashion", "fashion-mnist test",
+                                   getattr(args, "float16_images", None))
     return rows
 
 
@@ -236,7 +248,8 @@ TARGETS = {f.__name__: f for f in (forward_example, simple_net, two_layer_net, s
 
 # -- RESULTS.md -----------------------------------------------------------------------
 
-ORDER = ["forward_example", "simple_net", "two_layer_net", "simple_convnet", "deep_convnet", "function_approx",
+ORDER = ["forward_example", "simple_net", "two_layer_net", "simple_convnet", "deep_convnet", "float16_mnist5k",
+         "function_approx",
          "mnist_mlp", "mnist_mlp_bug", "fashion", "float16", "fashion_plus"]
 STORE = re.compile(r"<!-- results-json\n(.*?)\n-->", re.S)
 
@@ -293,9 +306,16 @@ def main(argv=None):
                    help=f"any of {', '.join(TARGETS)} (default: {', '.join(SHORT)})")
     p.add_argument("--runs", default=str(REPO / "runs" / "accuracy"), help="run directories of the Fashion targets")
     p.add_argument("--budget-minutes", type=float, default=30.0, help="wall-clock budget of fashion_plus")
+    p.add_argument("--float16-images", type=int, default=None,
+                   help="fashion: compare dtypes on the first N test images only (float16 runs without BLAS, "
+                        "~70x slower than float32)")
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--no-write", action="store_true", help="print the results, leave RESULTS.md alone")
+    p.add_argument("--render", action="store_true", help="only rebuild RESULTS.md's tables from its stored results")
     args = p.parse_args(argv)
+    if args.render:
+        args.results.write_text(render(read_store(args.results)), encoding="utf-8")
+        return 0
     unknown = [t for t in args.targets if t not in TARGETS]
     if unknown:
         p.error(f"unknown target {', '.join(unknown)}; choose from {', '.join(TARGETS)}")

@@ -24,6 +24,7 @@ FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 def extra(p):
     p.add_argument("--epochs", type=int, default=8, help="training epochs (default 8; the spec's full run is 20)")
     p.add_argument("--model", help="evaluate this trained model.npz instead of training")
+    p.add_argument("--test-images", type=int, help="use only the first N test images (float16 inference is slow)")
 
 
 def recast(model, dtype):
@@ -52,7 +53,7 @@ else:
           f"({seconds:.0f} s, {seconds / len(history):.1f} s per epoch)")
 
 data = load_data(data_spec, dtype=np.float64)
-x, t = data.x_test, data.t_test
+x, t = data.x_test[:args.test_images], data.t_test[:args.test_images]
 names = FASHION if data.name == "fashion-mnist" else None
 
 wrong, pred = misclassified(model, x.astype(np.float32), t)
