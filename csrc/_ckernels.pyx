@@ -301,23 +301,14 @@ cdef void _scatter_nchw(floating[:, ::1] wide, floating[:, :, ::1] out, Py_ssize
                 dst[p] = src[p] + bias
 
 
-cdef void _gather_nchw(floating[:, :, ::1] dout, floating[:, ::1] wide, Py_ssize_t n0,
-                       floating* db) noexcept nogil:
-    """wide[f, n*P:(n+1)*P] = dout[n0 + n, f, :]; db[f] += sum of those rows (serial: db is shared)."""
+cdef void _gather_nchw(floating[:, :, ::1] dout, floating[:, ::1] wide,
+                       Py_ssize_t n0) noexcept nogil:
+    """wide[f, n*P:(n+1)*P] = dout[n0 + n, f, :] for the nb samples of a chunk."""
     cdef Py_ssize_t F = wide.shape[0], P = dout.shape[2], nb = wide.shape[1] // P
-    cdef Py_ssize_t n, f, p
-    cdef floating s
-    cdef const floating* src
-    cdef floating* dst
+    cdef Py_ssize_t n, f
     for f in range(F):
-        s = 0
         for n in range(nb):
-            src = &dout[n0 + n, f, 0]
-            dst = &wide[f, n * P]
-            for p in range(P):
-                dst[p] = src[p]
-                s += src[p]
-        db[f] += s
+            memcpy(&wide[f, n * P], &dout[n0 + n, f, 0], P * sizeof(floating))
 
 
 cdef class _ConvScratch:
@@ -422,9 +413,7 @@ def _scatter(prod, out3, Py_ssize_t n0, b):
             _scatter_nchw(p64, o64, n0, bp64)
 
 
-def _gather(dout3, prod, Py_ssize_t n0, db):
-    cdef float[::1] db32
-    cdef double[::1] db64
+def _gather(dout3, prod, Py_ssize_t n0):
     cdef float[:, ::1] p32
     cdef double[:, ::1] p64
     cdef float[:, :, ::1] d32
@@ -432,15 +421,13 @@ def _gather(dout3, prod, Py_ssize_t n0, db):
     if dout3.dtype == np.float32:
         d32 = dout3
         p32 = prod
-        db32 = db
         with nogil:
-            _gather_nchw(d32, p32, n0, &db32[0])
+            _gather_nchw(d32, p32, n0)
     else:
         d64 = dout3
         p64 = prod
-        db64 = db
         with nogil:
-            _gather_nchw(d64, p64, n0, &db64[0])
+            _gather_nchw(d64, p64, n0)
 
 
 def _is_pointwise(kh, kw, stride, pad):
@@ -521,11 +508,12 @@ def conv2d_backward(dout, x_shape, W, stride, pad, ws):
         g = np.empty(FN * s.nb * P, dtype=x.dtype)
         ws["_dout_wide"] = g
     tmp = np.empty((FN, K), dtype=x.dtype)
+    dout3.sum(axis=(0, 2), out=db)  # numpy's pairwise sum: vectorized, as in the reference
     for n0, nbc in _conv_chunks(N, s.nb):
         col = s.col[:K * nbc * P].reshape(K, nbc * P)
         gw = g[:FN * nbc * P].reshape(FN, nbc * P)
         dcol = s.prod[:K * nbc * P].reshape(K, nbc * P)
-        _gather(dout3, gw, n0, db)
+        _gather(dout3, gw, n0)
         _im2col_chunk(x, col, n0, nbc, kh, kw, stride, pad, OH, OW)
         if n0 == 0:
             np.matmul(gw, col.T, out=dW)
