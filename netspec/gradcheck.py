@@ -54,7 +54,7 @@ def relative_error(analytic, numeric, scale=0.0):
     keep = ~np.isnan(n)
     a, n = a[keep], n[keep]
     scale = max(np.abs(a).max(initial=0.0), np.abs(n).max(initial=0.0), float(scale))
-    if scale == 0.0:
+    if scale == 0.0 or a.size == 0:  # nothing to compare: callers see checked == 0
         return 0.0
     return float(np.abs(a - n).max() / scale)
 
@@ -69,8 +69,10 @@ def sample_indices(size, max_elements, rng):
 def check_model(model, x, t, *, h=1e-5, max_elements=40, seed=0):
     """Compare model.gradient with central differences for every parameter array.
 
-    Returns {name: {"error": float, "checked": int, "skipped": int, "size": int}}, where
-    ``skipped`` counts elements whose perturbation crossed a kink. The model should be
+    Returns {name: {"error": float, "checked": int, "skipped": int, "size": int, "zero": bool}},
+    where ``skipped`` counts elements whose perturbation crossed a kink and ``zero`` marks an
+    array whose analytic and numeric gradients are both below the resolution of central
+    differences (error 0: there is nothing to be relative to). The model should be
     float64. Dropout masks are frozen by reseeding the model's generator before every
     evaluation, so numeric and analytic gradients see the same network.
     """
@@ -84,15 +86,21 @@ def check_model(model, x, t, *, h=1e-5, max_elements=40, seed=0):
     model.set_rng(np.random.default_rng(seed))
     analytic = {k: v.copy() for k, v in model.gradient(x, t).items()}
     base = [s.copy() for s in kink_states(model)]
+    # Below this, a central difference is round-off of the loss divided by 2h, not a slope.
+    resolution = 100 * np.finfo(np.float64).eps * max(abs(model.last_loss), 1.0) / h
     rng = np.random.default_rng(seed + 1)
     report = {}
     for name, p in model.params.items():
         idx = sample_indices(p.size, max_elements, rng)
         num = numerical_gradient(loss, p, h=h, indices=idx, smooth=smooth)
         skipped = int(np.isnan(num).sum())
-        report[name] = {"error": relative_error(analytic[name].reshape(-1)[idx], num,
-                                                scale=np.abs(analytic[name]).max()),
-                        "checked": int(len(idx)) - skipped, "skipped": skipped, "size": int(p.size)}
+        scale = np.abs(analytic[name]).max()
+        zero = bool(max(scale, np.nanmax(np.abs(num), initial=0.0)) <= resolution)
+        # A gradient that is zero at this point (a conv bias before batchnorm) agrees with any
+        # round-off; a wrong non-zero gradient there still has scale > resolution and is compared.
+        error = 0.0 if zero else relative_error(analytic[name].reshape(-1)[idx], num, scale=scale)
+        report[name] = {"error": error, "checked": int(len(idx)) - skipped, "skipped": skipped,
+                        "size": int(p.size), "zero": zero}
     return report
 
 
