@@ -307,3 +307,5 @@ def test_relative_error_is_judged_against_the_whole_array_when_sampling():
     assert relative_error([0.2, 0.1], [0.1, 0.1], scale=0.1) == pytest.approx(0.5)
     # elements skipped at kinks (NaN numeric) are left out
     assert relative_error([1.0, 5.0], [1.0, np.nan]) == 0.0
+    # every element skipped: nothing compared, no error to report (check_model's "checked" says 0)
+    assert relative_error([1.0, 2.0], [np.nan, np.nan], scale=2.0) == 0.0

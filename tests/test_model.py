@@ -222,3 +222,35 @@ def test_loss_rejects_targets_that_do_not_fit():
         model.loss(x, np.array([0, 1, 2]))
     with pytest.raises(ValueError, match=r"targets shaped \[2, 4\] do not match outputs shaped \[2, 5\]"):
         model.loss(x, np.zeros((2, 4)))
+
+
+BN_AFTER_CONV = {"input": {"shape": [1, 4, 4]}, "dtype": "float64", "loss": "mse", "layers": [
+    {"type": "conv2d", "filters": 2, "kernel": 3, "pad": 1}, {"type": "batchnorm"}, {"type": "tanh"}]}
+
+
+def test_gradcheck_reports_a_gradient_that_is_zero_everywhere():
+    # batchnorm removes any per-channel constant: the conv bias has no effect on the loss
+    model = netspec.compile(BN_AFTER_CONV)
+    rng = np.random.default_rng(0)
+    x, t = rng.standard_normal((3, 1, 4, 4)), rng.standard_normal((3, 2, 4, 4))
+    report = check_model(model, x, t, max_elements=None)
+    assert report["conv1.b"] == {"error": 0.0, "checked": 2, "skipped": 0, "size": 2, "zero": True}
+    assert not report["conv1.W"]["zero"] and report["conv1.W"]["error"] <= 1e-6
+
+
+def test_gradcheck_fails_a_nonzero_gradient_where_the_true_one_is_zero(monkeypatch):
+    from netspec.layers.conv import Conv2D
+    original = Conv2D.backward
+
+    def backward(self, dout):
+        dx = original(self, dout)
+        self.grads["b"] = self.grads["b"] + 1e-6
+        return dx
+
+    monkeypatch.setattr(Conv2D, "backward", backward)
+    model = netspec.compile(BN_AFTER_CONV)
+    rng = np.random.default_rng(0)
+    x, t = rng.standard_normal((3, 1, 4, 4)), rng.standard_normal((3, 2, 4, 4))
+    report = check_model(model, x, t, max_elements=None)
+    assert report["conv1.b"]["zero"] is False
+    assert report["conv1.b"]["error"] == pytest.approx(1.0, abs=1e-3)

@@ -17,8 +17,14 @@ SEED_SPECS = ["deep_convnet", "forward_example", "function_approx", "mnist_mlp",
 SPEC_NAMES = sorted(p.stem for p in SPECS_DIR.glob("*.yaml"))   # every shipped spec is checked
 
 # per spec: (batch, elements checked per parameter array); the conv nets are sampled thinly to stay fast
-GRADCHECK = {"deep_convnet": (2, 10), "deep_convnet_fashion": (1, 4), "simple_convnet": (2, 20),
-             "mnist_mlp": (2, 10)}
+GRADCHECK = {"deep_convnet": (2, 10), "deep_convnet_fashion": (1, 4), "deep_convnet_fashion_plus": (2, 4),
+             "simple_convnet": (2, 20), "mnist_mlp": (2, 10)}
+
+
+def _tolerance(model):
+    # Batchnorm over a batch of 2 divides by small standard deviations, which magnifies the
+    # O(h^2) truncation error of central differences to ~1e-6; `netspec gradcheck` allows 1e-5.
+    return 1e-5 if any(l.spec.type == "batchnorm" for l in model.layers) else 1e-6
 
 
 def test_the_seven_seed_specs_are_shipped():
@@ -34,9 +40,10 @@ def test_spec_validates_compiles_and_passes_gradcheck(name):
     x, t = random_batch(model, n=n, seed=1)
     report = check_model(model, x, t, max_elements=max_elements, seed=1)
     assert set(report) == set(model.params)
+    tol = _tolerance(model)
     for pname, r in report.items():
         assert r["checked"] > 0, f"{pname}: every sampled element sat on a kink"
-        assert r["error"] <= 1e-6, f"{pname}: relative error {r['error']:.2e}"
+        assert r["error"] <= tol, f"{pname}: relative error {r['error']:.2e}"
 
 
 @pytest.mark.parametrize("name,total", [("simple_convnet", 433890), ("deep_convnet", 123552)])
