@@ -1,12 +1,14 @@
 """Seed 5: DeepConvNet (six 3x3 convolutions, He init, dropout), its mistakes, and float16 inference.
 
-Trains specs/deep_convnet.yaml on mnist-5k (the spec says 20 epochs; this
-script's default trains 8 to stay within a few minutes on 2 cores, --epochs 20
-for the full run, --quick one step on 100 images, 40 test images), or evaluates an already trained
+Trains specs/deep_convnet.yaml on mnist-5k, or evaluates an already trained
 checkpoint with --model (e.g. the Fashion-MNIST run of
-specs/deep_convnet_fashion.yaml). Then it shows the first 20 misclassified test
-images in a 4x5 grid (label -> prediction) and re-runs inference with every
-parameter and the input cast to float16, float32 and float64.
+specs/deep_convnet_fashion.yaml). Then it lists the first 20 misclassified test
+images and draws them in a 4x5 grid (label -> prediction), and re-runs
+inference with every parameter and the input cast to float16, float32 and float64.
+
+The spec says 20 epochs; the default here is 8, to stay within a few minutes on
+2 cores (--epochs 20 for the full run). --quick: one step on 100 images, and the
+dtype comparison on 40 test images.
 """
 from _shared import misclassified, misclassified_grid, parse_args, pyplot, spec_dict  # before numpy: sets BLAS threads
 
