@@ -12,7 +12,7 @@ function_approx. The long ones run only when named:
 - ``fashion``       specs/deep_convnet_fashion.yaml, 20 epochs on the full
                     Fashion-MNIST, then float16/float32/float64 inference
 - ``fashion_plus``  specs/deep_convnet_fashion_plus.yaml, stopped before the
-                    wall-clock budget (--budget-minutes, default 30) runs out
+                    CPU time of 2 cores x --budget-minutes (default 30) runs out
 
 The two Fashion targets train into run directories under --runs (default
 runs/accuracy/); a directory that already holds a checkpoint is resumed, and a
@@ -215,29 +215,42 @@ def fashion(args):
 
 
 def fashion_plus(args):
-    budget = args.budget_minutes * 60
+    """Train until the CPU time of 2 cores x --budget-minutes would run out.
+
+    On a shared machine the wall clock measures the neighbours, so the budget is
+    the process CPU time a dedicated 2-core machine would give in that many
+    minutes (an upper bound: it assumes both threads stay busy). Each epoch's
+    cumulative CPU seconds are stored in its metrics, so a resumed run keeps
+    counting.
+    """
+    cpu_budget = 2 * args.budget_minutes * 60
     run_dir = Path(args.runs) / "deep_convnet_fashion_plus"
     started = time.perf_counter()
+    cpu_before = [0.0]
 
     def stop_before_budget(trainer, metrics):
-        # Stop after this epoch if another one (as long as the slowest so far) would overrun.
-        elapsed = time.perf_counter() - started
-        slowest = max(m["seconds"] for m in trainer.history)
-        if elapsed + 1.1 * slowest > budget:
+        metrics["cpu_seconds"] = round(cpu_before[0] + time.process_time(), 1)
+        cpu = [m.get("cpu_seconds", 0.0) for m in trainer.history]
+        slowest = max(b - a for a, b in zip([0.0] + cpu, cpu))
+        if cpu[-1] + slowest > cpu_budget:  # another epoch would overrun
             trainer.total_steps = trainer.step
-            print(f"stopping: {elapsed / 60:.1f} of {args.budget_minutes} minutes used", flush=True)
+            print(f"stopping: {cpu[-1] / 60:.1f} of {cpu_budget / 60:.0f} CPU minutes used", flush=True)
 
     tr = _run_dir_trainer("deep_convnet_fashion_plus", run_dir, callbacks=[stop_before_budget])
     resumed = len(tr.history)
+    if resumed:
+        cpu_before[0] = tr.history[-1].get("cpu_seconds", 0.0) - time.process_time()
     h = tr.run()
-    elapsed = time.perf_counter() - started
+    cpu = h[-1].get("cpu_seconds") if h else None
     return {"fashion_plus": dict(
         spec="deep_convnet_fashion_plus", data="fashion-mnist (60,000 / 10,000)",
-        budget=f"{len(h)} epochs in {args.budget_minutes} min" + (f" ({resumed} before a resume)" if resumed else ""),
+        budget=f"{len(h)} epochs, {cpu / 60:.0f} CPU-min (budget {cpu_budget / 60:.0f} = 2 cores x "
+               f"{args.budget_minutes:g} min)",
         result=f"test accuracy {h.test_acc:.4f}", value=h.test_acc,
-        target="how far in 30 minutes on 2 cores", holds=None, seconds_per_epoch=per_epoch_seconds(h),
-        epoch_seconds=[round(m["seconds"]) for m in h], wall_seconds=round(elapsed), run_dir=str(run_dir),
-        curve=[round(m["test_acc"], 4) for m in h],
+        target=f"how far in {args.budget_minutes:g} minutes on 2 cores", holds=None,
+        seconds_per_epoch=per_epoch_seconds(h), epoch_seconds=[round(m["seconds"]) for m in h],
+        cpu_seconds=[m.get("cpu_seconds") for m in h], wall_seconds=round(time.perf_counter() - started),
+        run_dir=str(run_dir), curve=[round(m["test_acc"], 4) for m in h],
         published="0.936 (CapsNet, 8M params, same shift-2 + flip augmentation), 0.950 (MobileNet), "
                   "Fashion-MNIST README, unverified")}
 
@@ -305,7 +318,7 @@ def main(argv=None):
     p.add_argument("targets", nargs="*", metavar="TARGET",
                    help=f"any of {', '.join(TARGETS)} (default: {', '.join(SHORT)})")
     p.add_argument("--runs", default=str(REPO / "runs" / "accuracy"), help="run directories of the Fashion targets")
-    p.add_argument("--budget-minutes", type=float, default=30.0, help="wall-clock budget of fashion_plus")
+    p.add_argument("--budget-minutes", type=float, default=30.0, help="fashion_plus: minutes on 2 dedicated cores, counted as process CPU time")
     p.add_argument("--float16-images", type=int, default=None,
                    help="fashion: compare dtypes on the first N test images only (float16 runs without BLAS, "
                         "~70x slower than float32)")
