@@ -64,6 +64,16 @@ def load_average():
         return None
 
 
+def git_commit():
+    """Short hash of the checkout's HEAD (the specs measured), or None outside a git checkout."""
+    import subprocess
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
 def per_epoch_seconds(history):
     secs = [m["seconds"] for m in history]
     return round(float(np.median(secs)), 1) if secs else None
@@ -290,7 +300,7 @@ def render(rows):
         "are the median training time per reported epoch (evaluation excluded), wall clock, compiled",
         "Cython backend, float32, 2 cores shared with other work: see each row's load average.",
         "",
-        "| target | spec | data | budget | result | target | holds | s/epoch | published |",
+        "| measure | spec | data | budget | result | target | holds | s/epoch | published |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for key in sorted(rows, key=lambda k: ORDER.index(k) if k in ORDER else len(ORDER)):
@@ -298,12 +308,33 @@ def render(rows):
         lines.append("| " + " | ".join([key, cell(r, "spec"), cell(r, "data"), cell(r, "budget"), cell(r, "result"),
                                          cell(r, "target"), holds(r), cell(r, "seconds_per_epoch"),
                                          cell(r, "published")]) + " |")
+    lines += [
+        "",
+        "Notes:",
+        "",
+        "- mnist-5k is the 4,000 / 1,000 MNIST subset shipped with netspec; the book's figures are for the",
+        "  full 60,000 / 10,000 MNIST, so they are context, not a like-for-like comparison.",
+        "- Per-epoch accuracies in the details come from the spec's `eval_samples` (first N test images);",
+        "  the `result` column is always the whole test set.",
+        "- Fashion-MNIST figures are from the submitted-benchmark table of the Fashion-MNIST README",
+        "  (github.com/zalandoresearch/fashion-mnist), which its maintainers mark as not verified; the",
+        "  paper itself (Xiao, Rasul, Vollgraf 2017) benchmarks only scikit-learn classifiers.",
+        "- float16 inference casts every parameter and the input to float16; numpy has no float16 matrix",
+        "  product in BLAS, so it runs tens of times slower than float32 (see `inference_seconds`).",
+        "- Runs set OPENBLAS_NUM_THREADS=1: the compiled kernels run their own OpenMP threads, and an",
+        "  OpenBLAS pool on the same two cores made a DeepConvNet step ~15x slower on a busy machine.",
+    ]
     lines += ["", "Per-run details (date, load average at start and end, per-epoch test accuracy):", ""]
     for key in sorted(rows, key=lambda k: ORDER.index(k) if k in ORDER else len(ORDER)):
         r = rows[key]
-        extra = [f"measured {r.get('date', '?')}", f"load {r.get('load_start')} -> {r.get('load_end')}"]
+        extra = [f"measured {r.get('date', '?')} at commit {r.get('commit') or '?'}",
+                 f"load {r.get('load_start')} -> {r.get('load_end')}"]
         if r.get("curve"):
             extra.append("test acc per epoch " + ", ".join(f"{a:.3f}" for a in r["curve"]))
+        if r.get("cpu_seconds"):
+            extra.append("cumulative CPU seconds " + ", ".join(f"{c:.0f}" for c in r["cpu_seconds"] if c))
+        if r.get("inference_seconds"):
+            extra.append("inference seconds " + ", ".join(f"{k} {v}" for k, v in r["inference_seconds"].items()))
         if r.get("epoch_seconds"):
             extra.append("seconds per epoch " + ", ".join(map(str, r["epoch_seconds"])))
         if r.get("run_dir"):
@@ -333,6 +364,7 @@ def main(argv=None):
     if unknown:
         p.error(f"unknown target {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
     targets = args.targets or SHORT
+    commit = git_commit()
     print(f"netspec {netspec.__version__}, backend {netspec.BACKEND}, {platform.machine()}, "
           f"{os.cpu_count()} cpus, load {load_average()}", flush=True)
     for name in targets:
@@ -341,7 +373,7 @@ def main(argv=None):
         rows = TARGETS[name](args)
         for key, row in rows.items():
             row.update(date=datetime.date.today().isoformat(), load_start=load_start, load_end=load_average(),
-                       backend=netspec.BACKEND)
+                       backend=netspec.BACKEND, commit=commit)
             print(f"{key}: {row['result']} (target {row['target']}; holds: {row['holds']}) "
                   f"[{time.perf_counter() - t0:.0f} s]", flush=True)
         if not args.no_write:
