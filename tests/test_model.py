@@ -254,3 +254,12 @@ def test_gradcheck_fails_a_nonzero_gradient_where_the_true_one_is_zero(monkeypat
     report = check_model(model, x, t, max_elements=None)
     assert report["conv1.b"]["zero"] is False
     assert report["conv1.b"]["error"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_the_same_input_twice_in_a_merge_counts_twice():
+    model = netspec.compile({"input": {"shape": [3]}, "dtype": "float64", "loss": "mse", "layers": [
+        {"type": "add", "inputs": ["input", "input"]}]})
+    x = np.array([[1.0, -2.0, 0.5]])
+    np.testing.assert_array_equal(model.predict(x), 2 * x)
+    model.forward(x)
+    np.testing.assert_array_equal(model.backward(np.array([[1.0, 2.0, 3.0]])), [[2.0, 4.0, 6.0]])

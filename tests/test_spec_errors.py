@@ -359,3 +359,12 @@ def test_init_numbers_must_be_finite_numbers(write_spec, init, path, message):
     spec = write_spec(f"input: {{shape: [2]}}\nlayers:\n  - {{type: dense, units: 2, init: {init}}}\nloss: mse\n")
     err = spec_error(spec)
     assert [(i["path"], i["message"]) for i in err.issues] == [(path, message)]
+
+
+def test_concat_of_mismatched_images(write_spec):
+    path = write_spec("input: {shape: [1, 6, 6]}\nlayers:\n"
+                      "  - {type: maxpool2d, size: 2}\n"
+                      "  - {type: concat, inputs: [input, pool1]}\n  - {type: flatten}\nloss: mse\n")
+    assert str(shape_error(path)) == (
+        f"{path}:4:5: layers[1]: layer 'concat1' (concat) receives [1, 6, 6] from 'input', [1, 3, 3] from 'pool1': "
+        "input 'pool1' shaped [1, 3, 3] does not match [1, 6, 6] outside the channel axis")
