@@ -8,22 +8,25 @@ mixed dtypes, are handed to the numpy reference so results never silently
 change type.
 
 Convolution is im2col + one GEMM per *batch chunk*: a chunk of samples is
-unrolled into a "wide" column buffer (C*kh*kw, nb*OH*OW) sized to stay in
-the last-level cache, multiplied by numpy's matmul (BLAS), and the
-(FN, nb*OH*OW) product is scattered into the NCHW output together with the
-bias. Backward recomputes the columns chunk by chunk instead of keeping the
-full (N, C*kh*kw, OH*OW) array alive, so a conv layer needs a few MB of
-scratch instead of tens, and the scratch lives in the layer's ``ws`` dict so
-it is reused across steps (fresh large arrays cost page faults comparable to
+unrolled into a "wide" column buffer (C*kh*kw, nb*OH*OW) of about 4 MB, so
+it stays in the last-level cache, multiplied by numpy's matmul (BLAS, which
+uses every core), and the (FN, nb*OH*OW) product is copied into the NCHW
+output together with the bias. Forward keeps only a reference to its input
+in the layer's ``ws``; backward recomputes the columns chunk by chunk instead
+of keeping the full (N, C*kh*kw, OH*OW) array alive. The chunk buffers are
+thread-local and shared by all layers, so they are allocated once and reused
+across layers and steps (fresh large arrays cost page faults comparable to
 the arithmetic). 1x1 convolutions with stride 1 and no padding skip im2col.
 
 Pooling runs direct loops over windows. Optimizer updates are one fused pass
 over contiguous parameters, with the same operation order as the reference.
-Loops over (sample, channel) planes and over parameters run under OpenMP
-``prange`` when the extension was compiled with OpenMP and the work is large
-enough to pay for the threads; otherwise they run serially.
+Pooling, standalone im2col/col2im and the optimizer updates split their
+work across OpenMP threads (``prange``) when built with OpenMP and the work
+is large enough; the loops inside a conv chunk stay serial, because the
+GEMMs around them already use every core.
 """
 import os
+import threading
 
 import numpy as np
 
@@ -311,30 +314,28 @@ cdef void _gather_nchw(floating[:, :, ::1] dout, floating[:, ::1] wide,
             memcpy(&wide[f, n * P], &dout[n0 + n, f, 0], P * sizeof(floating))
 
 
-cdef class _ConvScratch:
-    """Reusable conv buffers for one layer, kept in its ws dict."""
-    cdef public object key, col, prod
-    cdef public Py_ssize_t nb
-
-    def __init__(self, key, Py_ssize_t K, Py_ssize_t F, Py_ssize_t P, Py_ssize_t N, dtype):
-        cdef Py_ssize_t per_sample = K * P * np.dtype(dtype).itemsize
-        self.key = key
-        self.nb = max(1, min(N, CHUNK_BYTES // max(per_sample, 1)))
-        self.col = np.empty(K * P * self.nb, dtype=dtype)
-        self.prod = np.empty(max(K, F) * P * self.nb, dtype=dtype)
+_local = threading.local()
 
 
-def _scratch(ws, N, C, H, W, F, kh, kw, stride, pad, dtype):
-    """The layer's reusable buffers, (re)allocated only when the geometry changes or N grows."""
-    OH, OW = _out_size(H, kh, stride, pad), _out_size(W, kw, stride, pad)
-    key = (C, H, W, F, kh, kw, stride, pad, np.dtype(dtype).char)
-    per_sample = max(1, C * kh * kw * OH * OW * np.dtype(dtype).itemsize)
-    want = max(1, min(N, CHUNK_BYTES // per_sample))
-    s = ws.get("_scratch")
-    if s is None or s.key != key or s.nb < want:
-        s = _ConvScratch(key, C * kh * kw, F, OH * OW, N, dtype)
-        ws["_scratch"] = s
-    return s
+def _buffer(name, Py_ssize_t size, dtype):
+    """Flat thread-local scratch of `size` elements, grown on demand and never shrunk.
+
+    All conv layers share it: within a thread they run one at a time, and no
+    scratch content has to survive from forward to backward.
+    """
+    bufs = getattr(_local, "bufs", None)
+    if bufs is None:
+        bufs = _local.bufs = {}
+    key = (name, np.dtype(dtype).char)
+    b = bufs.get(key)
+    if b is None or b.shape[0] < size:
+        b = bufs[key] = np.empty(max(size, 1), dtype=dtype)
+    return b[:size]
+
+
+def _chunk_samples(Py_ssize_t N, Py_ssize_t K, Py_ssize_t P, Py_ssize_t itemsize):
+    """Samples per chunk so that one chunk of columns is about CHUNK_BYTES."""
+    return max(1, min(N, CHUNK_BYTES // max(1, K * P * itemsize)))
 
 
 def _conv_chunks(Py_ssize_t N, Py_ssize_t nb):
@@ -461,11 +462,13 @@ def conv2d_forward(x, W, b, stride, pad, ws):
         if b is not None:
             out3 += b.reshape(1, FN, 1)
         return out
-    s = _scratch(ws, N, C, H, Wd, FN, kh, kw, stride, pad, x.dtype)
     K = C * kh * kw
-    for n0, nbc in _conv_chunks(N, s.nb):
-        col = s.col[:K * nbc * P].reshape(K, nbc * P)
-        prod = s.prod[:FN * nbc * P].reshape(FN, nbc * P)
+    nb = _chunk_samples(N, K, P, x.itemsize)
+    colbuf = _buffer("col", K * nb * P, x.dtype)
+    prodbuf = _buffer("prod", FN * nb * P, x.dtype)
+    for n0, nbc in _conv_chunks(N, nb):
+        col = colbuf[:K * nbc * P].reshape(K, nbc * P)
+        prod = prodbuf[:FN * nbc * P].reshape(FN, nbc * P)
         _im2col_chunk(x, col, n0, nbc, kh, kw, stride, pad, OH, OW)
         np.matmul(W2, col, out=prod)
         _scatter(prod, out3, n0, b)
@@ -502,17 +505,16 @@ def conv2d_backward(dout, x_shape, W, stride, pad, ws):
         dW[...] = np.tensordot(dout3, x3, axes=([0, 2], [0, 2]))
         dout3.sum(axis=(0, 2), out=db)
         return dx, dW.reshape(W.shape), db
-    s = _scratch(ws, N, C, H, Wd, FN, kh, kw, stride, pad, x.dtype)
-    g = ws.get("_dout_wide")
-    if g is None or g.shape[0] < FN * s.nb * P or g.dtype != x.dtype:
-        g = np.empty(FN * s.nb * P, dtype=x.dtype)
-        ws["_dout_wide"] = g
+    nb = _chunk_samples(N, K, P, x.itemsize)
+    colbuf = _buffer("col", K * nb * P, x.dtype)
+    dcolbuf = _buffer("prod", K * nb * P, x.dtype)
+    gbuf = _buffer("dout", FN * nb * P, x.dtype)
     tmp = np.empty((FN, K), dtype=x.dtype)
     dout3.sum(axis=(0, 2), out=db)  # numpy's pairwise sum: vectorized, as in the reference
-    for n0, nbc in _conv_chunks(N, s.nb):
-        col = s.col[:K * nbc * P].reshape(K, nbc * P)
-        gw = g[:FN * nbc * P].reshape(FN, nbc * P)
-        dcol = s.prod[:K * nbc * P].reshape(K, nbc * P)
+    for n0, nbc in _conv_chunks(N, nb):
+        col = colbuf[:K * nbc * P].reshape(K, nbc * P)
+        gw = gbuf[:FN * nbc * P].reshape(FN, nbc * P)
+        dcol = dcolbuf[:K * nbc * P].reshape(K, nbc * P)
         _gather(dout3, gw, n0)
         _im2col_chunk(x, col, n0, nbc, kh, kw, stride, pad, OH, OW)
         if n0 == 0:
