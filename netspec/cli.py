@@ -49,7 +49,9 @@ def cmd_gradcheck(args):
         w = max(len(k) for k in report)
         for name, r in report.items():
             flag = "ok" if r["error"] <= args.tol else "FAIL"
-            skip = f"  ({r['skipped']} at kinks, skipped)" if r["skipped"] else ""
+            skip = f"  ({r['skipped']} at kinks, skipped)" if r.get("skipped") else ""
+            if r.get("zero"):
+                skip += "  (gradient is exactly zero here)"
             print(f"  {name:<{w}}  {r['checked']:>5}/{r['size']:<8} max rel err {r['error']:.2e}  {flag}{skip}")
         print(f"{'PASS' if ok else 'FAIL'}: worst {worst:.2e} (tolerance {args.tol:.0e})")
     return 0 if ok else 1

@@ -9,13 +9,15 @@ import math
 from typing import Annotated, Literal, Optional, Union
 
 import numpy as np
-from pydantic import Field
+from pydantic import ConfigDict, Field, StrictInt
 
 from . import kernels
 from ._strict import Strict
 
 
 class _OptSpec(Strict):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty: adds weight_decay * p to the gradient")
 
 
@@ -60,19 +62,22 @@ OptimizerSpec = Annotated[Union[SGDSpec, MomentumSpec, NesterovSpec, AdaGradSpec
 
 
 class StepSchedule(Strict):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     """lr * gamma ** (epoch // step_size)."""
     type: Literal["step"]
-    step_size: int = Field(gt=0, description="epochs between decays")
+    step_size: StrictInt = Field(gt=0, description="epochs between decays")
     gamma: float = Field(0.1, gt=0, le=1)
 
 
 class ExponentialSchedule(Strict):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     """lr * gamma ** epoch."""
     type: Literal["exponential"]
     gamma: float = Field(gt=0, le=1)
 
 
 class CosineSchedule(Strict):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     """min_lr + (lr - min_lr) * (1 + cos(pi * epoch / epochs)) / 2."""
     type: Literal["cosine"]
     min_lr: float = Field(0.0, ge=0)

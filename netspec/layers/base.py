@@ -42,7 +42,14 @@ class LayerSpec(Strict):
 
 
 def register(cls):
-    """Class decorator: add a layer class to the registry under its type name(s)."""
+    """Class decorator: add a layer class to the registry under its type name(s).
+
+    The nested ``Spec`` is re-declared as ``<Layer>Spec`` so schema definitions get readable,
+    unique names (every layer's class is spelled ``Spec`` in its source).
+    """
+    name = cls.__name__ + "Spec"
+    cls.Spec = type(name, (cls.Spec,), {"__module__": cls.__module__, "__qualname__": name,
+                                        "__doc__": cls.Spec.__doc__ or cls.__doc__})
     for type_name in get_args(cls.Spec.model_fields["type"].annotation):
         if type_name in LAYERS:
             raise RuntimeError(f"layer type {type_name!r} registered twice")
