@@ -289,6 +289,11 @@ def render(rows):
         v = row.get(k)
         return "-" if v in (None, "") else str(v).replace("|", "\\|")
 
+    def published(row):
+        if row.get("published"):
+            return cell(row, "published")
+        return "not quoted" if "accuracy" in row.get("result", "") else "-"
+
     def holds(row):
         return {True: "yes", False: "**no**", None: "-"}[row.get("holds")]
 
@@ -307,7 +312,7 @@ def render(rows):
         r = rows[key]
         lines.append("| " + " | ".join([key, cell(r, "spec"), cell(r, "data"), cell(r, "budget"), cell(r, "result"),
                                          cell(r, "target"), holds(r), cell(r, "seconds_per_epoch"),
-                                         cell(r, "published")]) + " |")
+                                         published(r)]) + " |")
     lines += [
         "",
         "Notes:",
