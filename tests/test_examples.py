@@ -11,12 +11,12 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from conftest import REPO
-
+REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 
 
