@@ -320,13 +320,15 @@ def _with_backend(use_numpy, build):
 # --- memory ----------------------------------------------------------------------
 
 MEM_CHILD = r"""
-import json, os, resource, sys
+import json, os, sys
 sys.path.insert(0, {root!r})
 which = {which!r}
 
-def rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def status_mb(key):
+    with open("/proc/self/status") as f:
+        for ln in f:
+            if ln.startswith(key + ":"):
+                return int(ln.split()[1]) / 1024
 
 if which == "torch":
     import torch
@@ -340,10 +342,15 @@ else:
     sys.path.insert(0, {here!r})
     import bench
     step, _ = bench.netspec_model("deep_convnet", "float32")
-base = rss_mb()
+base = status_mb("VmRSS")
+try:  # reset the high-water mark to the current RSS (Linux >= 4.0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    pass
 for _ in range(3):
     step()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = status_mb("VmHWM")  # per address space: not inherited from the parent, unlike ru_maxrss
 print(json.dumps({{"base_mb": base, "peak_mb": peak}}))
 """
 
