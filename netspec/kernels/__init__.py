@@ -6,6 +6,7 @@ them name for name. ``NETSPEC_PUREPYTHON=1`` forces numpy; ``NETSPEC_REQUIRE_CYT
 turns a missing or broken build into an ImportError instead of a silent fallback.
 Layers and optimizers call ``netspec.kernels.<name>`` and never a backend directly.
 """
+import importlib.util
 import os
 
 from . import _numpy
@@ -18,6 +19,9 @@ if os.environ.get("NETSPEC_PUREPYTHON", "") not in ("", "0"):
     BACKEND_ERROR = "disabled by NETSPEC_PUREPYTHON"
 else:
     try:
+        if importlib.util.find_spec(__name__ + "._compiled") is None:
+            raise ImportError("compiled kernels not built (reinstall with a C compiler; "
+                              "`pip install -v .` shows why the build failed)")
         from . import _compiled as _impl  # noqa: F811
         BACKEND = "cython"
     except ImportError as exc:
