@@ -476,8 +476,12 @@ def conv2d_forward(x, W, b, stride, pad, ws):
 
 
 def conv2d_backward(dout, x_shape, W, stride, pad, ws):
-    """dout (N,FN,OH,OW) -> (dx, dW, db) using the input kept in ws by forward."""
+    """dout (N,FN,OH,OW) -> (dx, dW, db) using the input kept in ws by forward.
+
+    ``ws["need_dx"] = False`` (a network's first layer) skips dx, returned as None.
+    """
     x = ws["x"]
+    need_dx = ws.get("need_dx", True)
     if not _supported(x, W) or dout.dtype != x.dtype:
         if "col" not in ws:
             FN, C, kh, kw = W.shape
@@ -492,29 +496,30 @@ def conv2d_backward(dout, x_shape, W, stride, pad, ws):
                          f"forward input {tuple(x.shape)} and dout {tuple(dout.shape)}")
     dout3 = np.ascontiguousarray(dout).reshape(N, FN, P)
     W2 = np.ascontiguousarray(W).reshape(FN, K)
-    dx = np.empty((N, C, H, Wd), dtype=x.dtype)
+    dx = np.empty((N, C, H, Wd), dtype=x.dtype) if need_dx else None
     dW = np.zeros((FN, K), dtype=x.dtype)
     db = np.zeros(FN, dtype=x.dtype)
     if N == 0 or P == 0 or FN == 0:
-        dx.fill(0)
+        if need_dx:
+            dx.fill(0)
         return dx, dW.reshape(W.shape), db
     if _is_pointwise(kh, kw, stride, pad):
         x3 = x.reshape(N, C, P)
-        np.matmul(W2.T, dout3, out=dx.reshape(N, C, P))
+        if need_dx:
+            np.matmul(W2.T, dout3, out=dx.reshape(N, C, P))
         # dW = sum_n dout_n @ x_n^T, as one GEMM over the (n, p) axis pair
         dW[...] = np.tensordot(dout3, x3, axes=([0, 2], [0, 2]))
         dout3.sum(axis=(0, 2), out=db)
         return dx, dW.reshape(W.shape), db
     nb = _chunk_samples(N, K, P, x.itemsize)
     colbuf = _buffer("col", K * nb * P, x.dtype)
-    dcolbuf = _buffer("prod", K * nb * P, x.dtype)
+    dcolbuf = _buffer("prod", K * nb * P, x.dtype) if need_dx else None
     gbuf = _buffer("dout", FN * nb * P, x.dtype)
     tmp = np.empty((FN, K), dtype=x.dtype)
     dout3.sum(axis=(0, 2), out=db)  # numpy's pairwise sum: vectorized, as in the reference
     for n0, nbc in _conv_chunks(N, nb):
         col = colbuf[:K * nbc * P].reshape(K, nbc * P)
         gw = gbuf[:FN * nbc * P].reshape(FN, nbc * P)
-        dcol = dcolbuf[:K * nbc * P].reshape(K, nbc * P)
         _gather(dout3, gw, n0)
         _im2col_chunk(x, col, n0, nbc, kh, kw, stride, pad, OH, OW)
         if n0 == 0:
@@ -522,8 +527,10 @@ def conv2d_backward(dout, x_shape, W, stride, pad, ws):
         else:
             np.matmul(gw, col.T, out=tmp)
             dW += tmp
-        np.matmul(W2.T, gw, out=dcol)
-        _col2im_chunk(dcol, dx, n0, nbc, kh, kw, stride, pad, OH, OW)
+        if need_dx:
+            dcol = dcolbuf[:K * nbc * P].reshape(K, nbc * P)
+            np.matmul(W2.T, gw, out=dcol)
+            _col2im_chunk(dcol, dx, n0, nbc, kh, kw, stride, pad, OH, OW)
     return dx, dW.reshape(W.shape), db
 
 

@@ -81,13 +81,20 @@ class Model:
             outs[l.name] = out
         return out
 
-    def backward(self, dout):
-        """Back-propagate d(loss)/d(output); fills every layer's grads, returns d/d(input)."""
+    def backward(self, dout, need_input_grad=True):
+        """Back-propagate d(loss)/d(output); fills every layer's grads, returns d/d(input).
+
+        With ``need_input_grad=False`` (training), layers fed only by the network input
+        skip their input gradient, and None is returned.
+        """
         pending = {self.layers[-1].name: dout}
         dx_input = None
         for l in reversed(self.layers):
             d = pending.pop(l.name)
+            l.need_dx = need_input_grad or any(n != "input" for n in l.input_names)
             dxs = l.backward(d)
+            if dxs is None:
+                continue
             if not isinstance(l, MultiInputLayer):
                 dxs = [dxs]
             for src, g in zip(l.input_names, dxs):
@@ -126,7 +133,7 @@ class Model:
         The arrays belong to the layers and are overwritten by the next call.
         """
         self.last_loss = self.loss(x, t, train=True)
-        self.backward(self.loss_fn.backward())
+        self.backward(self.loss_fn.backward(), need_input_grad=False)
         return self.grads
 
     def accuracy(self, x, t, batch_size=1000):

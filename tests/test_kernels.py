@@ -241,3 +241,27 @@ def test_optimizer_mixed_grad_dtype_and_view():
     compiled.sgd_update(big[:, ::2], g, 0.1, 0.01)
     ref.sgd_update(big_r[:, ::2], g, 0.1, 0.01)
     close(big, big_r, np.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel,stride,pad", [((3, 3), 1, 1), ((5, 5), 2, 0), ((1, 1), 1, 0)])
+def test_conv2d_backward_without_dx(dtype, kernel, stride, pad):
+    """need_dx=False (a first layer) returns dx None and the same dW, db on both backends."""
+    rng = np.random.default_rng(7)
+    x = data(rng, (3, 2, 9, 9), dtype)
+    W = data(rng, (4, 2) + kernel, dtype)
+    b = data(rng, (4,), dtype)
+    grads = {}
+    for name, k in (("ref", ref), ("compiled", compiled)):
+        ws = {}
+        out = k.conv2d_forward(x, W, b, stride, pad, ws)
+        dout = data(np.random.default_rng(8), out.shape, dtype)
+        full = k.conv2d_backward(dout, x.shape, W, stride, pad, ws)
+        ws["need_dx"] = False
+        dx, dW, db = k.conv2d_backward(dout, x.shape, W, stride, pad, ws)
+        assert dx is None
+        np.testing.assert_array_equal(dW, full[1])
+        np.testing.assert_array_equal(db, full[2])
+        grads[name] = (dW, db)
+    close(grads["compiled"][0], grads["ref"][0], dtype)
+    close(grads["compiled"][1], grads["ref"][1], dtype)

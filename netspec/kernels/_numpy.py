@@ -10,7 +10,9 @@ conventions shared by both backends:
   ``W.reshape(FN, -1) @ col`` is already (N, FN, OH*OW), i.e. NCHW, with no
   transpose.
 - ``ws`` is a dict owned by one layer; conv forward stores what backward needs
-  in it (and a compiled backend may keep reusable buffers there).
+  in it (and a compiled backend may keep reusable buffers there). The layer sets
+  ``ws["need_dx"] = False`` when nothing needs d/dx; conv backward then returns
+  dx as None and skips its matrix product and col2im.
 - max pooling records the arg-max as the flat index ``i*kw + j`` inside the
   window (first maximum wins on ties), dtype int64, shaped like the output.
 - optimizer updates work in place on ``p`` and their state arrays, in the
@@ -88,8 +90,10 @@ def conv2d_backward(dout, x_shape, W, stride, pad, ws):
     d2 = dout.reshape(N, FN, OH * OW)
     dW = np.tensordot(d2, col, axes=([0, 2], [0, 2])).reshape(W.shape)
     db = d2.sum(axis=(0, 2))
-    dcol = np.matmul(W.reshape(FN, -1).T, d2)        # (N, C*kh*kw, OH*OW)
-    dx = col2im(dcol, x_shape, kh, kw, stride, pad)
+    dx = None
+    if ws.get("need_dx", True):  # False for a network's first layer: nobody needs d/dx
+        dcol = np.matmul(W.reshape(FN, -1).T, d2)    # (N, C*kh*kw, OH*OW)
+        dx = col2im(dcol, x_shape, kh, kw, stride, pad)
     return dx, dW.astype(W.dtype, copy=False), db.astype(W.dtype, copy=False)
 
 

@@ -68,6 +68,7 @@ class Layer:
 
     Spec = LayerSpec
     prefix = "layer"      # used for generated names: conv1, relu2, ...
+    need_dx = True        # False lets a layer fed only by the network input skip d/dx (it may return None)
     n_inputs = 1          # how many inputs it takes (None: two or more)
 
     def __init__(self, spec, name, in_shapes):

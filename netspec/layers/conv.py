@@ -65,6 +65,7 @@ class Conv2D(Layer):
                                       self.spec.stride, self.spec.pad, self.ws)
 
     def backward(self, dout):
+        self.ws["need_dx"] = self.need_dx
         dx, dW, db = kernels.conv2d_backward(dout, self.x_shape, self.params["W"],
                                              self.spec.stride, self.spec.pad, self.ws)
         self.grads["W"] = dW

@@ -47,6 +47,8 @@ class Dense(Layer):
         self.grads["W"] = self.x.T @ dout
         if "b" in self.params:
             self.grads["b"] = dout.sum(axis=0)
+        if not self.need_dx:
+            return None
         return (dout @ self.params["W"].T).reshape(self.x_shape)
 
 
