@@ -8,6 +8,7 @@ Layers and optimizers call ``netspec.kernels.<name>`` and never a backend direct
 """
 import importlib.util
 import os
+import warnings
 
 from . import _numpy
 
@@ -20,16 +21,18 @@ if os.environ.get("NETSPEC_PUREPYTHON", "") not in ("", "0"):
 else:
     try:
         if importlib.util.find_spec(__name__ + "._compiled") is None:
-            raise ImportError("compiled kernels not built (reinstall with a C compiler; "
-                              "`pip install -v .` shows why the build failed)")
+            raise ModuleNotFoundError("the compiled kernels are not built (reinstall with a C "
+                                      "compiler; `pip install -v .` shows why the build failed)")
         from . import _compiled as _impl  # noqa: F811
         BACKEND = "cython"
     except ImportError as exc:
         if os.environ.get("NETSPEC_REQUIRE_CYTHON", "") not in ("", "0"):
-            raise ImportError(
-                "NETSPEC_REQUIRE_CYTHON is set but the compiled kernels cannot be "
-                f"imported: {exc}") from exc
-        BACKEND_ERROR = f"compiled kernels not available ({exc})"
+            raise ImportError(f"NETSPEC_REQUIRE_CYTHON is set but {exc}") from exc
+        BACKEND_ERROR = (str(exc) if isinstance(exc, ModuleNotFoundError) and "not built" in str(exc)
+                         else f"the compiled kernels failed to import ({exc})")
+        warnings.warn(f"netspec: {BACKEND_ERROR}; using the numpy fallback kernels, which give the "
+                      "same results more slowly. Set NETSPEC_PUREPYTHON=1 to choose them silently.",
+                      RuntimeWarning, stacklevel=2)
 
 __all__ = list(_numpy.__all__) + ["BACKEND", "BACKEND_ERROR", "numpy_kernels", "out_size"]
 

@@ -1,0 +1,41 @@
+"""Installing netspec: a failed compile still installs, on the numpy fallback, and says so."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def clean_copy(dest):
+    """The tracked files as they are in the work tree, without in-place builds or build/."""
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
+    for rel in files.stdout.splitlines():
+        src = os.path.join(ROOT, rel)
+        if os.path.isfile(src):
+            os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
+            shutil.copy2(src, os.path.join(dest, rel))
+    return dest
+
+
+@pytest.mark.slow
+def test_install_with_a_broken_compiler_falls_back(tmp_path):
+    src = clean_copy(tmp_path / "src")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NETSPEC_")}
+    env["CC"] = "/bin/false"
+    res = subprocess.run([str(py), "-m", "pip", "install", "-v", "--no-deps", "--no-build-isolation", str(src)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "installing with the pure-numpy fallback kernels" in res.stdout + res.stderr
+    probe = ("import netspec, netspec.kernels as k; print(k.BACKEND); "
+             "m = netspec.compile({'input': {'shape': [1, 6, 6]}, 'layers': "
+             "[{'type': 'conv2d', 'filters': 2, 'kernel': 3}], 'loss': 'mse'}); print(m.predict([[[[0.0] * 6] * 6]]).shape)")
+    run = subprocess.run([str(py), "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["numpy", "(1,", "2,", "4,", "4)"]
+    assert "compiled kernels are not built" in run.stderr and "numpy fallback" in run.stderr
