@@ -231,7 +231,7 @@ class Trainer:
                             raise KeyboardInterrupt
                         if bar is not None:
                             bar.update(1)
-                            bar.set_postfix(epoch=self.epoch + 1, loss=f"{loss:.4f}", refresh=False)
+                            bar.set_postfix(epoch=self.epoch + 1, loss=f"{loss:.4g}", refresh=False)
                         if cfg.log_every and self.step % cfg.log_every == 0:
                             self._print(bar, f"step {self.step}: loss {loss:.6g}")
                 finally:
@@ -328,7 +328,7 @@ class Trainer:
             self.log(msg)
 
     def _epoch_line(self, m):
-        parts = [f"epoch {m['epoch']}/{self.epochs}", f"step {m['step']}", f"loss {m['train_loss']:.4f}"]
+        parts = [f"epoch {m['epoch']}/{self.epochs}", f"step {m['step']}", f"loss {m['train_loss']:.4g}"]
         if m.get("train_acc") is not None:
             parts += [f"train acc {m['train_acc']:.4f}", f"test acc {m['test_acc']:.4f}"]
         else:
