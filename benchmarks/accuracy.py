@@ -326,6 +326,9 @@ def render(rows):
         "  paper itself (Xiao, Rasul, Vollgraf 2017) benchmarks only scikit-learn classifiers.",
         "- float16 inference casts every parameter and the input to float16; numpy has no float16 matrix",
         "  product in BLAS, so it runs tens of times slower than float32 (see `inference_seconds`).",
+        "- mnist_mlp (Adam lr 0.01, one image per step) is unstable: its test accuracy swings by 10+",
+        "  points between reports, and a run can die into a constant prediction (10%). The bug's cost",
+        "  measured here is one seed's outcome, not a precise figure.",
         "- Runs set OPENBLAS_NUM_THREADS=1: the compiled kernels run their own OpenMP threads, and an",
         "  OpenBLAS pool on the same two cores made a DeepConvNet step ~15x slower on a busy machine.",
     ]
