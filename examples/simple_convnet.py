@@ -1,9 +1,10 @@
 """Seed 4: SimpleConvNet (conv 30@5x5 -> ReLU -> pool -> 100 ReLU -> 10) on mnist-5k.
 
-Trains specs/simple_convnet.yaml as written (20 epochs of Adam), prints the
-per-epoch accuracies and the final test accuracy over all 1,000 test images, and
-saves the loss/accuracy curves and the first 20 misclassified test images.
---quick trains one epoch on 500 images.
+Trains specs/simple_convnet.yaml as written (Adam; the spec sets the epochs,
+augmentation and learning-rate schedule), prints the per-epoch accuracies and
+the final test accuracy over all 1,000 test images, and saves the loss/accuracy
+curves and the first 20 misclassified test images. --quick trains one epoch on
+500 images.
 """
 from _shared import (curves, misclassified, misclassified_grid, parse_args, pyplot,  # before numpy:
                      spec_dict)  # it sets the BLAS thread count
