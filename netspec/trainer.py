@@ -217,6 +217,7 @@ class Trainer:
                        file=sys.stderr, leave=False)
         stopped = None
         self._interrupted = False
+        self._stop_request = None
         restore_sigint = self._defer_sigint()
         try:
             while self.step < self.total_steps:
@@ -240,6 +241,8 @@ class Trainer:
                 self._print(bar, self._epoch_line(metrics))
                 for cb in self.callbacks:
                     cb(self, metrics)
+                if self._stop_request:
+                    stopped = self._stop_request
                 if cfg.early_stopping and not self._improved(metrics):
                     self.bad_epochs += 1
                     if self.bad_epochs >= cfg.early_stopping.patience:
@@ -269,6 +272,10 @@ class Trainer:
                 bar.close()
         self.history.stopped = stopped
         return self.finish()
+
+    def stop(self, reason="stopped by a callback"):
+        """Ask the run to end after the current epoch (checkpointed as usual); for callbacks."""
+        self._stop_request = reason
 
     def _defer_sigint(self):
         """Turn SIGINT into a flag checked between steps; returns the undo function."""

@@ -261,3 +261,14 @@ def test_metrics_every_epoch_even_between_checkpoints(tmp_path):
     assert [l["epoch"] for l in lines] == [1, 2, 3]
     meta, _ = read_checkpoint(tmp_path / "model.npz")
     assert meta["trainer"]["epoch"] == 3  # the last epoch is always checkpointed
+
+
+def test_a_callback_can_stop_the_run(tmp_path):
+    def budget(trainer, metrics):
+        if metrics["epoch"] == 2:
+            trainer.stop("budget reached")
+
+    h = netspec.train(small_conv(epochs=5), out=tmp_path, callbacks=[budget])
+    assert len(h) == 2 and h.stopped == "budget reached"
+    meta, _ = read_checkpoint(tmp_path / "model.npz")
+    assert meta["trainer"]["epoch"] == 2  # the stopping epoch is checkpointed
