@@ -63,7 +63,6 @@ def test_forward_example_first_step_by_hand():
     expected_W1 = W1 - 0.1 * np.outer(x, dh)
     expected_W2 = W2 - 0.1 * np.outer(h, dy)
     spec = netspec.load_spec(os.path.join(SPECS, "forward_example.yaml"))
-    hist = netspec.train(spec, epochs=None) if False else None
     tr = trainer_for(spec, save=False, quiet=True)
     tr.total_steps = 1
     tr.run()
