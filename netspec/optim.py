@@ -6,7 +6,7 @@ update of each parameter and can be saved and restored by name, so a resumed
 run continues bit for bit.
 """
 import math
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Literal, Union
 
 import numpy as np
 from pydantic import ConfigDict, Field, StrictInt

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from .errors import DataError, NetspecError, SpecError
+from .errors import DataError, SpecError
 
 DEFAULT_SPEC = "simple_convnet"
 

@@ -6,7 +6,7 @@ allows. The spec schema's discriminated union is built from this registry, so
 the two can never name different sets of types. Shapes exclude the batch axis.
 """
 import math
-from typing import Annotated, Literal, Optional, Union, get_args
+from typing import Annotated, Optional, Union, get_args
 
 import numpy as np
 from pydantic import BeforeValidator, Field, StrictInt
