@@ -103,6 +103,17 @@ cdef inline Py_ssize_t _out_size(Py_ssize_t size, Py_ssize_t k, Py_ssize_t strid
     return (size + 2 * pad - k) // stride + 1
 
 
+cdef inline Py_ssize_t _win_lo(Py_ssize_t o, Py_ssize_t stride, Py_ssize_t pad) noexcept nogil:
+    """First kernel offset of output o whose input o*stride + i - pad is >= 0."""
+    return pad - o * stride if pad > o * stride else 0
+
+
+cdef inline Py_ssize_t _win_hi(Py_ssize_t o, Py_ssize_t stride, Py_ssize_t pad,
+                               Py_ssize_t size, Py_ssize_t k) noexcept nogil:
+    """One past the last kernel offset of output o whose input is < size."""
+    return size + pad - o * stride if size + pad - o * stride < k else k
+
+
 cdef inline void _valid_range(Py_ssize_t j, Py_ssize_t stride, Py_ssize_t pad,
                               Py_ssize_t W, Py_ssize_t OW,
                               Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
@@ -554,19 +565,11 @@ cdef void _maxpool_fwd(floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
         o = &out[0, 0, 0, 0] + nc * OH * OW
         ao = &arg[0, 0, 0, 0] + nc * OH * OW
         for oh in range(OH):
-            i0 = pad - oh * stride
-            if i0 < 0:
-                i0 = 0
-            i1 = H + pad - oh * stride
-            if i1 > kh:
-                i1 = kh
+            i0 = _win_lo(oh, stride, pad)
+            i1 = _win_hi(oh, stride, pad, H, kh)
             for ow in range(OW):
-                j0 = pad - ow * stride
-                if j0 < 0:
-                    j0 = 0
-                j1 = W + pad - ow * stride
-                if j1 > kw:
-                    j1 = kw
+                j0 = _win_lo(ow, stride, pad)
+                j1 = _win_hi(ow, stride, pad, W, kw)
                 # padding is -inf: it never wins a strict comparison, and an
                 # all -inf window reports index 0 like numpy's argmax.
                 # Selects instead of branches: random data mispredicts them.
@@ -620,19 +623,11 @@ cdef void _avgpool_fwd(floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
         c = nc - n * C
         plane = &x[n, c, 0, 0]
         for oh in range(OH):
-            i0 = pad - oh * stride
-            if i0 < 0:
-                i0 = 0
-            i1 = H + pad - oh * stride
-            if i1 > kh:
-                i1 = kh
+            i0 = _win_lo(oh, stride, pad)
+            i1 = _win_hi(oh, stride, pad, H, kh)
             for ow in range(OW):
-                j0 = pad - ow * stride
-                if j0 < 0:
-                    j0 = 0
-                j1 = W + pad - ow * stride
-                if j1 > kw:
-                    j1 = kw
+                j0 = _win_lo(ow, stride, pad)
+                j1 = _win_hi(ow, stride, pad, W, kw)
                 s = 0
                 for i in range(i0, i1):
                     h = oh * stride + i - pad
@@ -657,19 +652,11 @@ cdef void _avgpool_bwd(floating[:, :, :, ::1] dout, floating[:, :, :, ::1] dx,
         plane = &dx[n, c, 0, 0]
         memset(plane, 0, H * W * sizeof(floating))
         for oh in range(OH):
-            i0 = pad - oh * stride
-            if i0 < 0:
-                i0 = 0
-            i1 = H + pad - oh * stride
-            if i1 > kh:
-                i1 = kh
+            i0 = _win_lo(oh, stride, pad)
+            i1 = _win_hi(oh, stride, pad, H, kh)
             for ow in range(OW):
-                j0 = pad - ow * stride
-                if j0 < 0:
-                    j0 = 0
-                j1 = W + pad - ow * stride
-                if j1 > kw:
-                    j1 = kw
+                j0 = _win_lo(ow, stride, pad)
+                j1 = _win_hi(ow, stride, pad, W, kw)
                 share = dout[n, c, oh, ow] / area
                 for i in range(i0, i1):
                     h = oh * stride + i - pad
