@@ -14,7 +14,6 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 REQUIRE = os.environ.get("NETSPEC_REQUIRE_CYTHON", "") not in ("", "0")
-NO_OPENMP = {"netspec.kernels._compiled"}
 
 
 def _warn(msg):
@@ -82,12 +81,8 @@ class OptionalBuildExt(build_ext):
         except Exception:
             pass
         for ext in self.extensions:
-            # _compiled sets libgomp's wait policy before loading the OpenMP kernels,
-            # so it must not link libgomp itself
-            own = [f for f in cflags if ext.name not in NO_OPENMP or f != "-fopenmp"]
-            link = [f for f in lflags if ext.name not in NO_OPENMP or f != "-fopenmp"]
-            ext.extra_compile_args = list(ext.extra_compile_args or []) + own
-            ext.extra_link_args = list(ext.extra_link_args or []) + link
+            ext.extra_compile_args = list(ext.extra_compile_args or []) + cflags
+            ext.extra_link_args = list(ext.extra_link_args or []) + lflags
         try:
             super().build_extensions()
         except Exception as exc:

@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 import netspec  # noqa: E402
 from netspec.data import load_data  # noqa: E402
 from netspec.gradcheck import numerical_gradient  # noqa: E402
-from netspec.trainer import resume_trainer, trainer_for  # noqa: E402
+from netspec.runner import resume_trainer, trainer_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SPECS = REPO / "specs"

@@ -1,20 +1,782 @@
-# cython: language_level=3
-"""Entry point of the compiled backend: netspec.kernels._compiled.
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Compiled kernels: the same names and signatures as netspec/kernels/_numpy.py.
 
-Design: the kernels live in ``_ckernels``, built with OpenMP. This module is
-built without it, so it can choose libgomp's wait policy before libgomp is
-loaded: by default idle OpenMP threads spin for milliseconds, and on a
-2-core machine that spinning starves the BLAS threads of the very next matrix
-product (measured: conv steps 10-100x slower). ``OMP_WAIT_POLICY=PASSIVE``
-makes idle threads sleep; a value already set by the user is kept. The
-setting is process-wide and inherited by subprocesses, and it only takes
-effect if no other library loaded libgomp earlier in the process.
+Design: every public kernel is a short Python function that checks dtypes,
+makes its inputs contiguous and allocates the outputs, then calls a *fused*
+``def`` (``floating`` = float or double) that Cython dispatches on the arrays'
+dtype; that in turn runs ``nogil`` loops. Input memoryviews are ``const``, so
+read-only arrays (memory-mapped datasets) are accepted. Inputs of any other
+dtype, or with mixed dtypes, are handed to the numpy reference so results
+never silently change type.
+
+Convolution is im2col + one GEMM per *batch chunk*: a chunk of samples is
+unrolled into a "wide" column buffer (C*kh*kw, nb*OH*OW) of about 4 MB, so
+it stays in the last-level cache, multiplied by numpy's matmul (BLAS, which
+uses every core), and the (FN, nb*OH*OW) product is copied into the NCHW
+output together with the bias. Backward recomputes the columns chunk by
+chunk from the forward input instead of keeping the full (N, C*kh*kw, OH*OW)
+array alive. The chunk buffers are thread-local and shared by all layers, so
+they are allocated once and reused across layers and steps (fresh large arrays
+cost page faults comparable to the arithmetic). 1x1 convolutions with stride
+1 and no padding skip im2col.
+
+Pooling runs direct loops over windows. Optimizer updates are one fused pass
+over contiguous parameters, with the same operation order as the reference.
+Pooling, standalone im2col/col2im and the optimizer updates split their
+work across OpenMP threads (``prange``) when built with OpenMP and the work
+is large enough; the loops inside a conv chunk stay serial, because the
+GEMMs around them already use every core.
 """
 import os
+import threading
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np
 
-from netspec.kernels import _ckernels  # noqa: E402  (after the environment is set)
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.string cimport memset, memcpy
+from libc.math cimport sqrt, sqrtf, INFINITY
+from libc.stdint cimport int64_t
 
-__all__ = list(_ckernels.__all__)
-globals().update({name: getattr(_ckernels, name) for name in __all__})
+from netspec.kernels import _numpy as _ref
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int netspec_has_openmp(void) { return 1; }
+    static int netspec_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    static int netspec_has_openmp(void) { return 0; }
+    static int netspec_max_threads(void) { return 1; }
+    #endif
+    """
+    int netspec_has_openmp() nogil
+    int netspec_max_threads() nogil
+    long CYTHON_HEX_VERSION  # defined by the Cython that generated this file
+
+__all__ = list(_ref.__all__) + ["backend_info", "chunk_samples"]
+
+cdef enum:
+    # Below this many elements of work a loop runs on one thread: waking the
+    # OpenMP team costs a few microseconds, more than the loop itself.
+    PAR_MIN = 32768
+    # Target size of one chunk of conv columns: large enough for an efficient
+    # GEMM, small enough to stay in the last-level cache.
+    CHUNK_BYTES = 4194304
+
+out_size = _ref.out_size
+
+
+cdef int _nthreads(Py_ssize_t work) noexcept nogil:
+    if work < PAR_MIN:
+        return 1
+    return netspec_max_threads()
+
+
+def backend_info():
+    """What the compiled backend was built with: OpenMP support and thread count."""
+    v = CYTHON_HEX_VERSION
+    return {
+        "openmp": bool(netspec_has_openmp()),
+        "openmp_max_threads": int(netspec_max_threads()),
+        "compiled_with": f"Cython {v >> 24}.{(v >> 16) & 0xff}.{(v >> 8) & 0xff}",
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+    }
+
+
+cdef inline floating _sqrt(floating v) noexcept nogil:
+    """sqrt in the argument's own precision (float stays float, as in numpy)."""
+    if floating is float:
+        return sqrtf(v)
+    else:
+        return sqrt(v)
+
+
+cdef inline Py_ssize_t _win_lo(Py_ssize_t o, Py_ssize_t stride, Py_ssize_t pad) noexcept nogil:
+    """First kernel offset of output o whose input o*stride + i - pad is >= 0."""
+    return pad - o * stride if pad > o * stride else 0
+
+
+cdef inline Py_ssize_t _win_hi(Py_ssize_t o, Py_ssize_t stride, Py_ssize_t pad,
+                               Py_ssize_t size, Py_ssize_t k) noexcept nogil:
+    """One past the last kernel offset of output o whose input is < size."""
+    return size + pad - o * stride if size + pad - o * stride < k else k
+
+
+cdef inline void _valid_range(Py_ssize_t j, Py_ssize_t stride, Py_ssize_t pad,
+                              Py_ssize_t W, Py_ssize_t OW,
+                              Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    """Output positions ow in [lo, hi) whose input column ow*stride + j - pad is inside [0, W)."""
+    cdef Py_ssize_t a = 0, b
+    if pad > j:
+        a = (pad - j + stride - 1) // stride
+    if W + pad - j <= 0:
+        b = 0
+    else:
+        b = (W + pad - j - 1) // stride + 1
+    if b > OW:
+        b = OW
+    if a > b:
+        a = b
+    lo[0] = a
+    hi[0] = b
+
+
+def _supported(*arrays):
+    """True when all arrays share one dtype the compiled loops handle."""
+    dt = arrays[0].dtype
+    if dt != np.float32 and dt != np.float64:
+        return False
+    for a in arrays[1:]:
+        if a is not None and a.dtype != dt:
+            return False
+    return True
+
+
+def _check_window(kh, kw, stride, pad):
+    if kh < 1 or kw < 1 or stride < 1 or pad < 0:
+        raise ValueError(f"bad window: kh={kh}, kw={kw}, stride={stride}, pad={pad}")
+
+
+# --- im2col / col2im ---------------------------------------------------------
+# Column layout: row (c, i, j) of sample n starts at n*sample_stride + row*row_stride
+# and holds OH*OW values. The batched public layout (N, C*kh*kw, OH*OW) and the
+# wide chunk layout (C*kh*kw, nb*OH*OW) used by convolution differ only in strides.
+
+cdef void _im2col_plane(const floating* x, floating* col, Py_ssize_t row_stride,
+                        Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw,
+                        Py_ssize_t stride, Py_ssize_t pad,
+                        Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
+    """Unroll one (H, W) plane into kh*kw column rows, row r at col + r*row_stride."""
+    cdef Py_ssize_t i, j, oh, ow, h, lo, hi
+    cdef floating* dst
+    cdef const floating* src
+    for i in range(kh):
+        for j in range(kw):
+            _valid_range(j, stride, pad, W, OW, &lo, &hi)
+            for oh in range(OH):
+                dst = col + (i * kw + j) * row_stride + oh * OW
+                h = oh * stride + i - pad
+                if h < 0 or h >= H or lo == hi:
+                    for ow in range(OW):
+                        dst[ow] = 0
+                    continue
+                src = x + h * W + j - pad
+                for ow in range(lo):
+                    dst[ow] = 0
+                if stride == 1:
+                    for ow in range(lo, hi):
+                        dst[ow] = src[ow]
+                else:
+                    for ow in range(lo, hi):
+                        dst[ow] = src[ow * stride]
+                for ow in range(hi, OW):
+                    dst[ow] = 0
+
+
+cdef void _col2im_plane(const floating* col, floating* x, Py_ssize_t row_stride,
+                        Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw,
+                        Py_ssize_t stride, Py_ssize_t pad,
+                        Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
+    """Adjoint of _im2col_plane: add kh*kw column rows back into a zeroed (H, W) plane."""
+    cdef Py_ssize_t i, j, oh, ow, h, lo, hi
+    cdef const floating* src
+    cdef floating* dst
+    for i in range(kh):
+        for j in range(kw):
+            _valid_range(j, stride, pad, W, OW, &lo, &hi)
+            for oh in range(OH):
+                h = oh * stride + i - pad
+                if h < 0 or h >= H:
+                    continue
+                src = col + (i * kw + j) * row_stride + oh * OW
+                dst = x + h * W + j - pad
+                if stride == 1:
+                    for ow in range(lo, hi):
+                        dst[ow] += src[ow]
+                else:
+                    for ow in range(lo, hi):
+                        dst[ow * stride] += src[ow]
+
+
+cdef void _unroll(const floating* src, floating* dst, Py_ssize_t N, Py_ssize_t C,
+                  Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw,
+                  Py_ssize_t stride, Py_ssize_t pad, Py_ssize_t OH, Py_ssize_t OW,
+                  Py_ssize_t sample_stride, Py_ssize_t row_stride,
+                  bint adjoint, bint parallel) noexcept nogil:
+    """im2col (src = images, dst = columns) or, with ``adjoint``, col2im (src = columns,
+    dst = images, each plane zeroed first): one (sample, channel) plane per iteration."""
+    cdef Py_ssize_t nc, n, image, cols
+    cdef int nt = _nthreads(N * C * kh * kw * OH * OW) if parallel else 1
+    for nc in prange(N * C, nogil=True, schedule="static", num_threads=nt):
+        n = nc // C
+        image = nc * H * W
+        cols = n * sample_stride + (nc - n * C) * kh * kw * row_stride
+        if adjoint:
+            memset(dst + image, 0, H * W * sizeof(floating))
+            _col2im_plane(src + cols, dst + image, row_stride, H, W, kh, kw, stride, pad, OH, OW)
+        else:
+            _im2col_plane(src + image, dst + cols, row_stride, H, W, kh, kw, stride, pad, OH, OW)
+
+
+def _unroll_into(const floating[::1] src, floating[::1] dst, tuple x_shape, Py_ssize_t n0,
+                 Py_ssize_t nb, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t stride, Py_ssize_t pad,
+                 bint wide, bint adjoint):
+    """Samples n0..n0+nb of images (N, C, H, W) to columns, or back with ``adjoint``.
+
+    Columns are batched, (N*C*kh*kw, OH*OW) rows, or ``wide``, (C*kh*kw, nb*OH*OW): the
+    layout of one conv chunk, so that a single GEMM covers all its samples.
+    """
+    cdef Py_ssize_t C = x_shape[1], H = x_shape[2], W = x_shape[3]
+    cdef Py_ssize_t OH = out_size(H, kh, stride, pad), OW = out_size(W, kw, stride, pad)
+    cdef Py_ssize_t P = OH * OW, first = n0 * C * H * W
+    cdef Py_ssize_t sample_stride = P if wide else C * kh * kw * P
+    cdef Py_ssize_t row_stride = nb * P if wide else P
+    if nb == 0 or C == 0 or P == 0 or H * W == 0:
+        return
+    with nogil:
+        if adjoint:
+            _unroll(&src[0], &dst[first], nb, C, H, W, kh, kw, stride, pad, OH, OW,
+                    sample_stride, row_stride, True, not wide)
+        else:
+            _unroll(&src[first], &dst[0], nb, C, H, W, kh, kw, stride, pad, OH, OW,
+                    sample_stride, row_stride, False, not wide)
+
+
+def im2col(x, kh, kw, stride, pad):
+    """x (N, C, H, W) -> col (N, C*kh*kw, OH*OW)."""
+    if not _supported(x):
+        return _ref.im2col(x, kh, kw, stride, pad)
+    _check_window(kh, kw, stride, pad)
+    x = np.ascontiguousarray(x)
+    N, C, H, W = x.shape
+    OH, OW = out_size(H, kh, stride, pad), out_size(W, kw, stride, pad)
+    col = np.empty((N, C * kh * kw, OH * OW), dtype=x.dtype)
+    if col.size:
+        _unroll_into(x.reshape(-1), col.reshape(-1), x.shape, 0, N, kh, kw, stride, pad, False, False)
+    return col
+
+
+def col2im(col, x_shape, kh, kw, stride, pad):
+    """Adjoint of im2col: col (N, C*kh*kw, OH*OW) -> dx (N, C, H, W), overlaps summed."""
+    if not _supported(col):
+        return _ref.col2im(col, x_shape, kh, kw, stride, pad)
+    _check_window(kh, kw, stride, pad)
+    N, C, H, W = x_shape
+    OH, OW = out_size(H, kh, stride, pad), out_size(W, kw, stride, pad)
+    col = np.ascontiguousarray(col)
+    x = np.zeros((N, C, H, W), dtype=col.dtype)
+    if col.size:
+        _unroll_into(col.reshape(-1), x.reshape(-1), x.shape, 0, N, kh, kw, stride, pad, False, True)
+    return x
+
+
+# --- convolution -------------------------------------------------------------
+
+def _scatter_nchw(const floating[:, ::1] wide, floating[:, :, ::1] out, Py_ssize_t n0,
+                  const floating[::1] b, bint has_bias):
+    """out[n0 + n, f, :] = wide[f, n*P:(n+1)*P] (+ b[f]) for the nb samples of a chunk."""
+    cdef Py_ssize_t F = wide.shape[0], P = out.shape[2], nb = wide.shape[1] // P
+    cdef Py_ssize_t nf, n, f, p
+    cdef floating bias
+    cdef floating* dst
+    cdef const floating* src
+    with nogil:
+        for nf in range(nb * F):
+            n = nf // F
+            f = nf - n * F
+            dst = &out[n0 + n, f, 0]
+            src = &wide[f, n * P]
+            if not has_bias:
+                memcpy(dst, src, P * sizeof(floating))
+            else:
+                bias = b[f]
+                for p in range(P):
+                    dst[p] = src[p] + bias
+
+
+def _gather_nchw(const floating[:, :, ::1] dout, floating[:, ::1] wide, Py_ssize_t n0):
+    """wide[f, n*P:(n+1)*P] = dout[n0 + n, f, :] for the nb samples of a chunk."""
+    cdef Py_ssize_t F = wide.shape[0], P = dout.shape[2], nb = wide.shape[1] // P
+    cdef Py_ssize_t n, f
+    with nogil:
+        for f in range(F):
+            for n in range(nb):
+                memcpy(&wide[f, n * P], &dout[n0 + n, f, 0], P * sizeof(floating))
+
+
+_local = threading.local()
+
+
+def _buffer(name, Py_ssize_t size, dtype):
+    """Flat thread-local scratch of `size` elements, grown on demand and never shrunk.
+
+    All conv layers share it: within a thread they run one at a time, and no
+    scratch content has to survive from forward to backward.
+    """
+    bufs = getattr(_local, "bufs", None)
+    if bufs is None:
+        bufs = _local.bufs = {}
+    key = (name, np.dtype(dtype).char)
+    b = bufs.get(key)
+    if b is None or b.shape[0] < size:
+        b = bufs[key] = np.empty(max(size, 1), dtype=dtype)
+    return b[:size]
+
+
+def chunk_samples(Py_ssize_t N, Py_ssize_t K, Py_ssize_t P, Py_ssize_t itemsize):
+    """Samples per conv chunk, so that one chunk of K x P columns per sample is about 4 MB."""
+    return max(1, min(N, CHUNK_BYTES // max(1, K * P * itemsize)))
+
+
+def _chunks(Py_ssize_t N, Py_ssize_t nb):
+    """(first sample, samples) of each chunk."""
+    cdef Py_ssize_t n0
+    for n0 in range(0, N, nb):
+        yield n0, min(nb, N - n0)
+
+
+def _is_pointwise(kh, kw, stride, pad):
+    return kh == 1 and kw == 1 and stride == 1 and pad == 0
+
+
+def _conv_shapes(x, W, stride, pad):
+    N, C, H, Wd = x.shape
+    FN, C2, kh, kw = W.shape
+    if C2 != C:
+        raise ValueError(f"conv2d: input has {C} channels, filters expect {C2}")
+    _check_window(kh, kw, stride, pad)
+    return N, C, FN, kh, kw, out_size(H, kh, stride, pad), out_size(Wd, kw, stride, pad)
+
+
+def conv2d_forward(x, W, b, stride, pad):
+    """out[n, f] = sum_c W[f, c] (*) x[n, c] + b[f]; x (N,C,H,W), W (FN,C,kh,kw), b (FN,) or None."""
+    if not _supported(x, W, b):
+        return _ref.conv2d_forward(x, W, b, stride, pad)
+    N, C, FN, kh, kw, OH, OW = _conv_shapes(x, W, stride, pad)
+    P, K = OH * OW, C * kh * kw
+    x = np.ascontiguousarray(x)
+    W2 = np.ascontiguousarray(W).reshape(FN, K)
+    has_bias = b is not None
+    b = np.ascontiguousarray(b).reshape(FN) if has_bias else np.zeros(0, x.dtype)
+    out = np.empty((N, FN, OH, OW), dtype=x.dtype)
+    out3 = out.reshape(N, FN, P)
+    if N == 0 or P == 0 or FN == 0:
+        return out
+    if _is_pointwise(kh, kw, stride, pad):
+        np.matmul(W2, x.reshape(N, C, P), out=out3)
+        if has_bias:
+            out3 += b.reshape(1, FN, 1)
+        return out
+    nb = chunk_samples(N, K, P, x.itemsize)
+    colbuf = _buffer("col", K * nb * P, x.dtype)
+    prodbuf = _buffer("prod", FN * nb * P, x.dtype)
+    for n0, nbc in _chunks(N, nb):
+        col = colbuf[:K * nbc * P].reshape(K, nbc * P)
+        prod = prodbuf[:FN * nbc * P].reshape(FN, nbc * P)
+        _unroll_into(x.reshape(-1), col.reshape(-1), x.shape, n0, nbc, kh, kw, stride, pad, True, False)
+        np.matmul(W2, col, out=prod)
+        _scatter_nchw(prod, out3, n0, b, has_bias)
+    return out
+
+
+def conv2d_backward(dout, x, W, stride, pad, need_dx=True):
+    """dout (N,FN,OH,OW) and the forward input x -> (dx or None, dW, db)."""
+    if not _supported(x, W) or dout.dtype != x.dtype:
+        return _ref.conv2d_backward(dout, x, W, stride, pad, need_dx)
+    N, C, FN, kh, kw, OH, OW = _conv_shapes(x, W, stride, pad)
+    P, K = OH * OW, C * kh * kw
+    if tuple(dout.shape) != (N, FN, OH, OW):
+        raise ValueError(f"conv2d_backward: dout is shaped {tuple(dout.shape)}, "
+                         f"the forward output was {(N, FN, OH, OW)}")
+    x = np.ascontiguousarray(x)
+    dout3 = np.ascontiguousarray(dout).reshape(N, FN, P)
+    W2 = np.ascontiguousarray(W).reshape(FN, K)
+    dx = np.zeros(x.shape, dtype=x.dtype) if need_dx else None
+    dW = np.zeros((FN, K), dtype=x.dtype)
+    db = np.zeros(FN, dtype=x.dtype)
+    if N == 0 or P == 0 or FN == 0:
+        return dx, dW.reshape(W.shape), db
+    dout3.sum(axis=(0, 2), out=db)  # numpy's pairwise sum: vectorized, as in the reference
+    if _is_pointwise(kh, kw, stride, pad):
+        if need_dx:
+            np.matmul(W2.T, dout3, out=dx.reshape(N, C, P))
+        # dW = sum_n dout_n @ x_n^T, as one GEMM over the (n, p) axis pair
+        dW[...] = np.tensordot(dout3, x.reshape(N, C, P), axes=([0, 2], [0, 2]))
+        return dx, dW.reshape(W.shape), db
+    nb = chunk_samples(N, K, P, x.itemsize)
+    colbuf = _buffer("col", K * nb * P, x.dtype)
+    dcolbuf = _buffer("prod", K * nb * P, x.dtype) if need_dx else None
+    gbuf = _buffer("dout", FN * nb * P, x.dtype)
+    dW_chunk = np.empty((FN, K), dtype=x.dtype)
+    for n0, nbc in _chunks(N, nb):
+        col = colbuf[:K * nbc * P].reshape(K, nbc * P)
+        gw = gbuf[:FN * nbc * P].reshape(FN, nbc * P)
+        _gather_nchw(dout3, gw, n0)
+        _unroll_into(x.reshape(-1), col.reshape(-1), x.shape, n0, nbc, kh, kw, stride, pad, True, False)
+        np.matmul(gw, col.T, out=dW if n0 == 0 else dW_chunk)
+        if n0:
+            dW += dW_chunk
+        if need_dx:
+            dcol = dcolbuf[:K * nbc * P].reshape(K, nbc * P)
+            np.matmul(W2.T, gw, out=dcol)
+            _unroll_into(dcol.reshape(-1), dx.reshape(-1), x.shape, n0, nbc, kh, kw, stride, pad, True, True)
+    return dx, dW.reshape(W.shape), db
+
+
+# --- pooling -----------------------------------------------------------------
+
+def _maxpool_fwd(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
+                 int64_t[:, :, :, ::1] arg, Py_ssize_t kh, Py_ssize_t kw,
+                 Py_ssize_t stride, Py_ssize_t pad):
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3]
+    cdef Py_ssize_t nc, oh, ow, i, j, i0, i1, j0, j1, a
+    cdef bint take
+    cdef floating best, v
+    cdef const floating* plane
+    cdef const floating* row
+    cdef floating* o
+    cdef int64_t* ao
+    cdef int nt = _nthreads(N * C * OH * OW * kh * kw)
+    for nc in prange(N * C, nogil=True, schedule="static", num_threads=nt):
+        plane = &x[0, 0, 0, 0] + nc * H * W
+        o = &out[0, 0, 0, 0] + nc * OH * OW
+        ao = &arg[0, 0, 0, 0] + nc * OH * OW
+        for oh in range(OH):
+            i0 = _win_lo(oh, stride, pad)
+            i1 = _win_hi(oh, stride, pad, H, kh)
+            for ow in range(OW):
+                j0 = _win_lo(ow, stride, pad)
+                j1 = _win_hi(ow, stride, pad, W, kw)
+                # padding is -inf: it never wins a strict comparison, and an
+                # all -inf window reports index 0 like numpy's argmax.
+                # Selects instead of branches: random data mispredicts them.
+                best = -INFINITY
+                a = 0
+                for i in range(i0, i1):
+                    row = plane + (oh * stride + i - pad) * W + ow * stride - pad
+                    for j in range(j0, j1):
+                        v = row[j]
+                        take = v > best
+                        best = v if take else best
+                        a = (i * kw + j) if take else a
+                o[oh * OW + ow] = best
+                ao[oh * OW + ow] = a
+
+
+def _maxpool_bwd(const floating[:, :, :, ::1] dout, const int64_t[:, :, :, ::1] arg,
+                 floating[:, :, :, ::1] dx, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t stride,
+                 Py_ssize_t pad):
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t OH = dout.shape[2], OW = dout.shape[3]
+    cdef Py_ssize_t nc, n, c, oh, ow, h, w, a
+    cdef floating* plane
+    cdef int nt = _nthreads(N * C * (OH * OW + H * W))
+    for nc in prange(N * C, nogil=True, schedule="static", num_threads=nt):
+        n = nc // C
+        c = nc - n * C
+        plane = &dx[n, c, 0, 0]
+        memset(plane, 0, H * W * sizeof(floating))
+        for oh in range(OH):
+            for ow in range(OW):
+                a = arg[n, c, oh, ow]
+                h = oh * stride + a // kw - pad
+                w = ow * stride + a % kw - pad
+                if h >= 0 and h < H and w >= 0 and w < W:
+                    plane[h * W + w] += dout[n, c, oh, ow]
+
+
+def _avgpool(const floating[:, :, :, ::1] src, floating[:, :, :, ::1] dst,
+             Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t stride, Py_ssize_t pad, bint adjoint):
+    """Window means (src = images, dst = pooled) or, with ``adjoint``, their gradient
+    (src = d/d(pooled), dst = d/d(images), each plane zeroed first): every input in a
+    window gets dout / (kh*kw), padding counting as zeros."""
+    cdef Py_ssize_t N = src.shape[0], C = src.shape[1]
+    cdef Py_ssize_t H = dst.shape[2] if adjoint else src.shape[2]
+    cdef Py_ssize_t W = dst.shape[3] if adjoint else src.shape[3]
+    cdef Py_ssize_t OH = src.shape[2] if adjoint else dst.shape[2]
+    cdef Py_ssize_t OW = src.shape[3] if adjoint else dst.shape[3]
+    cdef Py_ssize_t nc, n, c, oh, ow, i, j, at, i0, i1, j0, j1
+    cdef floating acc
+    cdef floating area = kh * kw
+    cdef int nt = _nthreads(N * C * (OH * OW * kh * kw + H * W))
+    for nc in prange(N * C, nogil=True, schedule="static", num_threads=nt):
+        n = nc // C
+        c = nc - n * C
+        if adjoint:
+            memset(&dst[n, c, 0, 0], 0, H * W * sizeof(floating))
+        for oh in range(OH):
+            i0 = _win_lo(oh, stride, pad)
+            i1 = _win_hi(oh, stride, pad, H, kh)
+            for ow in range(OW):
+                j0 = _win_lo(ow, stride, pad)
+                j1 = _win_hi(ow, stride, pad, W, kw)
+                acc = src[n, c, oh, ow] / area if adjoint else 0
+                for i in range(i0, i1):
+                    at = (oh * stride + i - pad) * W + ow * stride - pad
+                    for j in range(j0, j1):
+                        if adjoint:
+                            (&dst[n, c, 0, 0])[at + j] += acc
+                        else:
+                            acc = acc + (&src[n, c, 0, 0])[at + j]
+                if not adjoint:
+                    dst[n, c, oh, ow] = acc / area
+
+
+def _pool_shape(x_shape, kh, kw, stride, pad):
+    _check_window(kh, kw, stride, pad)
+    N, C, H, W = x_shape
+    return N, C, out_size(H, kh, stride, pad), out_size(W, kw, stride, pad)
+
+
+def maxpool2d_forward(x, kh, kw, stride, pad):
+    """x (N,C,H,W) -> (out (N,C,OH,OW), argmax int64 flat window index)."""
+    if not _supported(x):
+        return _ref.maxpool2d_forward(x, kh, kw, stride, pad)
+    x = np.ascontiguousarray(x)
+    oshape = _pool_shape(x.shape, kh, kw, stride, pad)
+    out = np.empty(oshape, dtype=x.dtype)
+    arg = np.empty(oshape, dtype=np.int64)
+    if out.size:
+        _maxpool_fwd(x, out, arg, kh, kw, stride, pad)
+    return out, arg
+
+
+def maxpool2d_backward(dout, argmax, x_shape, kh, kw, stride, pad):
+    """Route each dout element to the input position that won its window."""
+    if not _supported(dout):
+        return _ref.maxpool2d_backward(dout, argmax, x_shape, kh, kw, stride, pad)
+    _check_window(kh, kw, stride, pad)
+    dout = np.ascontiguousarray(dout)
+    argmax = np.ascontiguousarray(argmax, dtype=np.int64)
+    dx = np.empty(tuple(x_shape), dtype=dout.dtype)
+    if dx.size:
+        _maxpool_bwd(dout, argmax, dx, kh, kw, stride, pad)
+    return dx
+
+
+def avgpool2d_forward(x, kh, kw, stride, pad):
+    """Mean over each window; padding counts as zeros in the divisor kh*kw."""
+    if not _supported(x):
+        return _ref.avgpool2d_forward(x, kh, kw, stride, pad)
+    x = np.ascontiguousarray(x)
+    out = np.empty(_pool_shape(x.shape, kh, kw, stride, pad), dtype=x.dtype)
+    if out.size:
+        _avgpool(x, out, kh, kw, stride, pad, False)
+    return out
+
+
+def avgpool2d_backward(dout, x_shape, kh, kw, stride, pad):
+    """Each input in a window receives dout / (kh*kw)."""
+    if not _supported(dout):
+        return _ref.avgpool2d_backward(dout, x_shape, kh, kw, stride, pad)
+    _check_window(kh, kw, stride, pad)
+    dout = np.ascontiguousarray(dout)
+    dx = np.zeros(tuple(x_shape), dtype=dout.dtype)
+    if dx.size and dout.size:
+        _avgpool(dout, dx, kh, kw, stride, pad, True)
+    return dx
+
+
+# --- optimizer updates ---------------------------------------------------------
+# One pass over contiguous memory per update, in plain loops the C compiler
+# vectorizes. Each loop mirrors the reference's operation order term by term,
+# so both backends round alike: the hyper-parameters arrive as Python floats,
+# are combined in double where the reference combines them in Python
+# (e.g. (1 + m) * lr), and are rounded once to the parameter's dtype, as
+# numpy does with a Python scalar. The build enables no FMA contraction.
+
+cdef struct Hyper:
+    # every hyper-parameter an update may read, already combined as the loops need it
+    double lr             # learning rate (Adam: the bias-corrected lr_t)
+    double momentum       # m
+    double momentum_sq    # m * m (Nesterov)
+    double lr_plus        # (1 + m) * lr (Nesterov)
+    double decay          # RMSprop's d
+    double one_minus_decay
+    double one_minus_beta1
+    double one_minus_beta2
+    double eps
+    double weight_decay
+
+
+cdef enum Update:
+    SGD, MOMENTUM, NESTEROV, ADAGRAD, RMSPROP, ADAM
+
+
+cdef inline floating _grad(const floating* g, const floating* p, Py_ssize_t i,
+                           floating wd) noexcept nogil:
+    """The gradient with weight decay: g + wd * p (exactly g when wd is 0)."""
+    return g[i] + wd * p[i] if wd != 0 else g[i]
+
+
+cdef void _sgd(floating* p, const floating* g, Py_ssize_t n,
+               floating lr, floating wd) noexcept nogil:
+    """p -= lr * g."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        p[i] = p[i] - lr * _grad(g, p, i, wd)
+
+
+cdef void _momentum(floating* p, const floating* g, floating* v, Py_ssize_t n,
+                    floating lr, floating momentum, floating wd) noexcept nogil:
+    """v = m*v - lr*g; p += v."""
+    cdef Py_ssize_t i
+    cdef floating gi, vi
+    for i in range(n):
+        gi = _grad(g, p, i, wd)
+        vi = v[i] * momentum - lr * gi
+        v[i] = vi
+        p[i] = p[i] + vi
+
+
+cdef void _nesterov(floating* p, const floating* g, floating* v, Py_ssize_t n,
+                    floating lr, floating momentum, floating momentum_sq, floating lr_plus,
+                    floating wd) noexcept nogil:
+    """p += m*m*v - (1+m)*lr*g with the old v; then v = m*v - lr*g."""
+    cdef Py_ssize_t i
+    cdef floating gi
+    for i in range(n):
+        gi = _grad(g, p, i, wd)
+        p[i] = (p[i] + momentum_sq * v[i]) - lr_plus * gi
+        v[i] = v[i] * momentum - lr * gi
+
+
+cdef void _rmsprop(floating* p, const floating* g, floating* h, Py_ssize_t n,
+                   floating lr, floating decay, floating one_minus_decay, floating eps,
+                   floating wd) noexcept nogil:
+    """h = d*h + (1-d)*g*g; p -= lr * g / (sqrt(h) + eps)."""
+    cdef Py_ssize_t i
+    cdef floating gi, hi
+    for i in range(n):
+        gi = _grad(g, p, i, wd)
+        hi = h[i] * decay + (one_minus_decay * gi) * gi
+        h[i] = hi
+        p[i] = p[i] - (lr * gi) / (_sqrt(hi) + eps)
+
+
+cdef void _adam(floating* p, const floating* g, floating* m, floating* v, Py_ssize_t n,
+                floating lr_t, floating one_minus_beta1, floating one_minus_beta2, floating eps,
+                floating wd) noexcept nogil:
+    """m += (1-b1)(g-m); v += (1-b2)(g*g-v); p -= lr_t * m / (sqrt(v) + eps)."""
+    cdef Py_ssize_t i
+    cdef floating gi, mi, vi
+    for i in range(n):
+        gi = _grad(g, p, i, wd)
+        mi = m[i] + one_minus_beta1 * (gi - m[i])
+        vi = v[i] + one_minus_beta2 * (gi * gi - v[i])
+        m[i] = mi
+        v[i] = vi
+        p[i] = p[i] - (lr_t * mi) / (_sqrt(vi) + eps)
+
+
+cdef void _update_block(Update kind, floating* p, const floating* g, floating* s1, floating* s2,
+                        Py_ssize_t n, const Hyper* hp) noexcept nogil:
+    """One thread's contiguous block of an update; s1, s2 are the state arrays (or unused)."""
+    cdef floating wd = <floating>hp.weight_decay
+    if kind == SGD:
+        _sgd(p, g, n, lr=<floating>hp.lr, wd=wd)
+    elif kind == MOMENTUM:
+        _momentum(p, g, s1, n, lr=<floating>hp.lr, momentum=<floating>hp.momentum, wd=wd)
+    elif kind == NESTEROV:
+        _nesterov(p, g, s1, n, lr=<floating>hp.lr, momentum=<floating>hp.momentum,
+                  momentum_sq=<floating>hp.momentum_sq, lr_plus=<floating>hp.lr_plus, wd=wd)
+    elif kind == ADAGRAD:
+        # h += g*g is RMSprop's h = 1*h + (1*g)*g, bit for bit (multiplying by 1 is exact)
+        _rmsprop(p, g, s1, n, lr=<floating>hp.lr, decay=1, one_minus_decay=1, eps=<floating>hp.eps, wd=wd)
+    elif kind == RMSPROP:
+        _rmsprop(p, g, s1, n, lr=<floating>hp.lr, decay=<floating>hp.decay,
+                 one_minus_decay=<floating>hp.one_minus_decay, eps=<floating>hp.eps, wd=wd)
+    else:
+        _adam(p, g, s1, s2, n, lr_t=<floating>hp.lr, one_minus_beta1=<floating>hp.one_minus_beta1,
+              one_minus_beta2=<floating>hp.one_minus_beta2, eps=<floating>hp.eps, wd=wd)
+
+
+def _update(Update kind, floating[::1] p, const floating[::1] g, floating[::1] s1,
+            floating[::1] s2, Hyper hp):
+    """Split p into one contiguous block per thread and update each block in one pass."""
+    cdef Py_ssize_t n = p.shape[0], blk, lo, hi
+    cdef floating* pp = &p[0]
+    cdef const floating* gp = &g[0]
+    cdef floating* p1 = &s1[0] if s1.shape[0] else NULL
+    cdef floating* p2 = &s2[0] if s2.shape[0] else NULL
+    cdef int nb = _nthreads(n // 4)
+    for blk in prange(nb, nogil=True, schedule="static", num_threads=nb):
+        lo = blk * n // nb
+        hi = (blk + 1) * n // nb
+        _update_block(kind, pp + lo, gp + lo, (p1 + lo) if p1 != NULL else NULL,
+                      (p2 + lo) if p2 != NULL else NULL, hi - lo, &hp)
+
+
+def _flat_state(p, *states):
+    """Flat views of p and its state arrays, or None when the fast path cannot apply."""
+    if not isinstance(p, np.ndarray) or (p.dtype != np.float32 and p.dtype != np.float64):
+        return None
+    arrays = (p,) + states
+    for a in arrays:
+        if not isinstance(a, np.ndarray) or not a.flags.c_contiguous or a.dtype != p.dtype \
+                or a.shape != p.shape or not a.flags.writeable:
+            return None
+    return [a.reshape(-1) for a in arrays]
+
+
+def _run_update(Update kind, p, g, states, Hyper hp):
+    """Dispatch one update; False when the arrays need the reference path."""
+    flat = _flat_state(p, *states)
+    if flat is None or p.size == 0:
+        return False
+    g = np.ascontiguousarray(g, dtype=p.dtype)
+    if g.shape != p.shape:
+        g = np.broadcast_to(g, p.shape).copy()
+    empty = np.zeros(0, dtype=p.dtype)
+    s1 = flat[1] if len(flat) > 1 else empty
+    s2 = flat[2] if len(flat) > 2 else empty
+    _update(kind, flat[0], g.reshape(-1), s1, s2, hp)
+    return True
+
+
+def sgd_update(p, g, lr, weight_decay):
+    """p -= lr * g."""
+    cdef Hyper hp = Hyper(lr=lr, weight_decay=weight_decay)
+    if not _run_update(SGD, p, g, (), hp):
+        _ref.sgd_update(p, g, lr, weight_decay)
+
+
+def momentum_update(p, g, v, lr, momentum, weight_decay):
+    """v = m*v - lr*g; p += v."""
+    cdef Hyper hp = Hyper(lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if not _run_update(MOMENTUM, p, g, (v,), hp):
+        _ref.momentum_update(p, g, v, lr, momentum, weight_decay)
+
+
+def nesterov_update(p, g, v, lr, momentum, weight_decay):
+    """p += m*m*v - (1+m)*lr*g with the old v; then v = m*v - lr*g."""
+    cdef Hyper hp = Hyper(lr=lr, momentum=momentum, momentum_sq=momentum * momentum,
+                          lr_plus=(1 + momentum) * lr, weight_decay=weight_decay)
+    if not _run_update(NESTEROV, p, g, (v,), hp):
+        _ref.nesterov_update(p, g, v, lr, momentum, weight_decay)
+
+
+def adagrad_update(p, g, h, lr, eps, weight_decay):
+    """h += g*g; p -= lr * g / (sqrt(h) + eps)."""
+    cdef Hyper hp = Hyper(lr=lr, eps=eps, weight_decay=weight_decay)
+    if not _run_update(ADAGRAD, p, g, (h,), hp):
+        _ref.adagrad_update(p, g, h, lr, eps, weight_decay)
+
+
+def rmsprop_update(p, g, h, lr, decay, eps, weight_decay):
+    """h = d*h + (1-d)*g*g; p -= lr * g / (sqrt(h) + eps)."""
+    cdef Hyper hp = Hyper(lr=lr, decay=decay, one_minus_decay=1 - decay, eps=eps,
+                          weight_decay=weight_decay)
+    if not _run_update(RMSPROP, p, g, (h,), hp):
+        _ref.rmsprop_update(p, g, h, lr, decay, eps, weight_decay)
+
+
+def adam_update(p, g, m, v, lr_t, beta1, beta2, eps, weight_decay):
+    """m += (1-b1)(g-m); v += (1-b2)(g*g-v); p -= lr_t * m / (sqrt(v) + eps)."""
+    cdef Hyper hp = Hyper(lr=lr_t, one_minus_beta1=1 - beta1, one_minus_beta2=1 - beta2, eps=eps,
+                          weight_decay=weight_decay)
+    if not _run_update(ADAM, p, g, (m, v), hp):
+        _ref.adam_update(p, g, m, v, lr_t, beta1, beta2, eps, weight_decay)

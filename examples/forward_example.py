@@ -9,7 +9,7 @@ from _shared import parse_args, pyplot, saved, spec_path  # before numpy: sets B
 import numpy as np
 
 import netspec
-from netspec.trainer import trainer_for
+from netspec.runner import trainer_for
 
 args = parse_args(__doc__)
 spec = netspec.load_spec(spec_path("forward_example"))

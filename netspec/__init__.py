@@ -24,6 +24,6 @@ def load(path, dtype=None):
 
 
 def train(spec, **kwargs):
-    """Train a spec (path, dict or NetSpec); returns the Trainer's history. See netspec.trainer."""
-    from .trainer import train as _train
+    """Train a spec (path, dict or NetSpec); returns the Trainer's history. See netspec.runner.train."""
+    from .runner import train as _train
     return _train(spec, **kwargs)

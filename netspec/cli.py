@@ -72,10 +72,10 @@ def cmd_info(args):
             info[mod] = __import__(mod).__version__
         except Exception:
             info[mod] = None
-    if kernels.BACKEND == "cython":
-        from . import kernels as k
-        if hasattr(k._impl, "backend_info"):
-            info.update(k._impl.backend_info())
+    info.update(kernels.backend_info())
+    from .threads import blas_info
+    for pool in blas_info():
+        info[f"blas ({pool['library']} {pool['version']})"] = f"{pool['threads']} threads"
     info["cpu_count"] = os.cpu_count()
     if args.json:
         print(json.dumps(info, indent=2))
@@ -92,23 +92,17 @@ def cmd_schema(args):
     return 0
 
 
-def build_parser():
-    p = argparse.ArgumentParser(prog="netspec", description="Compile and train neural networks described in YAML/JSON.")
-    p.add_argument("--version", action="version", version=f"netspec {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
-    s = sub.add_parser("validate", help="check spec files (schema, names, shapes)")
+def add_validate_arguments(s):
     s.add_argument("specs", nargs="+", metavar="SPEC")
-    s.set_defaults(func=cmd_validate)
 
-    s = sub.add_parser("summary", help="layer table: output shapes, parameters, FLOPs")
+
+def add_summary_arguments(s):
     s.add_argument("spec")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--dtype", choices=["float16", "float32", "float64"])
-    s.set_defaults(func=cmd_summary)
 
-    s = sub.add_parser("gradcheck", help="compare back-propagation with central differences (float64)")
+
+def add_gradcheck_arguments(s):
     s.add_argument("spec")
     s.add_argument("--batch", type=int, default=2, help="random samples in the batch (default 2)")
     s.add_argument("--max-elements", type=int, default=40,
@@ -117,25 +111,51 @@ def build_parser():
     s.add_argument("--tol", type=float, default=1e-5, help="max relative error allowed (default 1e-5)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_gradcheck)
 
-    s = sub.add_parser("info", help="versions and the active kernel backend")
+
+def add_json_argument(s):
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("schema", help="print the JSON Schema of the spec format")
-    s.set_defaults(func=cmd_schema)
 
-    for register in _extra_commands():
-        register(sub)
+def add_no_arguments(s):
+    pass
+
+
+def commands():
+    """The command table, in the order ``netspec --help`` lists it: (name, help, add_arguments, handler).
+
+    Each handler takes the parsed arguments and returns an exit code; user errors are
+    raised as NetspecError and printed by ``main``.
+    """
+    from . import train_cli
+    from .data import cli as data_cli
+    return [
+        ("run", "train a spec; writes a run directory with checkpoints and metrics",
+         train_cli.add_run_arguments, train_cli.cmd_run),
+        ("evaluate", "loss, accuracy and confusion matrix of a checkpoint",
+         train_cli.add_evaluate_arguments, train_cli.cmd_evaluate),
+        ("predict", "outputs and arg-max of a checkpoint for some inputs",
+         train_cli.add_predict_arguments, train_cli.cmd_predict),
+        ("validate", "check spec files (schema, names, shapes)", add_validate_arguments, cmd_validate),
+        ("summary", "layer table: output shapes, parameters, FLOPs", add_summary_arguments, cmd_summary),
+        ("gradcheck", "compare back-propagation with central differences (float64)",
+         add_gradcheck_arguments, cmd_gradcheck),
+        ("info", "versions and the active kernel backend", add_json_argument, cmd_info),
+        ("schema", "print the JSON Schema of the spec format", add_no_arguments, cmd_schema),
+        ("data", "download datasets, show where data is looked for", data_cli.add_arguments, data_cli.run),
+    ]
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="netspec", description="Compile and train neural networks described in YAML/JSON.")
+    p.add_argument("--version", action="version", version=f"netspec {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, helptext, add_arguments, handler in commands():
+        s = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
+        add_arguments(s)
+        s.set_defaults(func=handler)
     return p
-
-
-def _extra_commands():
-    """Sub-commands that live in their own modules."""
-    from .data.cli import add_parser as data_parser
-    from .train_cli import register as train_parsers
-    return [train_parsers, data_parser]
 
 
 def main(argv=None):
@@ -146,9 +166,9 @@ def main(argv=None):
     except NetspecError as exc:
         print(f"error: {exc}" if "\n" not in str(exc) else f"error:\n{exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("interrupted", file=sys.stderr)
-        return 130
+        return getattr(exc, "exit_code", 130)
     except BrokenPipeError:
         return 0
 

@@ -41,6 +41,13 @@ class TrainingDiverged(NetspecError, ArithmeticError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+def did_you_mean(word, options):
+    """'; did you mean 'x'?' for the closest option, or '' when none is close."""
+    import difflib
+    match = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
 def format_issue(issue):
     """``file:line:col: path: message`` with the parts that are known."""
     where = []

@@ -1,6 +1,6 @@
 """Numerical gradients by central differences, and the check of back-propagation against them.
 
-Non-smooth layers (ReLU, max pooling) expose ``kink_state()``. An element whose
+Non-smooth layers (ReLU, max pooling) return an array from ``kink_state()``. An element whose
 +h or -h evaluation switches any of them (a ReLU input crossing 0, another
 element winning a pooling window) straddles a kink, where a central difference
 is not a derivative; such elements are skipped and counted, never passed.
@@ -106,7 +106,8 @@ def check_model(model, x, t, *, h=1e-5, max_elements=40, seed=0):
 
 def kink_states(model):
     """Current switch state of every non-smooth layer, in order."""
-    return [l.kink_state() for l in model.layers if hasattr(l, "kink_state")]
+    states = (l.kink_state() for l in model.layers)
+    return [s for s in states if s is not None]
 
 
 def random_batch(model, n=3, seed=0):

@@ -8,7 +8,7 @@ import math
 from typing import Annotated, Any, Literal, Union
 
 import numpy as np
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, TypeAdapter
 
 from .errors import ShapeError
 from ._strict import Strict
@@ -21,12 +21,16 @@ class NormalInit(Strict):
 
 
 class HeInit(Strict):
-    """Normal with std sqrt(2 / fan_in), for ReLU nets."""
+    """Normal with std sqrt(2 / fan_in), for ReLU nets (He et al. 2015; PyTorch's kaiming_normal_)."""
     type: Literal["he"] = "he"
 
 
 class XavierInit(Strict):
-    """Normal with std sqrt(1 / fan_in), for sigmoid/tanh nets."""
+    """Normal with std sqrt(1 / fan_in), for sigmoid/tanh nets.
+
+    This is the book's "Xavier": it uses fan_in only. PyTorch's xavier_normal_ uses
+    sqrt(2 / (fan_in + fan_out)), which differs whenever fan_in != fan_out.
+    """
     type: Literal["xavier"] = "xavier"
 
 
@@ -83,8 +87,22 @@ InitSpec = Annotated[
     Field(discriminator="type"), BeforeValidator(_short_forms)]
 
 
+_adapter = None
+
+
+def resolve_init(spec):
+    """An init spec object from a short form ('he', 0.5, {std: 0.01}, ...) or an object."""
+    global _adapter
+    if isinstance(spec, Strict):
+        return spec
+    if _adapter is None:
+        _adapter = TypeAdapter(InitSpec)
+    return _adapter.validate_python(spec)
+
+
 def initialize(spec, shape, fan_in, rng, dtype, where=""):
-    """Draw one parameter array of ``shape`` as ``spec`` says."""
+    """Draw one parameter array of ``shape`` as ``spec`` (an init spec or its short form) says."""
+    spec = resolve_init(spec)
     kind = spec.type
     if kind == "normal":
         arr = spec.mean + spec.std * rng.standard_normal(shape)

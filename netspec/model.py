@@ -5,8 +5,11 @@ Design: the model is a small DAG. Each layer reads the outputs of its
 order, backward runs them in reverse and sums the gradients of outputs that
 feed several layers. The last layer's output is the model's output.
 """
+import math
+
 import numpy as np
 
+from .errors import DataError
 from .layers import MultiInputLayer
 
 
@@ -34,8 +37,7 @@ class Model:
     @property
     def buffers(self):
         """Non-learned state (batchnorm running statistics), keyed like params."""
-        return {f"{l.name}.{k}": v for l in self.layers if hasattr(l, "buffers")
-                for k, v in l.buffers().items()}
+        return {f"{l.name}.{k}": v for l in self.layers for k, v in l.buffers().items()}
 
     def set_rng(self, rng):
         """Generator for layers that draw random numbers (dropout)."""
@@ -56,22 +58,35 @@ class Model:
                 raise ValueError(f"parameter {k} is shaped {list(src.shape)}, the model expects {list(dst.shape)}")
             np.copyto(dst, src, casting="unsafe")
 
-    # -- running ----------------------------------------------------------------
-    def _as_input(self, x):
-        x = np.asarray(x, dtype=self.dtype)
-        if x.shape[1:] != self.input_shape:
-            if x.shape == self.input_shape:
-                x = x[None]
-            elif x.ndim >= 1 and int(np.prod(x.shape[1:])) == int(np.prod(self.input_shape)):
-                x = x.reshape((x.shape[0],) + self.input_shape)
-            else:
-                raise ValueError(f"input shaped {list(x.shape)} does not fit the model input "
-                                 f"{list(self.input_shape)} (batch axis first)")
-        return x
+    # -- data: the one place inputs and targets are checked --------------------
+    def as_input(self, x, where="input"):
+        """x as a batch (N, *input_shape) in the model's dtype; a single sample gets a batch axis,
+        and samples with the right number of values are reshaped (flat 784-vectors for 1x28x28).
+        Raises DataError when the samples cannot fit."""
+        x = np.asarray(x)
+        if x.dtype.kind not in "biuf":
+            raise DataError(f"{where}: expected numbers, found {x.dtype}")
+        x = x.astype(self.dtype, copy=False)
+        shape = self.input_shape
+        if x.shape[1:] == shape:
+            return x
+        if x.shape == shape:
+            return x[None]
+        if x.ndim >= 1 and math.prod(x.shape[1:]) == math.prod(shape):
+            return x.reshape((x.shape[0],) + shape)
+        dims = ", ".join(map(str, shape))
+        raise DataError(f"{where}: an array shaped {list(x.shape)} does not fit the model input {list(shape)} "
+                        f"(expected a batch (N, {dims}), one sample ({dims}), "
+                        f"or N rows of {math.prod(shape)} values)")
+
+    def prepare_targets(self, t, where="targets"):
+        """Targets checked against the model's output and loss (labels, one-hot rows or values),
+        in the model's dtype unless they are integer labels. Raises DataError."""
+        return self.loss_fn.prepare_targets(np.asarray(t), self.output_shape, self.dtype, where)
 
     def forward(self, x, train=False):
         """Output of the last layer for a batch x (N, *input_shape)."""
-        outs = {"input": self._as_input(x)}
+        outs = {"input": self.as_input(x)}
         out = None
         for l in self.layers:
             if isinstance(l, MultiInputLayer):
@@ -91,8 +106,7 @@ class Model:
         dx_input = None
         for l in reversed(self.layers):
             d = pending.pop(l.name)
-            l.need_dx = need_input_grad or any(n != "input" for n in l.input_names)
-            dxs = l.backward(d)
+            dxs = l.backward(d, need_dx=need_input_grad or any(n != "input" for n in l.input_names))
             if dxs is None:
                 continue
             if not isinstance(l, MultiInputLayer):
@@ -108,24 +122,22 @@ class Model:
 
     def predict(self, x, batch_size=None):
         """Model output in test mode (dropout off, batchnorm running statistics)."""
-        x = self._as_input(x)
+        x = self.as_input(x)
         if batch_size is None or len(x) <= batch_size:
             return self.forward(x, train=False)
         return np.concatenate([self.forward(x[i:i + batch_size], train=False)
                                for i in range(0, len(x), batch_size)])
 
-    def _targets(self, t):
-        t = np.asarray(t)
-        if not np.issubdtype(t.dtype, np.integer):
-            t = t.astype(self.dtype, copy=False)
+    def _batch_targets(self, t, n):
+        t = self.prepare_targets(t)
+        if len(t) != n:
+            raise DataError(f"targets: {len(t)} targets for {n} samples")
         return t
 
     def loss(self, x, t, train=False):
         """Scalar loss of a batch."""
         y = self.forward(x, train)
-        t = self._targets(t)
-        self.loss_fn.check_targets(y, t)
-        return self.loss_fn.forward(y, t)
+        return self.loss_fn.forward(y, self._batch_targets(t, len(y)))
 
     def gradient(self, x, t):
         """Loss and back-propagation in train mode; returns {"layer.param": gradient}.
@@ -148,12 +160,12 @@ class Model:
 
     def evaluate(self, x, t, batch_size=1000):
         """(mean loss, accuracy or None) over a whole set, in test mode, in batches."""
-        t = self._targets(t)
+        x = self.as_input(x)
+        t = self._batch_targets(t, len(x))
         total, correct, n = 0.0, 0, len(t)
         for i in range(0, n, batch_size):
             xb, tb = x[i:i + batch_size], t[i:i + batch_size]
             y = self.predict(xb)
-            self.loss_fn.check_targets(y, tb)
             total += self.loss_fn.forward(y, tb) * len(tb)
             if self.loss_fn.classification:
                 labels = tb if tb.ndim == 1 else tb.argmax(axis=1)
@@ -168,17 +180,13 @@ class Model:
         inputs, attributes (the layer's spec fields), output shape (no batch axis) and
         the keys of its arrays in ``model.params`` / ``model.buffers``.
         """
-        skip = {"type", "name", "inputs", "init", "bias_init"}
         nodes = []
         for l in self.layers:
-            attrs = {k: v for k, v in l.spec.model_dump(mode="json").items() if k not in skip}
-            if getattr(l, "stride", None) is not None and "stride" in attrs:
-                attrs["stride"] = l.stride  # pooling's default stride, resolved
             nodes.append({
-                "name": l.name, "op": l.spec.type, "inputs": list(l.input_names), "attrs": attrs,
+                "name": l.name, "op": l.spec.type, "inputs": list(l.input_names), "attrs": l.attrs(),
                 "output_shape": list(l.out_shape),
                 "params": {k: f"{l.name}.{k}" for k in l.params},
-                "buffers": {k: f"{l.name}.{k}" for k in (l.buffers() if hasattr(l, "buffers") else {})},
+                "buffers": {k: f"{l.name}.{k}" for k in l.buffers()},
             })
         return {"inputs": [{"name": "input", "shape": list(self.input_shape)}], "nodes": nodes,
                 "output": self.layers[-1].name, "loss": self.spec.loss, "dtype": str(self.dtype)}

@@ -1,4 +1,4 @@
-"""Optimizers (update rules of SEEDS.md) and learning-rate schedules.
+"""Optimizers and learning-rate schedules (every formula: docs/optimizers.md).
 
 Each optimizer updates parameters in place through the kernel seam; its state
 (velocity, squared-gradient sums, moments) is created lazily on the first
@@ -15,8 +15,12 @@ from . import kernels
 from ._strict import Strict
 
 
-class _OptSpec(Strict):
+class _FiniteSpec(Strict):
+    """Numbers must be finite: NaN or infinity in a hyper-parameter is a spec error."""
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class _OptSpec(_FiniteSpec):
 
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty: adds weight_decay * p to the gradient")
 
@@ -61,23 +65,20 @@ OptimizerSpec = Annotated[Union[SGDSpec, MomentumSpec, NesterovSpec, AdaGradSpec
                           Field(discriminator="type")]
 
 
-class StepSchedule(Strict):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class StepSchedule(_FiniteSpec):
     """lr * gamma ** (epoch // step_size)."""
     type: Literal["step"]
     step_size: StrictInt = Field(gt=0, description="epochs between decays")
     gamma: float = Field(0.1, gt=0, le=1)
 
 
-class ExponentialSchedule(Strict):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class ExponentialSchedule(_FiniteSpec):
     """lr * gamma ** epoch."""
     type: Literal["exponential"]
     gamma: float = Field(gt=0, le=1)
 
 
-class CosineSchedule(Strict):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class CosineSchedule(_FiniteSpec):
     """min_lr + (lr - min_lr) * (1 + cos(pi * epoch / epochs)) / 2."""
     type: Literal["cosine"]
     min_lr: float = Field(0.0, ge=0)
@@ -137,11 +138,15 @@ class Optimizer:
 
 
 class SGD(Optimizer):
+    """p -= lr * g."""
+
     def step(self, p, g, st):
         kernels.sgd_update(p, g, self.lr, self.spec.weight_decay)
 
 
 class Momentum(Optimizer):
+    """v = m*v - lr*g; p += v."""
+
     slots = ("v",)
 
     def step(self, p, g, st):
@@ -149,6 +154,8 @@ class Momentum(Optimizer):
 
 
 class Nesterov(Optimizer):
+    """p += m*m*v - (1+m)*lr*g with the old v; then v = m*v - lr*g (PyTorch's nesterov=True)."""
+
     slots = ("v",)
 
     def step(self, p, g, st):
@@ -156,6 +163,8 @@ class Nesterov(Optimizer):
 
 
 class AdaGrad(Optimizer):
+    """h += g*g; p -= lr * g / (sqrt(h) + eps)."""
+
     slots = ("h",)
 
     def step(self, p, g, st):
@@ -163,6 +172,8 @@ class AdaGrad(Optimizer):
 
 
 class RMSprop(Optimizer):
+    """h = d*h + (1-d)*g*g; p -= lr * g / (sqrt(h) + eps)."""
+
     slots = ("h",)
 
     def step(self, p, g, st):
@@ -170,12 +181,14 @@ class RMSprop(Optimizer):
 
 
 class Adam(Optimizer):
+    """m += (1-b1)(g-m); v += (1-b2)(g*g-v); p -= lr_t * m / (sqrt(v) + eps), lr_t = lr*sqrt(1-b2^t)/(1-b1^t)."""
+
     slots = ("m", "v")
 
     def update(self, params, grads):
         s = self.spec
         t = self.t + 1
-        # bias correction folded into the step size, as in SEEDS.md
+        # bias correction folded into the step size: eps is added to the uncorrected sqrt(v)
         self.lr_t = self.lr * math.sqrt(1.0 - s.beta2 ** t) / (1.0 - s.beta1 ** t)
         super().update(params, grads)
 

@@ -1,5 +1,4 @@
 """Layer table of a compiled model: output shapes, parameter counts, forward FLOPs per sample."""
-import numpy as np
 
 
 def summarize(model):

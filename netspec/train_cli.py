@@ -1,4 +1,4 @@
-"""CLI commands that train and use models: run, evaluate, predict."""
+"""CLI commands that train and use models: run, evaluate, predict (each an add_*_arguments + cmd_*)."""
 import json
 import os
 
@@ -23,7 +23,7 @@ def resolve_spec_path(arg):
 
 
 def cmd_run(args):
-    from .trainer import resume_trainer, trainer_for
+    from .runner import resume_trainer, trainer_for
     if args.resume:
         if args.spec:
             raise SpecError("give either SPEC or --resume DIR, not both (the run directory holds its spec)")
@@ -40,10 +40,11 @@ def cmd_run(args):
             print(f"training {tr.spec.name} ({path}) on {len(tr.x_train)} samples, "
                   f"{tr.total_steps} steps of batch {tr.cfg.batch_size}, {n.dtype}; run dir {tr.run_dir}",
                   flush=True)
+    from .interrupt import Interrupted
     try:
         tr.run()
-    except KeyboardInterrupt:
-        return 130
+    except Interrupted as exc:
+        return exc.exit_code
     if args.quiet:
         print(tr.result_line())
     print(f"saved {tr.checkpoint_path}")
@@ -82,18 +83,18 @@ def _data_arg(value, model):
 
 def cmd_evaluate(args):
     from .data import load_data
-    from .trainer import _fit_data, check_targets
     model = _load_model(args.model, args.dtype)
     data = load_data(_data_arg(args.data, model), seed=model.spec.seed, dtype=model.dtype)
-    x = _fit_data(data.x_test, model.input_shape, f"data '{data.name}' (test)")
-    check_targets(model, data.t_test, f"data '{data.name}' (test)")
-    loss, acc = model.evaluate(x, data.t_test, args.batch_size)
+    where = f"data '{data.name}' (test)"
+    x = model.as_input(data.x_test, where)
+    t = model.prepare_targets(data.t_test, where)
+    loss, acc = model.evaluate(x, t, args.batch_size)
     result = {"model": args.model, "data": data.name, "samples": int(len(x)), "dtype": str(model.dtype),
               "loss": float(loss), "accuracy": acc}
     if model.loss_fn.classification:
         k = model.output_shape[0]
         pred = model.predict(x, batch_size=args.batch_size).argmax(axis=1)
-        labels = data.t_test if data.t_test.ndim == 1 else data.t_test.argmax(axis=1)
+        labels = t if t.ndim == 1 else t.argmax(axis=1)
         cm = np.zeros((k, k), dtype=np.int64)
         np.add.at(cm, (labels, pred), 1)
         result["confusion_matrix"] = cm.tolist()
@@ -137,10 +138,7 @@ def _read_input(value):
 def cmd_predict(args):
     model = _load_model(args.model, args.dtype)
     x = _read_input(args.input)
-    try:
-        y = model.predict(x, batch_size=1000)
-    except ValueError as exc:
-        raise DataError(str(exc)) from None
+    y = model.predict(x, batch_size=1000)
     result = {"outputs": y.astype(np.float64).tolist()}
     if model.loss_fn.classification:
         result["argmax"] = y.argmax(axis=1).tolist()
@@ -154,8 +152,7 @@ def cmd_predict(args):
     return 0
 
 
-def register(sub):
-    s = sub.add_parser("run", help="train a spec; writes a run directory with checkpoints and metrics")
+def add_run_arguments(s):
     s.add_argument("spec", nargs="?", help=f"spec file, or the name of a shipped spec (default {DEFAULT_SPEC})")
     s.add_argument("--out", help="run directory (default runs/<name>-<timestamp>)")
     s.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
@@ -163,18 +160,21 @@ def register(sub):
     s.add_argument("--dtype", choices=["float32", "float64"], help="override the spec's compute dtype")
     s.add_argument("--quiet", action="store_true", help="print only the final result")
     s.add_argument("--no-progress", action="store_true", help="no progress bar, one line per epoch")
-    s.set_defaults(func=cmd_run)
 
-    for name, func, helptext in (("evaluate", cmd_evaluate, "loss, accuracy and confusion matrix of a checkpoint"),
-                                 ("predict", cmd_predict, "outputs and arg-max of a checkpoint for some inputs")):
-        s = sub.add_parser(name, help=helptext)
-        s.add_argument("model", metavar="MODEL.npz")
-        if name == "predict":
-            s.add_argument("input", metavar="INPUT", help=".npy file, or a JSON list (inline or a .json file)")
-        else:
-            s.add_argument("--data", help="data source name, JSON, or a YAML/JSON file (default: the spec's)")
-            s.add_argument("--batch-size", type=int, default=1000)
-        s.add_argument("--dtype", choices=["float16", "float32", "float64"],
-                       help="run the model in this precision (float16: half-precision inference)")
-        s.add_argument("--json", action="store_true")
-        s.set_defaults(func=func)
+
+def _model_arguments(s):
+    s.add_argument("model", metavar="MODEL.npz")
+    s.add_argument("--dtype", choices=["float16", "float32", "float64"],
+                   help="run the model in this precision (float16: half-precision inference)")
+    s.add_argument("--json", action="store_true")
+
+
+def add_evaluate_arguments(s):
+    _model_arguments(s)
+    s.add_argument("--data", help="data source name, JSON, or a YAML/JSON file (default: the spec's)")
+    s.add_argument("--batch-size", type=int, default=1000)
+
+
+def add_predict_arguments(s):
+    _model_arguments(s)
+    s.add_argument("input", metavar="INPUT", help=".npy file, or a JSON list (inline or a .json file)")

@@ -99,7 +99,7 @@ def test_function_approx_reports_middle_and_ends(tmp_path):
 
 def test_mnist_mlp_rejects_the_seed_bug(tmp_path):
     out = run_example("mnist_mlp", tmp_path)
-    assert "the seed's bug as a spec is rejected (ShapeError)" in out
+    assert "the seed's bug as a spec is rejected (SpecError)" in out
     assert "mnist_mlp_bug.yaml:" in out and "the output of layer 'relu1' is never used" in out
     assert re.search(r"the discarded activation cost [+-]\d+\.\d+ points", out)
 

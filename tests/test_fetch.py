@@ -1,6 +1,5 @@
 """The downloader against a local HTTP server on 127.0.0.1 (never any other address)."""
 
-import argparse
 import gzip
 import hashlib
 import http.server
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 from netspec.data import fetch, load_data
-from netspec.data.cli import add_parser
+from netspec.cli import build_parser
 from netspec.data.fetch import DATASETS, _verify
 from netspec.data.idx import idx_bytes
 from netspec.data.sources import DEBIAN_FASHION_MNIST
@@ -220,8 +219,7 @@ def test_unreachable_mirror_says_offline(tmp_path):
 
 
 def test_cli_fetch_and_info(server, tmp_path):
-    parser = argparse.ArgumentParser(prog="netspec")
-    add_parser(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     args = parser.parse_args(["data", "fetch", "mnist", "--dir", str(tmp_path / "cli"),
                               "--mirror", server.url + "/good", "--no-verify", "-q"])
     out = io.StringIO()

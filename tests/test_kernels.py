@@ -73,14 +73,13 @@ def test_conv2d(dtype, bias, win, fn, seed):
     x = data(rng, (N, C, H, W), dtype)
     Wt = data(rng, (fn, C, kh, kw), dtype)
     b = data(rng, (fn,), dtype) if bias else None
-    ws_c, ws_r = {}, {}
-    out = compiled.conv2d_forward(x, Wt, b, stride, pad, ws_c)
+    out = compiled.conv2d_forward(x, Wt, b, stride, pad)
     scale = C * kh * kw
-    close(out, ref.conv2d_forward(x, Wt, b, stride, pad, ws_r), dtype, scale)
+    close(out, ref.conv2d_forward(x, Wt, b, stride, pad), dtype, scale)
     dout = data(rng, out.shape, dtype)
     dout_copy = dout.copy()
-    got = compiled.conv2d_backward(dout, x.shape, Wt, stride, pad, ws_c)
-    want = ref.conv2d_backward(dout, x.shape, Wt, stride, pad, ws_r)
+    got = compiled.conv2d_backward(dout, x, Wt, stride, pad)
+    want = ref.conv2d_backward(dout, x, Wt, stride, pad)
     np.testing.assert_array_equal(dout, dout_copy, err_msg="backward wrote into dout")
     for name, g, w, s in zip(("dx", "dW", "db"), got, want, (fn * kh * kw, N * out[0, 0].size, N * out[0, 0].size)):
         assert g.dtype == w.dtype, f"{name} dtype: expected {w.dtype}, found {g.dtype}"
@@ -88,21 +87,23 @@ def test_conv2d(dtype, bias, win, fn, seed):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_conv2d_chunked_and_reused(dtype, monkeypatch):
-    """Batches spanning several column chunks, and ws reused across steps and batch sizes."""
+def test_conv2d_chunked_and_reused(dtype):
+    """Batches spanning several column chunks (so dW is summed over chunks), with the shared
+    scratch buffers reused across calls, layers of other shapes, and a ragged last chunk."""
     rng = np.random.default_rng(0)
-    Wt = data(rng, (8, 3, 3, 3), dtype)
-    b = data(rng, (8,), dtype)
-    ws = {}
-    for N in (37, 37, 5, 64):
-        x = data(rng, (N, 3, 20, 17), dtype)
-        out = compiled.conv2d_forward(x, Wt, b, 2, 1, ws)
-        ws_r = {}
-        close(out, ref.conv2d_forward(x, Wt, b, 2, 1, ws_r), dtype, 27)
+    for N, C, H, W, F in ((23, 16, 28, 28, 8), (23, 16, 28, 28, 8), (5, 3, 20, 17, 4), (41, 16, 28, 28, 8)):
+        K, P = C * 9, H * W
+        nb = compiled.chunk_samples(N, K, P, np.dtype(dtype).itemsize)
+        assert N // nb >= 2 and N % nb or N == 5, f"N={N} fits in {-(-N // nb)} chunk(s) of {nb}"
+        Wt = data(rng, (F, C, 3, 3), dtype)
+        b = data(rng, (F,), dtype)
+        x = data(rng, (N, C, H, W), dtype)
+        out = compiled.conv2d_forward(x, Wt, b, 1, 1)
+        close(out, ref.conv2d_forward(x, Wt, b, 1, 1), dtype, K)
         dout = data(rng, out.shape, dtype)
-        for g, w in zip(compiled.conv2d_backward(dout, x.shape, Wt, 2, 1, ws),
-                        ref.conv2d_backward(dout, x.shape, Wt, 2, 1, ws_r)):
-            close(g, w, dtype, N * out[0, 0].size)
+        for g, w in zip(compiled.conv2d_backward(dout, x, Wt, 1, 1),
+                        ref.conv2d_backward(dout, x, Wt, 1, 1)):
+            close(g, w, dtype, N * P)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -113,12 +114,11 @@ def test_conv2d_pointwise(dtype, shape):
     x = data(rng, shape, dtype)
     Wt = data(rng, (7, shape[1], 1, 1), dtype)
     b = data(rng, (7,), dtype)
-    ws_c, ws_r = {}, {}
-    out = compiled.conv2d_forward(x, Wt, b, 1, 0, ws_c)
-    close(out, ref.conv2d_forward(x, Wt, b, 1, 0, ws_r), dtype, shape[1])
+    out = compiled.conv2d_forward(x, Wt, b, 1, 0)
+    close(out, ref.conv2d_forward(x, Wt, b, 1, 0), dtype, shape[1])
     dout = data(rng, out.shape, dtype)
-    for g, w in zip(compiled.conv2d_backward(dout, x.shape, Wt, 1, 0, ws_c),
-                    ref.conv2d_backward(dout, x.shape, Wt, 1, 0, ws_r)):
+    for g, w in zip(compiled.conv2d_backward(dout, x, Wt, 1, 0),
+                    ref.conv2d_backward(dout, x, Wt, 1, 0)):
         close(g, w, dtype, 50)
 
 
@@ -127,10 +127,9 @@ def test_conv2d_other_dtype_falls_back():
     rng = np.random.default_rng(2)
     x = data(rng, (2, 2, 6, 6), np.float16)
     Wt = data(rng, (3, 2, 3, 3), np.float16)
-    ws = {}
-    out = compiled.conv2d_forward(x, Wt, None, 1, 1, ws)
-    assert out.dtype == ref.conv2d_forward(x, Wt, None, 1, 1, {}).dtype
-    dx, dW, db = compiled.conv2d_backward(np.ones_like(out), x.shape, Wt, 1, 1, ws)
+    out = compiled.conv2d_forward(x, Wt, None, 1, 1)
+    assert out.dtype == ref.conv2d_forward(x, Wt, None, 1, 1).dtype
+    dx, dW, db = compiled.conv2d_backward(np.ones_like(out), x, Wt, 1, 1)
     assert dx.shape == x.shape and dW.shape == Wt.shape and db.shape == (3,)
 
 
@@ -253,15 +252,49 @@ def test_conv2d_backward_without_dx(dtype, kernel, stride, pad):
     b = data(rng, (4,), dtype)
     grads = {}
     for name, k in (("ref", ref), ("compiled", compiled)):
-        ws = {}
-        out = k.conv2d_forward(x, W, b, stride, pad, ws)
+        out = k.conv2d_forward(x, W, b, stride, pad)
         dout = data(np.random.default_rng(8), out.shape, dtype)
-        full = k.conv2d_backward(dout, x.shape, W, stride, pad, ws)
-        ws["need_dx"] = False
-        dx, dW, db = k.conv2d_backward(dout, x.shape, W, stride, pad, ws)
+        full = k.conv2d_backward(dout, x, W, stride, pad)
+        dx, dW, db = k.conv2d_backward(dout, x, W, stride, pad, need_dx=False)
         assert dx is None
         np.testing.assert_array_equal(dW, full[1])
         np.testing.assert_array_equal(db, full[2])
         grads[name] = (dW, db)
     close(grads["compiled"][0], grads["ref"][0], dtype)
     close(grads["compiled"][1], grads["ref"][1], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernels", ["compiled", "reference"])
+def test_read_only_inputs(dtype, kernels):
+    """Read-only inputs (a memory-mapped dataset) work and are left untouched, on both backends."""
+    k = compiled if kernels == "compiled" else ref
+    rng = np.random.default_rng(9)
+
+    def frozen(shape):
+        a = data(rng, shape, dtype)
+        a.setflags(write=False)
+        return a
+
+    x, W, b = frozen((3, 2, 7, 7)), frozen((4, 2, 3, 3)), frozen((4,))
+    out = k.conv2d_forward(x, W, b, 1, 1)
+    close(out, ref.conv2d_forward(x, W, b, 1, 1), dtype, 18)
+    dout = frozen(out.shape)
+    for g, w in zip(k.conv2d_backward(dout, x, W, 1, 1), ref.conv2d_backward(dout, x, W, 1, 1)):
+        close(g, w, dtype, 50)
+    close(k.im2col(x, 3, 3, 1, 1), ref.im2col(x, 3, 3, 1, 1), dtype)
+    col = frozen(ref.im2col(x, 3, 3, 1, 1).shape)
+    close(k.col2im(col, x.shape, 3, 3, 1, 1), ref.col2im(col, x.shape, 3, 3, 1, 1), dtype, 9)
+    pooled, arg = k.maxpool2d_forward(x, 2, 2, 2, 0)
+    arg.setflags(write=False)
+    dp = frozen(pooled.shape)
+    close(k.maxpool2d_backward(dp, arg, x.shape, 2, 2, 2, 0),
+          ref.maxpool2d_backward(dp, arg, x.shape, 2, 2, 2, 0), dtype)
+    close(k.avgpool2d_forward(x, 2, 2, 2, 1), ref.avgpool2d_forward(x, 2, 2, 2, 1), dtype)
+    close(k.avgpool2d_backward(dp, x.shape, 2, 2, 2, 0), ref.avgpool2d_backward(dp, x.shape, 2, 2, 2, 0), dtype)
+    p, v = data(rng, (10,), dtype), np.zeros(10, dtype)
+    p_r, v_r = p.copy(), v.copy()
+    g = frozen((10,))
+    k.momentum_update(p, g, v, 0.1, 0.9, 0.0)
+    ref.momentum_update(p_r, g, v_r, 0.1, 0.9, 0.0)
+    close(p, p_r, dtype)

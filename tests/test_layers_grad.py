@@ -40,13 +40,11 @@ def make_layer(type_, in_shapes, seed=0, name=None, **fields):
     """
     cls = LAYERS[type_]
     spec = cls.Spec.model_validate({"type": type_, **fields})
-    layer = cls(spec, name or f"{cls.prefix}1", in_shapes)
-    layer.input_names = list(spec.inputs or ["input"])
+    layer = cls(spec, name or f"{cls.prefix}1", spec.inputs or ["input"], in_shapes)
+    layer.build(np.random.default_rng(seed), np.float64)
     rng = np.random.default_rng(seed)
-    for pname, (shape, _init, _fan_in) in layer.param_specs().items():
-        layer.params[pname] = rng.standard_normal(shape)
-    if hasattr(layer, "init_buffers"):
-        layer.init_buffers(np.float64)
+    for p in layer.params.values():
+        p[...] = rng.standard_normal(p.shape)
     return layer
 
 
@@ -97,7 +95,8 @@ def check_layer(layer, xs, *, train=False, seed=0, tol=TOL, h=H):
 
 
 def _kinks(layer):
-    return [np.copy(layer.kink_state())] if hasattr(layer, "kink_state") else []
+    state = layer.kink_state()
+    return [] if state is None else [np.copy(state)]
 
 
 def check_loss(loss, y, t, *, tol=TOL, h=H):

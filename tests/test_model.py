@@ -45,7 +45,8 @@ def test_predict_accepts_one_sample_and_flat_rows():
     batch = model.predict(x)
     np.testing.assert_allclose(model.predict(x[0]), batch[:1], rtol=1e-13)   # batch size changes rounding only
     np.testing.assert_array_equal(model.predict(x.reshape(2, -1)), batch)
-    with pytest.raises(ValueError, match=r"input shaped \[2, 5\] does not fit the model input \[3, 6, 7\]"):
+    with pytest.raises(netspec.DataError, match=r"input: an array shaped \[2, 5\] does not fit the model input "
+                       r"\[3, 6, 7\] \(expected a batch \(N, 3, 6, 7\), one sample \(3, 6, 7\), or N rows of 126 values\)"):
         model.predict(np.zeros((2, 5)))
 
 
@@ -216,12 +217,14 @@ def test_forward_example_loss_by_hand():
 def test_loss_rejects_targets_that_do_not_fit():
     model = small_convnet()
     x = np.zeros((2, 3, 6, 7))
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\], got 0\.\.5"):
+    with pytest.raises(netspec.DataError, match=r"labels range over 0\.\.5, but the model outputs 5 classes \(labels 0\.\.4\)"):
         model.loss(x, np.array([0, 5]))
-    with pytest.raises(ValueError, match="3 labels for 2 samples"):
+    with pytest.raises(netspec.DataError, match="3 targets for 2 samples"):
         model.loss(x, np.array([0, 1, 2]))
-    with pytest.raises(ValueError, match=r"targets shaped \[2, 4\] do not match outputs shaped \[2, 5\]"):
+    with pytest.raises(netspec.DataError, match=r"one-hot targets are \[4\] wide, the model outputs \[5\]"):
         model.loss(x, np.zeros((2, 4)))
+    with pytest.raises(netspec.DataError, match="class labels must be integers, found float64"):
+        model.loss(x, np.array([0.0, 1.0]))
 
 
 BN_AFTER_CONV = {"input": {"shape": [1, 4, 4]}, "dtype": "float64", "loss": "mse", "layers": [
@@ -242,8 +245,8 @@ def test_gradcheck_fails_a_nonzero_gradient_where_the_true_one_is_zero(monkeypat
     from netspec.layers.conv import Conv2D
     original = Conv2D.backward
 
-    def backward(self, dout):
-        dx = original(self, dout)
+    def backward(self, dout, need_dx=True):
+        dx = original(self, dout, need_dx)
         self.grads["b"] = self.grads["b"] + 1e-6
         return dx
 
@@ -263,3 +266,40 @@ def test_the_same_input_twice_in_a_merge_counts_twice():
     np.testing.assert_array_equal(model.predict(x), 2 * x)
     model.forward(x)
     np.testing.assert_array_equal(model.backward(np.array([[1.0, 2.0, 3.0]])), [[2.0, 4.0, 6.0]])
+
+
+# --- regressions: one way to build a spec, one validation path, read-only inputs ---------
+
+def test_compile_accepts_a_netspec_built_directly():
+    """A NetSpec from model_validate (no file, no loader) gets names and graph checks too."""
+    from netspec.spec import NetSpec
+    spec = NetSpec.model_validate({"input": {"shape": [4]}, "loss": "mse", "layers": [
+        {"type": "dense", "units": 3}, {"type": "relu"}, {"type": "dense", "units": 2, "name": "out"}]})
+    assert spec.layer_names == ["dense1", "relu1", "out"]
+    assert spec.layer_inputs == [["input"], ["dense1"], ["relu1"]]
+    model = netspec.compile(spec)
+    assert [l.name for l in model.layers] == ["dense1", "relu1", "out"]
+    from pydantic import ValidationError
+    with pytest.raises(ValidationError, match="unknown input 'dense9'"):
+        NetSpec.model_validate({"input": {"shape": [4]}, "loss": "mse", "layers": [
+            {"type": "dense", "units": 3}, {"type": "dense", "units": 2, "inputs": ["dense9"]}]})
+
+
+@pytest.mark.parametrize("method", ["predict", "loss", "gradient", "evaluate"])
+def test_read_only_inputs_work(method):
+    """A memory-mapped (read-only) dataset works on either backend and is left untouched."""
+    model = small_convnet(dtype="float32")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 6, 7)).astype(np.float32)
+    t = np.array([0, 1, 2, 3])
+    x.setflags(write=False)
+    t.setflags(write=False)
+    before = x.copy()
+    if method == "predict":
+        assert model.predict(x).shape == (4, 5)
+    elif method == "evaluate":
+        loss, acc = model.evaluate(x, t)
+        assert np.isfinite(loss) and 0 <= acc <= 1
+    else:
+        getattr(model, method)(x, t)
+    np.testing.assert_array_equal(x, before)

@@ -1,4 +1,4 @@
-"""Optimizers against the update rules of SEEDS.md, written out here independently; schedules; state."""
+"""Optimizers against their update rules (docs/optimizers.md), written out here independently; schedules; state."""
 import math
 
 import numpy as np
@@ -16,7 +16,7 @@ def grads_for(p, k):
 
 
 def reference(kind, p, steps, lr, **hp):
-    """The SEEDS.md formulas, step by step, in float64."""
+    """The documented update rules, step by step, in float64."""
     p = p.copy()
     v = np.zeros_like(p); h = np.zeros_like(p); m = np.zeros_like(p)
     wd = hp.get("weight_decay", 0.0)
@@ -27,10 +27,10 @@ def reference(kind, p, steps, lr, **hp):
         elif kind == "momentum":
             v = hp["momentum"] * v - lr * g
             p = p + v
-        elif kind == "nesterov":
+        elif kind == "nesterov":   # m*m applied to the velocity before this step's update
             mu = hp["momentum"]
-            v = mu * v - lr * g
             p = p + mu * mu * v - (1 + mu) * lr * g
+            v = mu * v - lr * g
         elif kind == "adagrad":
             h = h + g * g
             p = p - lr * g / (np.sqrt(h) + 1e-7)

@@ -15,7 +15,6 @@ import warnings
 from pathlib import Path
 from unittest import mock
 
-import numpy as np
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -122,8 +121,8 @@ class _MidSized(Exception):
     """A parameter too large for a quick test but small enough that allocating it might succeed."""
 
 
-_compile_module = sys.modules["netspec.compile"]   # netspec.compile is also the name of the function
-_initialize = _compile_module.initialize
+_layer_base = sys.modules["netspec.layers.base"]   # where Layer.build draws parameters
+_initialize = _layer_base.initialize
 
 
 def _guarded_initialize(spec, shape, *args, **kwargs):
@@ -143,7 +142,7 @@ def _load_and_compile(load):
         warnings.simplefilter("error")
         spec.model_dump(mode="python")
     try:
-        with mock.patch.object(_compile_module, "initialize", _guarded_initialize):
+        with mock.patch.object(_layer_base, "initialize", _guarded_initialize):
             model = netspec.compile(spec)
     except _MidSized:
         return "skipped"

@@ -5,9 +5,9 @@ approximated: dense ``W`` is (in, out) and torch's Linear weight is its
 transpose; batchnorm's ``momentum`` weighs the old running statistics (torch's
 is ``1 - momentum``) and netspec's running variance is the biased one; dropout
 in torch is driven by netspec's own mask, since the two RNGs differ. Where the
-book's update rules (SEEDS.md) are not torch.optim's (Nesterov, Adam's epsilon,
-momentum under a changing learning rate), netspec is checked against the book's
-formula written out here, and the difference from torch is shown to be real.
+book's update rules are not torch.optim's (Adam's epsilon, momentum under a
+changing learning rate), netspec is checked against the book's formula written
+out here, and the difference from torch is shown to be real.
 docs/book_vs_torch.md explains each difference.
 """
 import math
@@ -329,7 +329,7 @@ def test_cross_entropy_has_no_1e7_floor():
 #   f(p) = sum(0.5 * c * p^2 + s * sin(p)),  grad = c * p + s * cos(p),
 # so each step's gradient depends on where the previous steps went.
 
-STEPS = 10
+STEPS = 30   # "a few dozen" steps: enough for momentum terms to compound
 
 
 def _start():
@@ -376,7 +376,7 @@ def torch_trajectory(make_opt, before_step=None):
 
 
 def closed_form_trajectory(rule, hp, lrs=None):
-    """SEEDS.md's update rules written out in numpy (weight decay adds wd * p to the gradient)."""
+    """The documented update rules written out in numpy (weight decay adds wd * p to the gradient)."""
     params, coef = _start()
     state = {k: {"v": np.zeros_like(p), "h": np.zeros_like(p), "m": np.zeros_like(p)} for k, p in params.items()}
     out = []
@@ -391,16 +391,16 @@ def closed_form_trajectory(rule, hp, lrs=None):
             elif rule == "momentum":
                 st["v"] = hp["momentum"] * st["v"] - lr * g
                 p += st["v"]
-            elif rule == "nesterov":   # the book's reformulation
-                m = hp["momentum"]
-                st["v"] = m * st["v"] - lr * g
-                p += m * m * st["v"]
-                p -= (1 + m) * lr * g
-            elif rule == "nesterov_torch":   # same v, but m*m applied to the velocity before this step
+            elif rule == "nesterov":   # m*m applied to the velocity before this step
                 m = hp["momentum"]
                 v_old = st["v"]
                 st["v"] = m * v_old - lr * g
                 p += m * m * v_old - (1 + m) * lr * g
+            elif rule == "nesterov_prefix":   # the book's code before its 2021 fix: m*m on the new velocity
+                m = hp["momentum"]
+                st["v"] = m * st["v"] - lr * g
+                p += m * m * st["v"]
+                p -= (1 + m) * lr * g
             elif rule == "adagrad":
                 st["h"] = st["h"] + g * g
                 p -= lr * g / (np.sqrt(st["h"]) + hp["eps"])
@@ -444,6 +444,12 @@ TORCH_OPT_CASES = [
      lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9)),
     ("momentum-weight-decay", {"type": "momentum", "lr": 0.05, "momentum": 0.8, "weight_decay": 0.1},
      lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.8, weight_decay=0.1)),
+    # torch's nesterov=True steps p -= lr*(g + m*buf_new); with v = -lr*buf that is
+    # p += m*m*v_old - (1+m)*lr*g, then v = m*v_old - lr*g: netspec's rule
+    ("nesterov", {"type": "nesterov", "lr": 0.05, "momentum": 0.9},
+     lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True)),
+    ("nesterov-weight-decay", {"type": "nesterov", "lr": 0.02, "momentum": 0.5, "weight_decay": 0.1},
+     lambda ps: torch.optim.SGD(ps, lr=0.02, momentum=0.5, weight_decay=0.1, nesterov=True)),
     # torch's accumulator starts at initial_accumulator_value=0 and eps goes after the sqrt, as in the book
     ("adagrad", {"type": "adagrad", "lr": 0.3, "eps": 1e-7},
      lambda ps: torch.optim.Adagrad(ps, lr=0.3, eps=1e-7)),
@@ -461,7 +467,7 @@ TORCH_OPT_CASES = [
 def test_optimizer_trajectory_matches_torch(fields, make_opt):
     spec = SPEC_TYPES[fields["type"]].model_validate(fields)
     err = trajectory_error(netspec_trajectory(spec), torch_trajectory(make_opt))
-    assert err <= TOL, f"10-step trajectory differs from torch.optim by {err:.3e}"
+    assert err <= TOL, f"{STEPS}-step trajectory differs from torch.optim by {err:.3e}"
 
 
 ADAM = {"lr": 0.05, "beta1": 0.9, "beta2": 0.999}
@@ -536,25 +542,19 @@ CLOSED_FORM_CASES = [
 @pytest.mark.parametrize("rule,hp", CLOSED_FORM_CASES, ids=[f"{r}-{i}" for i, (r, _) in enumerate(CLOSED_FORM_CASES)])
 def test_optimizer_trajectory_matches_book_formula(rule, hp):
     err = trajectory_error(netspec_trajectory(opt_spec(rule, **hp)), closed_form_trajectory(rule, hp))
-    assert err <= TOL, f"{rule}: 10-step trajectory differs from SEEDS.md's formula by {err:.3e}"
+    assert err <= TOL, f"{rule}: {STEPS}-step trajectory differs from the documented formula by {err:.3e}"
 
 
-def test_nesterov_book_form_is_not_torch_nesterov():
-    """The book applies m*m to the updated velocity; torch's nesterov=True amounts to the previous one.
-
-    With v = -lr*buf, torch's step p -= lr*(g + m*buf_new) equals
-    p += m*m*v_old - (1+m)*lr*g. netspec follows the book (v_new), so its steps
-    are larger: the first is (1 + m + m^2)*lr*g against torch's (1 + m)*lr*g.
-    """
+def test_nesterov_is_not_the_pre_fix_book_form():
+    """The book's code before its 2021 fix applied m*m to the updated velocity, which is not
+    Nesterov's method: its first step is (1 + m + m^2)*lr*g, netspec's and torch's (1 + m)*lr*g."""
     hp = {"lr": 0.05, "momentum": 0.9}
     ours = netspec_trajectory(opt_spec("nesterov", **hp))
-    ref = torch_trajectory(lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True))
-    assert trajectory_error(closed_form_trajectory("nesterov_torch", hp), ref) <= TOL
-    assert trajectory_error(ours, ref) > 0.05
+    assert trajectory_error(ours, closed_form_trajectory("nesterov_prefix", hp)) > 0.05
     start, coef = _start()
     for k in start:
         g = _grad(coef, k, start[k])
-        assert_close(f"first step {k}", ours[0][k] - start[k], -(1 + 0.9 + 0.81) * 0.05 * g)
+        assert_close(f"first step {k}", ours[0][k] - start[k], -(1 + 0.9) * 0.05 * g)
 
 
 def test_momentum_under_changing_lr_differs_from_torch():
@@ -563,7 +563,7 @@ def test_momentum_under_changing_lr_differs_from_torch():
     Identical while lr is constant (tested above); once a schedule changes lr,
     netspec keeps the old lr inside its velocity, as the book's formula does.
     """
-    lrs = [0.05] * 5 + [0.01] * 5
+    lrs = [0.05] * 5 + [0.01] * (STEPS - 5)
     hp = {"lr": 0.05, "momentum": 0.9}
     ours = netspec_trajectory(opt_spec("momentum", **hp), lrs=lrs)
     assert trajectory_error(ours, closed_form_trajectory("momentum", hp, lrs=lrs)) <= TOL

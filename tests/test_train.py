@@ -12,7 +12,7 @@ import pytest
 import netspec
 from netspec.checkpoint import read_checkpoint
 from netspec.cli import main
-from netspec.trainer import resume_trainer, trainer_for
+from netspec.runner import resume_trainer, trainer_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECS = os.path.join(ROOT, "specs")
@@ -182,7 +182,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
 def test_data_of_wrong_shape_is_a_clear_error(tmp_path, capsys):
     spec = small_conv()
     spec["input"] = {"shape": [3, 32, 32]}
-    with pytest.raises(netspec.DataError, match=r"samples are shaped \[1, 28, 28\], but the spec's input is \[3, 32, 32\]"):
+    with pytest.raises(netspec.DataError, match=r"\(train\): an array shaped \[\d+, 1, 28, 28\] does not fit the model input \[3, 32, 32\]"):
         netspec.train(spec)
     spec = small_conv()
     spec["layers"][-1]["units"] = 5
@@ -271,3 +271,36 @@ def test_a_callback_can_stop_the_run(tmp_path):
     assert len(h) == 2 and h.stopped == "budget reached"
     meta, _ = read_checkpoint(tmp_path / "model.npz")
     assert meta["trainer"]["epoch"] == 2  # the stopping epoch is checkpointed
+
+
+def _inline_regression(t, t_test=None):
+    x = [[v / 10] for v in range(-10, 10)]
+    data = {"source": "inline", "x": x, "t": t}
+    if t_test is not None:
+        data.update(x_test=x[:3], t_test=t_test)
+    return {"name": "inline_reg", "input": {"shape": [1]}, "loss": "mse",
+            "layers": [{"type": "dense", "units": 4}, {"type": "tanh"}, {"type": "dense", "units": 1}],
+            "train": {"data": data, "optimizer": {"type": "adam", "lr": 0.01}, "epochs": 2, "batch_size": 5}}
+
+
+def test_targets_shaped_n_for_a_one_unit_output_train(tmp_path, capsys):
+    """Inline targets (N,) for an output of shape (1,) are one value per sample: accepted everywhere."""
+    spec = _inline_regression([v / 10 for v in range(-10, 10)])
+    h = netspec.train(spec)
+    assert len(h) == 2 and np.isfinite(h.test_loss)
+    path = tmp_path / "reg.json"
+    path.write_text(json.dumps(spec))
+    assert main(["run", str(path), "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    assert "test loss" in capsys.readouterr().out
+
+
+def test_targets_that_cannot_fit_are_a_data_error_not_a_traceback(tmp_path, capsys):
+    spec = _inline_regression([[0.0, 1.0]] * 20)
+    with pytest.raises(netspec.DataError, match=r"data 'inline' \(train\): targets are shaped \[2\] per sample, "
+                                                r"but the model outputs \[1\] \(loss mse\)"):
+        netspec.train(spec)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(spec))
+    assert main(["run", str(path), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: data 'inline' (train): targets are shaped [2]") and "Traceback" not in err

@@ -1,8 +1,8 @@
 """``netspec data fetch|info``: download datasets and show where data is looked for.
 
-``add_parser(subparsers)`` registers the ``data`` command on the main CLI's
-argparse subparsers; its handler ``run(args)`` returns an exit code and raises
-``DataError`` for user errors (the main CLI prints them and exits 2).
+``add_arguments(parser)`` fills the ``data`` command's parser (the main CLI's
+command table creates it); its handler ``run(args)`` returns an exit code and
+raises ``DataError`` for user errors (the main CLI prints them and exits 2).
 """
 
 import os
@@ -12,10 +12,8 @@ from netspec.data.fetch import DATASETS, fetch, mirror_for, target_dir
 from netspec.data.sources import IDX_FILES, MNIST5K_PATH, find_idx_files, search_dirs
 
 
-def add_parser(subparsers):
-    """Register ``data`` (with ``fetch`` and ``info``) on an argparse subparsers object."""
-    parser = subparsers.add_parser("data", help="download datasets, show where data is looked for",
-                                   description="Download MNIST-style datasets and show where netspec looks for data.")
+def add_arguments(parser):
+    """The ``data`` command's sub-commands, ``fetch`` and ``info``."""
     sub = parser.add_subparsers(dest="data_command", metavar="{fetch,info}")
     sub.required = True
 
@@ -34,8 +32,6 @@ def add_parser(subparsers):
 
     sub.add_parser("info", help="show where each dataset is looked for and what is found",
                    description="Show where each dataset is looked for and which files are found.")
-    parser.set_defaults(func=run)
-    return parser
 
 
 def run(args, out=None):

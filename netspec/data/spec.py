@@ -12,8 +12,6 @@ from typing import Annotated, Any, List, Literal, Optional, Union
 
 import numpy as np
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     NonNegativeFloat,
     NonNegativeInt,
@@ -22,12 +20,10 @@ from pydantic import (
     model_validator,
 )
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from netspec._strict import Strict
 
 
-class ImageOptions(_Strict):
+class ImageOptions(Strict):
     """Options shared by image sources, as in the book's MNIST loader."""
 
     normalize: bool = Field(True, description="scale pixels to [0, 1] floats; false keeps the raw values (as floats)")
@@ -79,7 +75,7 @@ class DigitsData(ImageOptions):
     n_test: PositiveInt = Field(297, description="size of the test split, taken from a fixed shuffle (train gets the rest)")
 
 
-class InlineData(_Strict):
+class InlineData(Strict):
     """Arrays written in the spec; the test set defaults to the training set."""
 
     source: Literal["inline"]
@@ -111,7 +107,7 @@ class InlineData(_Strict):
         return self
 
 
-class NpzKeys(_Strict):
+class NpzKeys(Strict):
     """Names of the arrays inside an .npz file."""
 
     x_train: str = "x_train"
@@ -131,7 +127,7 @@ class NpzData(ImageOptions):
     )
 
 
-class FunctionData(_Strict):
+class FunctionData(Strict):
     """Synthetic regression: x ~ U[low, high], t = polyval(coefficients, x) (+ noise)."""
 
     source: Literal["function"]
@@ -159,10 +155,9 @@ DataSpec = Annotated[
 """The ``train.data`` section: one of the sources, chosen by ``source``."""
 
 SOURCES = ("mnist-5k", "mnist", "fashion-mnist", "digits", "inline", "npz", "function")
-IMAGE_SOURCES = ("mnist-5k", "mnist", "fashion-mnist", "digits")
 
 
-class AugmentSpec(_Strict):
+class AugmentSpec(Strict):
     """The ``train.augment`` section: random image transforms, all off by default."""
 
     shift: NonNegativeInt = Field(0, description="random translation by up to this many pixels in x and y (0: off)")

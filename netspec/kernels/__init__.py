@@ -11,6 +11,7 @@ import os
 import warnings
 
 from . import _numpy
+from ..threads import configure_openmp
 
 BACKEND = "numpy"
 BACKEND_ERROR = None  # why the compiled backend is not in use, if it is not
@@ -23,6 +24,7 @@ else:
         if importlib.util.find_spec(__name__ + "._compiled") is None:
             raise ModuleNotFoundError("the compiled kernels are not built (reinstall with a C "
                                       "compiler; `pip install -v .` shows why the build failed)")
+        configure_openmp()  # before libgomp loads with the compiled module
         from . import _compiled as _impl  # noqa: F811
         BACKEND = "cython"
     except ImportError as exc:
@@ -34,10 +36,17 @@ else:
                       "same results more slowly. Set NETSPEC_PUREPYTHON=1 to choose them silently.",
                       RuntimeWarning, stacklevel=2)
 
-__all__ = list(_numpy.__all__) + ["BACKEND", "BACKEND_ERROR", "numpy_kernels", "out_size"]
+__all__ = list(_numpy.__all__) + ["BACKEND", "BACKEND_ERROR", "numpy_kernels", "out_size", "backend_info"]
 
 numpy_kernels = _numpy
 out_size = _numpy.out_size
+
+
+
+def backend_info():
+    """What the compiled backend was built with (OpenMP, threads, Cython), or {} on numpy."""
+    return _impl.backend_info() if BACKEND == "cython" else {}
+
 
 for _name in _numpy.__all__:
     globals()[_name] = getattr(_impl, _name, getattr(_numpy, _name))

@@ -9,10 +9,11 @@ conventions shared by both backends:
 - ``im2col`` returns *batched columns* shaped (N, C*kh*kw, OH*OW), so that
   ``W.reshape(FN, -1) @ col`` is already (N, FN, OH*OW), i.e. NCHW, with no
   transpose.
-- ``ws`` is a dict owned by one layer; conv forward stores what backward needs
-  in it (and a compiled backend may keep reusable buffers there). The layer sets
-  ``ws["need_dx"] = False`` when nothing needs d/dx; conv backward then returns
-  dx as None and skips its matrix product and col2im.
+- kernels are pure functions of the arrays they are given: conv backward takes
+  the forward input ``x`` again (the numpy reference recomputes its columns, the
+  compiled one never keeps them). ``need_dx=False`` (nothing needs d/dx, e.g. a
+  network's first layer) returns dx as None and skips its matrix product and col2im.
+- inputs are only read: a read-only array (a memory-mapped dataset) is accepted.
 - max pooling records the arg-max as the flat index ``i*kw + j`` inside the
   window (first maximum wins on ties), dtype int64, shaped like the output.
 - optimizer updates work in place on ``p`` and their state arrays, in the
@@ -30,7 +31,10 @@ __all__ = [
 
 
 def out_size(size, k, stride, pad):
-    """Output length of a sliding window: (size + 2*pad - k) // stride + 1."""
+    """Output length of a sliding window: (size + 2*pad - k) // stride + 1 (floor mode).
+
+    The one definition netspec uses: layers call it through ``netspec.kernels.out_size``.
+    """
     return (size + 2 * pad - k) // stride + 1
 
 
@@ -69,7 +73,7 @@ def col2im(col, x_shape, kh, kw, stride, pad):
     return xp[:, :, pad:pad + H, pad:pad + W].copy() if pad else xp
 
 
-def conv2d_forward(x, W, b, stride, pad, ws):
+def conv2d_forward(x, W, b, stride, pad):
     """out[n, f] = sum_c W[f, c] (*) x[n, c] + b[f]; x (N,C,H,W), W (FN,C,kh,kw), b (FN,) or None."""
     N, C, H, Wd = x.shape
     FN, _, kh, kw = W.shape
@@ -78,22 +82,21 @@ def conv2d_forward(x, W, b, stride, pad, ws):
     out = np.matmul(W.reshape(FN, -1), col)          # (N, FN, OH*OW)
     if b is not None:
         out += b.reshape(1, FN, 1)
-    ws["col"] = col
     return out.reshape(N, FN, OH, OW)
 
 
-def conv2d_backward(dout, x_shape, W, stride, pad, ws):
-    """dout (N,FN,OH,OW) -> (dx, dW, db) using the columns kept in ws by forward."""
+def conv2d_backward(dout, x, W, stride, pad, need_dx=True):
+    """dout (N,FN,OH,OW) and the forward input x -> (dx or None, dW, db)."""
     N, FN, OH, OW = dout.shape
     _, C, kh, kw = W.shape
-    col = ws["col"]
+    col = im2col(x, kh, kw, stride, pad)
     d2 = dout.reshape(N, FN, OH * OW)
     dW = np.tensordot(d2, col, axes=([0, 2], [0, 2])).reshape(W.shape)
     db = d2.sum(axis=(0, 2))
     dx = None
-    if ws.get("need_dx", True):  # False for a network's first layer: nobody needs d/dx
+    if need_dx:
         dcol = np.matmul(W.reshape(FN, -1).T, d2)    # (N, C*kh*kw, OH*OW)
-        dx = col2im(dcol, x_shape, kh, kw, stride, pad)
+        dx = col2im(dcol, x.shape, kh, kw, stride, pad)
     return dx, dW.astype(W.dtype, copy=False), db.astype(W.dtype, copy=False)
 
 
@@ -133,7 +136,9 @@ def avgpool2d_backward(dout, x_shape, kh, kw, stride, pad):
     return col2im(col.reshape(N, C * kh * kw, OH * OW), x_shape, kh, kw, stride, pad)
 
 
-# --- optimizer updates: in place, formulas as in SEEDS.md -------------------
+# --- optimizer updates: in place, in the dtype of p -----------------------------
+# lr, momentum m, decay d, betas b1/b2 and eps are Python floats; g is the
+# gradient after weight decay. The formulas are stated in docs/optimizers.md.
 
 def _decayed(p, g, weight_decay):
     return g + weight_decay * p if weight_decay else g
@@ -154,12 +159,15 @@ def momentum_update(p, g, v, lr, momentum, weight_decay):
 
 
 def nesterov_update(p, g, v, lr, momentum, weight_decay):
-    """The book's reformulation: v = m*v - lr*g; p += m*m*v - (1+m)*lr*g."""
+    """p += m*m*v - (1+m)*lr*g with the old v; then v = m*v - lr*g.
+
+    Nesterov's method in the velocity form of PyTorch's SGD(nesterov=True) (v = -lr * buf).
+    """
     g = _decayed(p, g, weight_decay)
-    v *= momentum
-    v -= lr * g
     p += momentum * momentum * v
     p -= (1 + momentum) * lr * g
+    v *= momentum
+    v -= lr * g
 
 
 def adagrad_update(p, g, h, lr, eps, weight_decay):

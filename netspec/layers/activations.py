@@ -19,7 +19,7 @@ class ReLU(Layer):
         self.mask = x > 0
         return x * self.mask
 
-    def backward(self, dout):
+    def backward(self, dout, need_dx=True):
         return dout * self.mask
 
     def kink_state(self):
@@ -41,7 +41,7 @@ class Sigmoid(Layer):
             self.out = 1.0 / (1.0 + np.exp(-x))
         return self.out
 
-    def backward(self, dout):
+    def backward(self, dout, need_dx=True):
         return dout * self.out * (1.0 - self.out)
 
 
@@ -58,7 +58,7 @@ class Tanh(Layer):
         self.out = np.tanh(x)
         return self.out
 
-    def backward(self, dout):
+    def backward(self, dout, need_dx=True):
         return dout * (1.0 - self.out * self.out)
 
 
@@ -81,6 +81,6 @@ class Softmax(Layer):
         self.out = softmax(x)
         return self.out
 
-    def backward(self, dout):
+    def backward(self, dout, need_dx=True):
         y = self.out
         return y * (dout - (dout * y).sum(axis=-1, keepdims=True))

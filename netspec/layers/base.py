@@ -1,19 +1,20 @@
-"""Layer base class, the closed layer registry, and spec field types shared by layers.
+"""The layer protocol, the closed layer registry, and spec field types shared by layers.
 
 Design: each layer class carries its own Pydantic ``Spec`` (a ``type`` literal
 plus its fields); ``@register`` adds the class under every name its literal
 allows. The spec schema's discriminated union is built from this registry, so
-the two can never name different sets of types. Shapes exclude the batch axis.
+the two can never name different sets of types. ``Layer`` declares every hook
+a layer may provide, each with a default, so the model, the compiler and the
+gradient checker call them without probing. Shapes exclude the batch axis.
 """
 import math
 from typing import Annotated, Optional, Union, get_args
 
-import numpy as np
 from pydantic import BeforeValidator, Field, StrictInt
 
 from .._strict import Strict
-
 from ..errors import ShapeError
+from ..init import initialize
 
 LAYERS = {}
 
@@ -64,16 +65,22 @@ def layer_spec_union():
 
 
 class Layer:
-    """A node of the compiled model: ``forward`` caches what ``backward`` needs."""
+    """A node of the compiled model: ``forward`` caches what ``backward`` needs.
+
+    Construction has two steps: ``Layer(spec, name, input_names, in_shapes)`` infers the
+    output shape (raising ShapeError if the input cannot fit), then ``build(rng, dtype)``
+    creates the parameters and buffers. Every hook below has a default; a layer
+    overrides only what it has.
+    """
 
     Spec = LayerSpec
     prefix = "layer"      # used for generated names: conv1, relu2, ...
-    need_dx = True        # False lets a layer fed only by the network input skip d/dx (it may return None)
-    n_inputs = 1          # how many inputs it takes (None: two or more)
+    n_inputs = 1          # how many inputs it takes (None: two or more); forward/backward take lists if not 1
 
-    def __init__(self, spec, name, in_shapes):
+    def __init__(self, spec, name, input_names, in_shapes):
         self.spec = spec
         self.name = name
+        self.input_names = list(input_names)
         self.in_shapes = [tuple(s) for s in in_shapes]
         self.in_shape = self.in_shapes[0]
         self.out_shape = tuple(self.infer_shape())
@@ -89,6 +96,31 @@ class Layer:
         """{param name: (shape, init spec, fan_in)} of the arrays this layer learns."""
         return {}
 
+    def build(self, rng, dtype, where=""):
+        """Create the parameters (drawn from ``rng`` in declaration order) and buffers."""
+        for pname, (shape, init, fan_in) in self.param_specs().items():
+            at = f"{where}.{pname}"
+            try:
+                self.params[pname] = initialize(init, shape, fan_in, rng, dtype, where=at)
+            except ShapeError:
+                raise
+            except (ValueError, MemoryError) as exc:  # numpy: "Maximum allowed dimension exceeded", out of memory
+                raise ShapeError(f"{at}: cannot allocate a parameter shaped {list(shape)} "
+                                 f"({math.prod(shape):,} elements): {exc}") from None
+        self.init_buffers(dtype)
+
+    def init_buffers(self, dtype):
+        """Create non-learned state (e.g. running statistics); none by default."""
+
+    def buffers(self):
+        """{name: array} of non-learned state saved with the parameters."""
+        return {}
+
+    def attrs(self):
+        """The spec's fields that describe the computation, defaults resolved (for export)."""
+        skip = {"type", "name", "inputs", "init", "bias_init"}
+        return {k: v for k, v in self.spec.model_dump(mode="json").items() if k not in skip}
+
     def flops(self):
         """Forward floating point operations per sample (multiply-add counts 2)."""
         return math.prod(self.out_shape)
@@ -100,11 +132,18 @@ class Layer:
     def forward(self, x, train=False):
         raise NotImplementedError
 
-    def backward(self, dout):
+    def backward(self, dout, need_dx=True):
+        """Fill ``self.grads`` and return d/dx; with ``need_dx=False`` a layer may return None."""
         raise NotImplementedError
 
     def set_rng(self, rng):
         """Layers that draw random numbers (dropout) take their generator here."""
+
+    def kink_state(self):
+        """For non-smooth layers, an array recording which side of each kink the last forward
+        was on (ReLU signs, pooling winners); None for smooth layers. Gradient checks skip
+        elements whose perturbation changes it."""
+        return None
 
 
 class MultiInputLayer(Layer):

@@ -43,7 +43,7 @@ class Conv2D(Layer):
             if (size + 2 * p - k) % s:
                 raise self.shape_error(
                     f"{formula} = {(size + 2 * p - k) / s + 1:g} is not an integer; change stride or pad")
-            out.append((size + 2 * p - k) // s + 1)
+            out.append(kernels.out_size(size, k, s, p))
         self.fan_in = C * kh * kw
         return (self.spec.filters, out[0], out[1])
 
@@ -59,15 +59,13 @@ class Conv2D(Layer):
         return 2 * self.fan_in * FN * OH * OW
 
     def forward(self, x, train=False):
-        self.x_shape = x.shape
-        self.ws = getattr(self, "ws", {})
+        self.x = x
         return kernels.conv2d_forward(x, self.params["W"], self.params.get("b"),
-                                      self.spec.stride, self.spec.pad, self.ws)
+                                      self.spec.stride, self.spec.pad)
 
-    def backward(self, dout):
-        self.ws["need_dx"] = self.need_dx
-        dx, dW, db = kernels.conv2d_backward(dout, self.x_shape, self.params["W"],
-                                             self.spec.stride, self.spec.pad, self.ws)
+    def backward(self, dout, need_dx=True):
+        dx, dW, db = kernels.conv2d_backward(dout, self.x, self.params["W"],
+                                             self.spec.stride, self.spec.pad, need_dx)
         self.grads["W"] = dW
         if "b" in self.params:
             self.grads["b"] = db

@@ -2,7 +2,6 @@
 import math
 from typing import Literal, Optional
 
-import numpy as np
 from pydantic import Field, StrictInt
 
 from ..init import InitSpec
@@ -43,11 +42,11 @@ class Dense(Layer):
             out += self.params["b"]
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, need_dx=True):
         self.grads["W"] = self.x.T @ dout
         if "b" in self.params:
             self.grads["b"] = dout.sum(axis=0)
-        if not self.need_dx:
+        if not need_dx:
             return None
         return (dout @ self.params["W"].T).reshape(self.x_shape)
 
@@ -71,5 +70,5 @@ class Flatten(Layer):
         self.x_shape = x.shape
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, dout):
+    def backward(self, dout, need_dx=True):
         return dout.reshape(self.x_shape)

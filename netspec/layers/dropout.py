@@ -39,5 +39,5 @@ class Dropout(Layer):
         self.scale = keep.astype(x.dtype) / (1.0 - ratio)
         return x * self.scale
 
-    def backward(self, dout):
+    def backward(self, dout, need_dx=True):
         return dout if self.scale is None else dout * self.scale

@@ -7,9 +7,11 @@
 - sse: 0.5 * sum((y - t)^2) per sample, averaged over the batch (for one sample it is
   exactly the seeds' 0.5 * sum).
 """
+import math
+
 import numpy as np
 
-from .activations import softmax
+from ..errors import DataError
 
 LOSSES = {}
 
@@ -23,31 +25,50 @@ def register_loss(name):
 
 
 class Loss:
+    """``prepare_targets`` checks targets once; ``forward(y, t)`` then ``backward()`` run per batch."""
     classification = False
 
-    def check_targets(self, y, t):
-        """Raise ValueError when targets cannot match outputs ``y``."""
-        if t.shape != y.shape:
-            raise ValueError(f"targets shaped {list(t.shape)} do not match outputs shaped {list(y.shape)}")
+    def prepare_targets(self, t, out_shape, dtype, where="targets"):
+        """Targets (N, *out_shape) in ``dtype``; (N,) targets for a (1,) output get their axis back.
+
+        Raises DataError naming ``where`` when they cannot match the model's output.
+        """
+        if t.dtype.kind not in "biuf":
+            raise DataError(f"{where}: expected numbers, found {t.dtype}")
+        if t.ndim == 0:
+            raise DataError(f"{where}: expected one target per sample, found a single number")
+        if t.shape[1:] != tuple(out_shape):
+            if math.prod(t.shape[1:]) != math.prod(out_shape):
+                raise DataError(f"{where}: targets are shaped {list(t.shape[1:])} per sample, "
+                                f"but the model outputs {list(out_shape)} (loss {self.name})")
+            t = t.reshape((len(t),) + tuple(out_shape))
+        return t.astype(dtype, copy=False)
 
 
 @register_loss("softmax_cross_entropy")
 class SoftmaxCrossEntropy(Loss):
     classification = True
 
-    def check_targets(self, y, t):
+    def prepare_targets(self, t, out_shape, dtype, where="targets"):
+        """Integer labels (N,) in [0, K), or one-hot / probability rows (N, K) cast to ``dtype``."""
+        K = out_shape[0]
         if t.ndim == 1:
             if not np.issubdtype(t.dtype, np.integer):
-                raise ValueError(f"integer class labels expected, got {t.dtype}")
-            if t.shape[0] != y.shape[0]:
-                raise ValueError(f"{t.shape[0]} labels for {y.shape[0]} samples")
-            if t.size and (t.min() < 0 or t.max() >= y.shape[1]):
-                raise ValueError(f"labels must lie in [0, {y.shape[1] - 1}], got {t.min()}..{t.max()}")
-        else:
-            super().check_targets(y, t)
+                raise DataError(f"{where}: class labels must be integers, found {t.dtype}")
+            if t.size and (t.min() < 0 or t.max() >= K):
+                raise DataError(f"{where}: labels range over {t.min()}..{t.max()}, but the model "
+                                f"outputs {K} classes (labels 0..{K - 1})")
+            return t
+        if t.shape[1:] != tuple(out_shape):
+            raise DataError(f"{where}: one-hot targets are {list(t.shape[1:])} wide, "
+                            f"the model outputs {list(out_shape)}")
+        if t.dtype.kind not in "biuf":
+            raise DataError(f"{where}: expected numbers, found {t.dtype}")
+        return t.astype(dtype, copy=False)
 
     def forward(self, y, t):
         self.t = t
+        # log-softmax with the row maximum subtracted first, so exp cannot overflow
         z = y - y.max(axis=1, keepdims=True)
         logsum = np.log(np.exp(z).sum(axis=1, keepdims=True))
         logp = z - logsum

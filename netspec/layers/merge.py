@@ -33,7 +33,7 @@ class Add(MultiInputLayer):
             out += x
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, need_dx=True):
         return [dout] * len(self.in_shapes)
 
 
@@ -61,5 +61,5 @@ class Concat(MultiInputLayer):
     def forward(self, xs, train=False):
         return np.concatenate(xs, axis=1)
 
-    def backward(self, dout):
+    def backward(self, dout, need_dx=True):
         return np.split(dout, self.splits, axis=1)

@@ -11,6 +11,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from ..init import ConstantInit, ZerosInit
 from .base import Layer, LayerSpec, register
 
 
@@ -34,7 +35,7 @@ class BatchNorm(Layer):
 
     def param_specs(self):
         C = self.in_shape[0]
-        return {"gamma": ((C,), "ones", None), "beta": ((C,), "zeros", None)}
+        return {"gamma": ((C,), ConstantInit(value=1.0), None), "beta": ((C,), ZerosInit(), None)}
 
     def buffers(self):
         """Non-learned state saved with the parameters."""
@@ -69,7 +70,7 @@ class BatchNorm(Layer):
         self.train = train
         return gamma * self.xhat + beta
 
-    def backward(self, dout):
+    def backward(self, dout, need_dx=True):
         shape = self.stat_shape
         gamma = self.params["gamma"].reshape(shape)
         self.grads["gamma"] = (dout * self.xhat).sum(axis=self.axes)

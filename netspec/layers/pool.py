@@ -34,7 +34,10 @@ class _Pool(Layer):
             raise self.shape_error(f"window {kh}x{kw} is larger than the padded input "
                                    f"{H + 2 * p}x{W + 2 * p} (input {list(self.in_shape)})")
         # Like the book and PyTorch (floor mode), a ragged last row/column is dropped.
-        return (C, (H + 2 * p - kh) // s + 1, (W + 2 * p - kw) // s + 1)
+        return (C, kernels.out_size(H, kh, s, p), kernels.out_size(W, kw, s, p))
+
+    def attrs(self):
+        return {**super().attrs(), "stride": self.stride}
 
     def flops(self):
         kh, kw = self.spec.size
@@ -57,7 +60,7 @@ class MaxPool2D(_Pool):
         out, self.argmax = kernels.maxpool2d_forward(x, kh, kw, self.stride, self.spec.pad)
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, need_dx=True):
         kh, kw = self.spec.size
         return kernels.maxpool2d_backward(dout, self.argmax, self.x_shape, kh, kw,
                                           self.stride, self.spec.pad)
@@ -81,6 +84,6 @@ class AvgPool2D(_Pool):
         self.x_shape = x.shape
         return kernels.avgpool2d_forward(x, kh, kw, self.stride, self.spec.pad)
 
-    def backward(self, dout):
+    def backward(self, dout, need_dx=True):
         kh, kw = self.spec.size
         return kernels.avgpool2d_backward(dout, self.x_shape, kh, kw, self.stride, self.spec.pad)

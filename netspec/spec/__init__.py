@@ -10,7 +10,7 @@ import typing
 
 from pydantic import BaseModel, ValidationError
 
-from ..errors import SpecError
+from ..errors import SpecError, did_you_mean
 from ..layers import LAYERS, LOSSES
 from .loader import Positions, format_path, parse_text, read_spec_file
 from .models import FORMAT_VERSION, NetSpec
@@ -45,13 +45,9 @@ def validate(data, pos, source):
     if not isinstance(data, dict):
         raise SpecError([_issue(source, pos, (), f"a spec must be a mapping of keys, got {_kind(data)}")])
     try:
-        spec = NetSpec.model_validate(data)
+        return NetSpec.model_validate(data, context={"source": source, "positions": pos})
     except ValidationError as exc:
         raise SpecError(_issues_from(exc, data, pos, source), file=source) from None
-    spec._source = source
-    spec._positions = pos
-    spec._names = _check_graph(spec, pos, source)
-    return spec
 
 
 def _kind(v):
@@ -64,53 +60,7 @@ def _issue(source, pos, path, message, prefer_key=False):
     return dict(file=source, line=line, column=col, path=format_path(path), message=message)
 
 
-# --- graph checks Pydantic cannot express -----------------------------------
-
-def _check_graph(spec, pos, source):
-    """Give every layer a unique name and check ``inputs`` references; returns the names."""
-    issues, names, seen = [], [], {}
-    explicit = {l.name for l in spec.layers if l.name}
-    counters = {}
-    for i, layer in enumerate(spec.layers):
-        if layer.name:
-            name = layer.name
-            if name == "input":
-                issues.append(_issue(source, pos, ("layers", i, "name"),
-                                     "'input' is reserved for the network input"))
-            elif name in seen:
-                issues.append(_issue(source, pos, ("layers", i, "name"),
-                                     f"duplicate layer name '{name}' (also layers[{seen[name]}])"))
-        else:
-            prefix = LAYERS[layer.type].prefix
-            while True:
-                counters[prefix] = counters.get(prefix, 0) + 1
-                name = f"{prefix}{counters[prefix]}"
-                if name not in explicit and name not in seen:
-                    break
-        seen.setdefault(name, i)
-        if layer.inputs:
-            n_in = LAYERS[layer.type].n_inputs
-            if n_in is not None and len(layer.inputs) != n_in:
-                issues.append(_issue(source, pos, ("layers", i, "inputs"),
-                                     f"layer type '{layer.type}' takes {n_in} input, got {len(layer.inputs)}"))
-            for j, ref in enumerate(layer.inputs):
-                if ref != "input" and ref not in names:
-                    later = " (it comes later: layers run in file order)" if ref in explicit else ""
-                    hint = _did_you_mean(ref, names + ["input"])
-                    issues.append(_issue(source, pos, ("layers", i, "inputs", j),
-                                         f"unknown input '{ref}'{later}{hint}"))
-        names.append(name)
-    if issues:
-        raise SpecError(issues, file=source)
-    return names
-
-
 # --- Pydantic errors -> positioned, human messages --------------------------
-
-def _did_you_mean(word, options):
-    match = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
-    return f"; did you mean '{match[0]}'?" if match else ""
-
 
 def _data_path(loc, data):
     """Turn a Pydantic loc into a key path of the data, dropping union tags and wrappers."""
@@ -182,9 +132,11 @@ def _short(v, limit=60):
 
 def _message(err, data, path):
     kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
+    if kind == "graph":  # NetSpec's own graph checks: already a complete message
+        return err["msg"]
     if kind == "extra_forbidden":
         key = path[-1]
-        hint = _did_you_mean(key, _fields_at(path[:-1], data))
+        hint = did_you_mean(key, _fields_at(path[:-1], data))
         return f"unknown key '{key}'{hint}"
     if kind == "missing":
         if isinstance(path[-1], int):  # a fixed-length list such as kernel: [kh, kw]
@@ -198,11 +150,11 @@ def _message(err, data, path):
             return f"missing key '{disc}'; expected one of: {', '.join(options)}"
         tag = ctx.get("tag")
         what = "layer type" if path[:1] == ("layers",) and len(path) == 2 else disc
-        return (f"unknown {what} '{tag}'{_did_you_mean(tag, options)} "
+        return (f"unknown {what} '{tag}'{did_you_mean(tag, options)} "
                 f"(known: {', '.join(options)})")
     if kind == "literal_error":
         expected = ctx.get("expected", "")
-        hint = _did_you_mean(got, [e.strip("' ") for e in expected.replace(" or ", ",").split(",")])
+        hint = did_you_mean(got, [e.strip("' ") for e in expected.replace(" or ", ",").split(",")])
         return f"expected {expected}, got {_short(got)}{hint}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]

@@ -5,10 +5,13 @@ every model forbids unknown keys so typos are caught, never ignored.
 """
 from typing import Annotated, Literal, Optional
 
-from pydantic import Field, StrictInt, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr, StrictInt, ValidationError, ValidationInfo, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from ..layers import LOSSES, layer_spec_union
 from .._strict import Strict
+from ..data.spec import AugmentSpec, DataSpec
+from ..errors import did_you_mean
+from ..layers import LAYERS, LOSSES, layer_spec_union
 from ..optim import OptimizerSpec, ScheduleSpec
 
 FORMAT_VERSION = 1
@@ -29,41 +32,33 @@ class EarlyStopping(Strict):
     min_delta: float = Field(0.0, ge=0)
 
 
-def _train_spec():
-    # Imported here so the data package can grow without touching this module.
-    from ..data import AugmentSpec, DataSpec
+class TrainSpec(Strict):
+    """How to train: data, optimizer and schedule, budget (epochs or steps), batches, evaluation."""
+    data: DataSpec = Field(description="where the training and test arrays come from")
+    optimizer: OptimizerSpec = Field(default_factory=lambda: {"type": "sgd"}, validate_default=True)
+    schedule: Optional[ScheduleSpec] = Field(None, description="learning-rate schedule per epoch")
+    epochs: Optional[StrictInt] = Field(None, gt=0, description="passes over the data (or steps / steps_per_epoch)")
+    steps: Optional[StrictInt] = Field(None, gt=0, description="step budget instead of epochs")
+    steps_per_epoch: Optional[StrictInt] = Field(
+        None, gt=0, description="steps between evaluations; default: ceil(train size / batch size)")
+    batch_size: StrictInt = Field(100, gt=0)
+    sampling: Literal["shuffle", "replacement"] = Field(
+        "shuffle", description="shuffled epochs, or the book's random draw with replacement per step")
+    eval_samples: Optional[StrictInt] = Field(
+        None, gt=0, description="evaluate accuracy on only the first N samples each epoch")
+    eval_batch_size: StrictInt = Field(1000, gt=0)
+    early_stopping: Optional[EarlyStopping] = None
+    augment: Optional[AugmentSpec] = None
+    log_every: StrictInt = Field(0, ge=0, description="print the loss every N steps (0: per epoch only)")
+    checkpoint_every: StrictInt = Field(1, gt=0, description="epochs between checkpoints")
 
-    class TrainSpec(Strict):
-        data: DataSpec = Field(description="where the training and test arrays come from")
-        optimizer: OptimizerSpec = Field(default_factory=lambda: {"type": "sgd"}, validate_default=True)
-        schedule: Optional[ScheduleSpec] = Field(None, description="learning-rate schedule per epoch")
-        epochs: Optional[StrictInt] = Field(None, gt=0, description="passes over the data (or steps / steps_per_epoch)")
-        steps: Optional[StrictInt] = Field(None, gt=0, description="step budget instead of epochs")
-        steps_per_epoch: Optional[StrictInt] = Field(
-            None, gt=0, description="steps between evaluations; default: ceil(train size / batch size)")
-        batch_size: StrictInt = Field(100, gt=0)
-        sampling: Literal["shuffle", "replacement"] = Field(
-            "shuffle", description="shuffled epochs, or the book's random draw with replacement per step")
-        eval_samples: Optional[StrictInt] = Field(
-            None, gt=0, description="evaluate accuracy on only the first N samples each epoch")
-        eval_batch_size: StrictInt = Field(1000, gt=0)
-        early_stopping: Optional[EarlyStopping] = None
-        augment: Optional[AugmentSpec] = None
-        log_every: StrictInt = Field(0, ge=0, description="print the loss every N steps (0: per epoch only)")
-        checkpoint_every: StrictInt = Field(1, gt=0, description="epochs between checkpoints")
-
-        @model_validator(mode="after")
-        def _budget(self):
-            if self.epochs is None and self.steps is None:
-                raise ValueError("give a training budget: epochs or steps")
-            if self.epochs is not None and self.steps is not None:
-                raise ValueError("give epochs or steps, not both")
-            return self
-
-    return TrainSpec
-
-
-TrainSpec = _train_spec()
+    @model_validator(mode="after")
+    def _budget(self):
+        if self.epochs is None and self.steps is None:
+            raise ValueError("give a training budget: epochs or steps")
+        if self.epochs is not None and self.steps is not None:
+            raise ValueError("give epochs or steps, not both")
+        return self
 
 
 class NetSpec(Strict):
@@ -81,6 +76,24 @@ class NetSpec(Strict):
     _source: Optional[str] = PrivateAttr(None)
     _positions: object = PrivateAttr(None)
     _names: list = PrivateAttr(default_factory=list)
+    _inputs: list = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _graph(self, info: ValidationInfo):
+        """Name every layer and check the graph: reserved and duplicate names, ``inputs``
+        references, input counts, and outputs that nothing uses.
+
+        The file and positions, when the spec came from a file, arrive in the validation
+        context (``{"source": ..., "positions": ...}``) and are kept for later messages.
+        """
+        ctx = info.context or {}
+        self._source, self._positions = ctx.get("source"), ctx.get("positions")
+        self._names, self._inputs, issues = _name_and_wire(self.layers)
+        if issues:
+            raise ValidationError.from_exception_data("NetSpec", [
+                InitErrorDetails(type=PydanticCustomError("graph", message), loc=loc, input=value)
+                for loc, message, value in issues])
+        return self
 
     @property
     def source(self):
@@ -91,8 +104,55 @@ class NetSpec(Strict):
         """Name of every layer, given or generated, in order."""
         return list(self._names)
 
+    @property
+    def layer_inputs(self):
+        """For every layer, the names of the layers feeding it ('input': the network input)."""
+        return [list(i) for i in self._inputs]
+
     def position(self, path, prefer_key=False):
         """(line, column) of a key path in the file this spec came from, or (None, None)."""
         if self._positions is None:
             return (None, None)
         return self._positions.lookup(path, prefer_key)
+
+
+def _name_and_wire(layers):
+    """(names, inputs per layer, issues); each issue is (loc, message, offending value)."""
+    issues, names, inputs, seen = [], [], [], {}
+    explicit = {l.name for l in layers if l.name}
+    counters = {}
+    for i, layer in enumerate(layers):
+        if layer.name:
+            name = layer.name
+            if name == "input":
+                issues.append((("layers", i, "name"), "'input' is reserved for the network input", name))
+            elif name in seen:
+                issues.append((("layers", i, "name"), f"duplicate layer name '{name}' (also layers[{seen[name]}])", name))
+        else:
+            prefix = LAYERS[layer.type].prefix
+            while True:
+                counters[prefix] = counters.get(prefix, 0) + 1
+                name = f"{prefix}{counters[prefix]}"
+                if name not in explicit and name not in seen:
+                    break
+        seen.setdefault(name, i)
+        if layer.inputs:
+            n_in = LAYERS[layer.type].n_inputs
+            if n_in is not None and len(layer.inputs) != n_in:
+                issues.append((("layers", i, "inputs"),
+                               f"layer type '{layer.type}' takes {n_in} input, got {len(layer.inputs)}", layer.inputs))
+            for j, ref in enumerate(layer.inputs):
+                if ref != "input" and ref not in names:
+                    later = " (it comes later: layers run in file order)" if ref in explicit else ""
+                    issues.append((("layers", i, "inputs", j),
+                                   f"unknown input '{ref}'{later}{did_you_mean(ref, names + ['input'])}", ref))
+        inputs.append(list(layer.inputs or [names[-1] if names else "input"]))
+        names.append(name)
+    if not issues:
+        used = {n for ins in inputs for n in ins}
+        for i, name in enumerate(names[:-1]):
+            if name not in used:
+                issues.append((("layers", i), f"the output of layer '{name}' is never used (no later layer "
+                               "takes it as input); every layer but the last must feed another", name))
+                break
+    return names, inputs, issues
