@@ -35,16 +35,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
+import netspec
+from netspec.data import load_data
+from netspec.gradcheck import numerical_gradient
+from netspec.runner import resume_trainer, trainer_for
+from netspec.threads import limit_blas_threads
+
 # The compiled kernels run their own OpenMP threads; a second, OpenBLAS, pool on the
-# same two cores made a DeepConvNet step ~15x slower under load. Must precede numpy.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-import numpy as np  # noqa: E402
-
-import netspec  # noqa: E402
-from netspec.data import load_data  # noqa: E402
-from netspec.gradcheck import numerical_gradient  # noqa: E402
-from netspec.runner import resume_trainer, trainer_for  # noqa: E402
+# same two cores made a DeepConvNet step ~15x slower under load.
+limit_blas_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
 SPECS = REPO / "specs"
@@ -339,7 +340,7 @@ def render(rows):
         "- mnist_mlp (Adam lr 0.01, one image per step) is unstable: its test accuracy swings by 10+",
         "  points between reports, and a run can die into a constant prediction (10%). The bug's cost",
         "  measured here is one seed's outcome, not a precise figure.",
-        "- Runs set OPENBLAS_NUM_THREADS=1: the compiled kernels run their own OpenMP threads, and an",
+        "- Runs cap BLAS at one thread: the compiled kernels run their own OpenMP threads, and an",
         "  OpenBLAS pool on the same two cores made a DeepConvNet step ~15x slower on a busy machine.",
     ]
     lines += ["", "Per-run details (date, load average at start and end, per-epoch test accuracy):", ""]

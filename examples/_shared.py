@@ -4,16 +4,16 @@ Each example is run as a script (``python examples/NAME.py``), so this module is
 importable as ``_shared`` from the examples folder without any path setup.
 """
 import argparse
-import os
 from pathlib import Path
-
-# The compiled kernels run their own OpenMP threads; a second thread pool in OpenBLAS on
-# the same two cores made a DeepConvNet step ~15x slower on a busy machine. This has to
-# happen before numpy is imported, so every example imports _shared first.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
 import yaml
+
+from netspec.threads import limit_blas_threads
+
+# The compiled kernels run their own OpenMP threads; a second thread pool in OpenBLAS on
+# the same two cores made a DeepConvNet step ~15x slower on a busy machine.
+limit_blas_threads(1)
 
 EXAMPLES = Path(__file__).resolve().parent
 SPECS = EXAMPLES.parent / "specs"

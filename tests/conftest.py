@@ -4,22 +4,18 @@ Every test goes through ``netspec.kernels``, so the suite exercises whichever
 backend is live; CI runs it twice, once with NETSPEC_PUREPYTHON=1.
 """
 import os
-import sys
 from pathlib import Path
 
+import pytest
+
+import netspec.kernels
+from netspec.threads import blas_info, limit_blas_threads
+
 # Test arrays are tiny: a threaded BLAS only adds hand-offs, and on a busy machine its
-# spinning threads made the spec gradient checks 30x slower. Must precede numpy's import.
-if "numpy" not in sys.modules:
-    for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(_var, "1")
-# The compiled kernels keep their OpenMP threads (the tests should run the parallel
-# loops), but waiting threads sleep instead of spinning: with more busy processes than
-# cores, libgomp's spin-wait made each small conv 50x slower. Read when libgomp loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import pytest  # noqa: E402
-
-import netspec.kernels  # noqa: E402
+# spinning threads made the spec gradient checks 30x slower. The compiled kernels keep
+# their OpenMP threads (the tests should run the parallel loops); netspec.kernels has
+# already made idle OpenMP threads sleep instead of spin (netspec/threads.py).
+limit_blas_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
 SPECS_DIR = REPO / "specs"
@@ -28,7 +24,7 @@ SPECS_DIR = REPO / "specs"
 def pytest_report_header(config):
     note = f" ({netspec.kernels.BACKEND_ERROR})" if netspec.kernels.BACKEND_ERROR else ""
     return (f"netspec kernel backend: {netspec.kernels.BACKEND}{note}; "
-            f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}, "
+            f"BLAS threads {[pool['threads'] for pool in blas_info()]}, "
             f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
 
 

@@ -21,7 +21,7 @@ EXAMPLES = REPO / "examples"
 
 
 def run_example(name, out, *args, extra_path=(), timeout=180):
-    env = dict(os.environ, MPLBACKEND="Agg", OPENBLAS_NUM_THREADS="1")
+    env = dict(os.environ, MPLBACKEND="Agg")
     env["PYTHONPATH"] = os.pathsep.join([*map(str, extra_path), str(REPO), env.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py"), "--quick", "--out", str(out), *args],
                           capture_output=True, text=True, env=env, timeout=timeout, cwd=str(REPO))

@@ -11,7 +11,6 @@ out here, and the difference from torch is shown to be real.
 docs/book_vs_torch.md explains each difference.
 """
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ F = torch.nn.functional
 
 import netspec  # noqa: E402
 from netspec.data import load_data  # noqa: E402
+from layer_cases import LAYER_CASES  # noqa: E402
 from netspec.layers import LAYERS, LOSSES, MultiInputLayer  # noqa: E402
 from netspec.optim import (AdaGradSpec, AdamSpec, MomentumSpec, NesterovSpec, RMSpropSpec,  # noqa: E402
                            SGDSpec, make_optimizer)
@@ -54,60 +54,6 @@ def t64(a, grad=False):
 
 
 # --- layers ----------------------------------------------------------------------------
-
-@dataclass
-class Case:
-    type: str
-    in_shapes: list
-    fields: dict = field(default_factory=dict)
-    train: bool = False
-    n: int = 3
-    id: str = ""
-
-    def __str__(self):
-        return f"{self.type}-{self.id}" if self.id else self.type
-
-
-LAYER_CASES = [
-    Case("dense", [(5,)], {"units": 4}, id="vector"),
-    Case("dense", [(2, 3, 4)], {"units": 3}, id="flattens-3d"),
-    Case("dense", [(4,)], {"units": 3, "bias": False}, id="no-bias"),
-    Case("affine", [(3,)], {"units": 2}),
-    Case("flatten", [(2, 3, 4)]),
-    Case("conv2d", [(1, 6, 6)], {"filters": 2, "kernel": 3}, id="k3"),
-    Case("conv2d", [(3, 7, 7)], {"filters": 4, "kernel": 3, "stride": 2, "pad": 1}, id="c3-s2-p1"),
-    Case("conv2d", [(2, 5, 6)], {"filters": 3, "kernel": [2, 3], "pad": 1}, id="rect-2x3-p1"),
-    Case("conv2d", [(2, 7, 6)], {"filters": 2, "kernel": [3, 2], "stride": 2, "pad": 1}, id="rect-3x2-s2-p1"),
-    Case("conv2d", [(3, 4, 5)], {"filters": 2, "kernel": 1, "bias": False}, id="1x1-no-bias"),
-    Case("conv2d", [(2, 4, 4)], {"filters": 2, "kernel": 2, "stride": 2, "pad": 2}, id="pad-gt-half"),
-    Case("maxpool2d", [(2, 4, 4)], {"size": 2}, id="2x2"),
-    Case("maxpool2d", [(2, 7, 7)], {"size": 3, "stride": 2}, id="overlap-3s2"),
-    Case("maxpool2d", [(2, 5, 6)], {"size": 3, "stride": 2, "pad": 1}, id="pad1"),
-    Case("maxpool2d", [(2, 4, 7)], {"size": [2, 3], "stride": 2}, id="rect-2x3"),
-    Case("maxpool2d", [(1, 5, 5)], {"size": 2}, id="ragged"),
-    Case("avgpool2d", [(2, 4, 4)], {"size": 2}, id="2x2"),
-    Case("avgpool2d", [(2, 7, 7)], {"size": 3, "stride": 2}, id="overlap-3s2"),
-    Case("avgpool2d", [(2, 5, 6)], {"size": 3, "stride": 2, "pad": 1}, id="pad1"),
-    Case("avgpool2d", [(2, 4, 7)], {"size": [2, 3], "stride": 1, "pad": 1}, id="rect-2x3-pad1"),
-    Case("avgpool2d", [(1, 5, 5)], {"size": 2}, id="ragged"),
-    Case("relu", [(7,)], id="vector"),
-    Case("relu", [(2, 3, 3)], id="image"),
-    Case("sigmoid", [(6,)]),
-    Case("tanh", [(2, 3, 2)]),
-    Case("softmax", [(6,)]),
-    Case("dropout", [(12,)], {"ratio": 0.5}, train=True, id="train"),
-    Case("dropout", [(2, 3, 3)], {"ratio": 0.2}, train=True, id="train-image"),
-    Case("dropout", [(12,)], {"ratio": 0.5}, train=False, id="test"),
-    Case("batchnorm", [(4,)], {"momentum": 0.8}, train=True, n=6, id="2d-train"),
-    Case("batchnorm", [(4,)], {}, train=False, n=6, id="2d-test"),
-    Case("batchnorm", [(3, 4, 3)], {"momentum": 0.7, "eps": 1e-3}, train=True, n=4, id="4d-train"),
-    Case("batchnorm", [(3, 4, 3)], {}, train=False, n=4, id="4d-test"),
-    Case("add", [(5,), (5,)], id="two"),
-    Case("add", [(2, 3, 4)] * 3, id="three-images"),
-    Case("concat", [(3,), (2,)], id="vectors"),
-    Case("concat", [(2, 3, 4), (1, 3, 4), (3, 3, 4)], id="three-images"),
-]
-
 
 def test_every_layer_type_has_a_parity_case():
     """A newly registered layer type fails here until it gets a torch reference."""
