@@ -15,16 +15,22 @@ new checkpoint, never a broken one.
 """
 import json
 import os
+import re
+import stat
 import tempfile
-import zipfile
 
 import numpy as np
 
+from . import jsonout
 from ._version import __version__
 from .errors import CheckpointError
+from .safeio import load_npz
 
 FORMAT = "netspec-checkpoint"
 FORMAT_VERSION = 1
+# save_checkpoint's temporaries: mkstemp(prefix=".model-", suffix=".npz.tmp") adds 8 of [a-z0-9_].
+TEMP_PREFIX, TEMP_SUFFIX = ".model-", ".npz.tmp"
+_TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + r"[a-z0-9_]+" + re.escape(TEMP_SUFFIX))
 
 
 def save_checkpoint(path, model, optimizer=None, trainer_state=None, extra_arrays=None):
@@ -45,11 +51,11 @@ def save_checkpoint(path, model, optimizer=None, trainer_state=None, extra_array
         "spec_source": model.spec.source,
         "trainer": trainer_state,
     }
-    arrays["meta"] = np.array(json.dumps(meta))
+    arrays["meta"] = np.array(jsonout.dumps(meta))
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".model-", suffix=".npz.tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=folder)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is an ordinary file
         with os.fdopen(fd, "wb") as f:
@@ -66,6 +72,33 @@ def save_checkpoint(path, model, optimizer=None, trainer_state=None, extra_array
     return path
 
 
+def remove_stale_temporaries(folder):
+    """Delete the temporaries an interrupted ``save_checkpoint`` left in ``folder``; return their paths.
+
+    A process killed between writing ``.model-XXXXXXXX.npz.tmp`` and renaming it
+    leaves the temporary behind (the checkpoint itself is intact). Only regular
+    files matching that exact pattern are removed, never a symlink or anything
+    else. Call it only while holding the run directory's lock: a save running
+    concurrently in the same folder would lose its temporary.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return removed
+    for entry in sorted(entries, key=lambda e: e.name):
+        if not _TEMP_NAME.fullmatch(entry.name):
+            continue
+        try:
+            if not stat.S_ISREG(entry.stat(follow_symlinks=False).st_mode):
+                continue
+            os.unlink(entry.path)
+        except FileNotFoundError:  # gone already (removed by someone else): nothing to do
+            continue
+        removed.append(entry.path)
+    return removed
+
+
 def _umask():
     mask = os.umask(0)
     os.umask(mask)
@@ -73,29 +106,29 @@ def _umask():
 
 
 def read_checkpoint(path):
-    """Return (meta dict, {name: array}) after checking the file thoroughly."""
+    """Return (meta dict, {name: array}) after checking the file thoroughly.
+
+    Only a regular file is opened (a FIFO would hang, /dev/zero never ends), and
+    every entry's declared size is checked against the bytes really there
+    before it is allocated; see ``netspec.safeio``.
+    """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except ValueError as exc:
-        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
-            raise CheckpointError(f"{path}: refused: the file holds pickled Python objects, "
-                                  "which netspec never loads (they can run code)") from None
-        raise CheckpointError(f"{path}: not a readable .npz checkpoint ({exc})") from None
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(exc).__name__}: {exc})") from None
+    arrays = load_npz(path, what="checkpoint", error=CheckpointError)
     if "meta" not in arrays:
         raise CheckpointError(f"{path}: not a netspec checkpoint (no 'meta' entry)")
     try:
         meta = json.loads(str(arrays.pop("meta")))
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path}: corrupt checkpoint metadata ({exc})") from None
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata ({type(exc).__name__}: {exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a netspec checkpoint (format is {meta.get('format') if isinstance(meta, dict) else meta!r})")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+        found = meta.get("format") if isinstance(meta, dict) else meta
+        raise CheckpointError(f"{path}: not a netspec checkpoint (format is {str(found)[:80]!r}, "
+                              f"expected {FORMAT!r})")
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata: format_version is {version!r}, "
+                              "expected an integer")
+    if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: written by a newer netspec (checkpoint format "
                               f"{meta['format_version']}, this netspec reads up to {FORMAT_VERSION})")
     for k, v in arrays.items():

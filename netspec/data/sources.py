@@ -9,7 +9,7 @@ and what to do. Nothing here touches the network: downloads live in
 """
 
 import os
-import zipfile
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -27,6 +27,7 @@ from netspec.data.spec import (
     NpzData,
 )
 from netspec.errors import DataError
+from netspec.safeio import file_kind, load_npz
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 MNIST5K_PATH = PACKAGE_DIR / "mnist5k.npz"
@@ -100,7 +101,7 @@ def find_idx_files(directory):
         dotted = stem.replace("-idx", ".idx")
         for candidate in (stem + ".gz", stem, dotted + ".gz", dotted):
             path = Path(directory) / candidate
-            if path.is_file():
+            if os.path.exists(path):  # not is_file(): a FIFO or folder by that name gets read_idx's clear refusal
                 found[role] = path
                 break
     return found
@@ -124,8 +125,29 @@ def _load_mnist5k(spec):
     return x_train, arrays["t_train"], x_test, arrays["t_test"], 10
 
 
+def _not_a_directory(path):
+    """The kind of file at ``path`` ('regular file', 'FIFO (named pipe)', ...) if it exists but is no directory."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return None if stat.S_ISDIR(mode) else file_kind(mode)
+
+
+def _note(directory):
+    """What is wrong with a searched directory, for the not-found message."""
+    kind = _not_a_directory(directory)
+    if kind:
+        return f" (a {kind}, not a directory)"
+    return "" if os.path.isdir(directory) else " (does not exist)"
+
+
 def _load_idx_dataset(spec, name, base_dir):
     dirs = search_dirs(name, spec.dir, base_dir)
+    kind = _not_a_directory(dirs[0]) if spec.dir is not None else None
+    if kind:
+        raise DataError(f"{name}: dir {dirs[0]} is a {kind}, not a directory; expected a folder holding "
+                        f"the four IDX files ({', '.join(s + '.gz' for s in IDX_FILES.values())})")
     for directory in dirs:
         found = find_idx_files(directory)
         if len(found) == len(IDX_FILES):
@@ -134,7 +156,7 @@ def _load_idx_dataset(spec, name, base_dir):
             missing = [IDX_FILES[r] + "[.gz]" for r in IDX_FILES if r not in found]
             raise DataError(f"{name}: {directory} holds only some of the IDX files; missing: {', '.join(missing)}. "
                             f"Put all four there, or run: netspec data fetch {name} --dir {directory}")
-    looked = "\n".join(f"  - {d}" + ("" if d.is_dir() else " (does not exist)") for d in dirs)
+    looked = "\n".join(f"  - {d}{_note(d)}" for d in dirs)
     target = dirs[0]
     env_note = "" if spec.dir is not None else " (or set NETSPEC_DATA=DIR and use DIR/" + name + ")"
     raise DataError(
@@ -153,6 +175,8 @@ def _read_idx_set(paths, name):
         xp, tp = paths["x_" + split], paths["t_" + split]
         if x.ndim != 3:
             raise DataError(f"{xp}: expected images of shape (N, rows, cols), found shape {x.shape}")
+        if len(x) == 0:
+            raise DataError(f"{xp}: the file holds no images (shape {x.shape}); expected at least one")
         if t.ndim != 1:
             raise DataError(f"{tp}: expected labels of shape (N,), found shape {t.shape}")
         if len(x) != len(t):
@@ -196,6 +220,13 @@ def _load_npz(spec, base_dir):
     x, t = arrays[keys.x_train], arrays[keys.t_train]
     x_test, t_test = arrays[keys.x_test], arrays[keys.t_test]
     for xs, ts, kx, kt in ((x, t, keys.x_train, keys.t_train), (x_test, t_test, keys.x_test, keys.t_test)):
+        for array, key in ((xs, kx), (ts, kt)):
+            if array.ndim == 0:
+                raise DataError(f"{path}: '{key}' is a single value (a 0-d array); expected samples along "
+                                "the first axis")
+            if len(array) == 0:
+                raise DataError(f"{path}: '{key}' is empty (shape {array.shape}): it has no samples; "
+                                "expected at least one")
         if len(xs) != len(ts):
             raise DataError(f"{path}: '{kx}' has {len(xs)} samples but '{kt}' has {len(ts)}; expected the same number")
         if xs.dtype.kind not in "biuf" or ts.dtype.kind not in "biuf":
@@ -207,33 +238,11 @@ def _load_npz(spec, base_dir):
 
 
 def _read_npz(path, names):
-    """{name: array} for ``names`` from an .npz, refusing pickled objects."""
+    """{name: array} for ``names`` from an .npz, refusing pickled objects, special files and bad sizes."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"{path}: no such .npz file; expected a file with arrays {', '.join(names)}")
-    if not zipfile.is_zipfile(path):
-        raise DataError(f"{path}: not a readable .npz file: expected a zip archive of .npy arrays "
-                        "(as written by numpy.savez), found something else")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            present = list(npz.files)
-            missing = [n for n in names if n not in present]
-            if missing:
-                raise DataError(f"{path}: expected arrays {', '.join(names)}; missing {', '.join(missing)}; "
-                                f"the file holds {', '.join(present) or 'no arrays'} (set 'keys' to rename)")
-            return {n: npz[n] for n in names}
-    except DataError:
-        raise
-    except ValueError as err:
-        if "pickle" in str(err).lower():
-            raise DataError(f"{path}: holds a pickled Python object (an object array); netspec refuses to "
-                            "unpickle data files because that can run arbitrary code. Save plain numeric "
-                            "arrays instead (np.savez with numeric dtypes).") from None
-        raise DataError(f"{path}: not a readable .npz file ({err})") from None
-    except (OSError, EOFError) as err:
-        raise DataError(f"{path}: not a readable .npz file ({err}); expected a zip of .npy arrays") from None
-    except Exception as err:  # zipfile.BadZipFile and friends
-        raise DataError(f"{path}: not a readable .npz file ({type(err).__name__}: {err})") from None
+    return load_npz(path, names, what=".npz data file", error=DataError, hint=" (set 'keys' to rename)")
 
 
 def _load_function(spec, seed):
