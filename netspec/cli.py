@@ -1,13 +1,12 @@
 """The ``netspec`` command line. User errors print one clear message and exit 2, never a traceback."""
 import argparse
-import json
 import os
 import platform
 import sys
 
 import numpy as np
 
-from . import __version__
+from . import __version__, jsonout
 from .errors import NetspecError
 
 
@@ -30,7 +29,7 @@ def cmd_summary(args):
     from .summary import format_summary, summarize
     _, model = _spec_and_model(args.spec, args.dtype)
     s = summarize(model)
-    print(json.dumps(s, indent=2) if args.json else format_summary(s))
+    print(jsonout.dumps(s, indent=2) if args.json else format_summary(s))
     return 0
 
 
@@ -42,7 +41,7 @@ def cmd_gradcheck(args):
     worst = max(r["error"] for r in report.values())
     ok = worst <= args.tol and all(r["checked"] > 0 for r in report.values())
     if args.json:
-        print(json.dumps({"ok": ok, "tolerance": args.tol, "params": report}, indent=2))
+        print(jsonout.dumps({"ok": ok, "tolerance": args.tol, "params": report}, indent=2))
     else:
         print(f"gradient check of {args.spec}: float64, central differences h={args.eps}, batch {args.batch}, "
               f"up to {args.max_elements} sampled elements per array")
@@ -78,7 +77,7 @@ def cmd_info(args):
         info[f"blas ({pool['library']} {pool['version']})"] = f"{pool['threads']} threads"
     info["cpu_count"] = os.cpu_count()
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(jsonout.dumps(info, indent=2))
     else:
         for key, v in info.items():
             if v is not None:
@@ -88,7 +87,7 @@ def cmd_info(args):
 
 def cmd_schema(args):
     from .spec import json_schema
-    print(json.dumps(json_schema(), indent=2))
+    print(jsonout.dumps(json_schema(), indent=2))
     return 0
 
 
@@ -127,15 +126,16 @@ def commands():
     Each handler takes the parsed arguments and returns an exit code; user errors are
     raised as NetspecError and printed by ``main``.
     """
-    from . import train_cli
+    from . import export, train_cli
     from .data import cli as data_cli
     return [
         ("run", "train a spec; writes a run directory with checkpoints and metrics",
          train_cli.add_run_arguments, train_cli.cmd_run),
         ("evaluate", "loss, accuracy and confusion matrix of a checkpoint",
          train_cli.add_evaluate_arguments, train_cli.cmd_evaluate),
-        ("predict", "outputs and arg-max of a checkpoint for some inputs",
+        ("predict", "class and top-3 (or outputs) of a checkpoint for image files, folders or arrays",
          train_cli.add_predict_arguments, train_cli.cmd_predict),
+        ("export", export.HELP, export.add_arguments, export.cmd_export),
         ("validate", "check spec files (schema, names, shapes)", add_validate_arguments, cmd_validate),
         ("summary", "layer table: output shapes, parameters, FLOPs", add_summary_arguments, cmd_summary),
         ("gradcheck", "compare back-propagation with central differences (float64)",

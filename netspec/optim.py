@@ -17,7 +17,7 @@ from ._strict import Strict
 
 class _FiniteSpec(Strict):
     """Numbers must be finite: NaN or infinity in a hyper-parameter is a spec error."""
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class _OptSpec(_FiniteSpec):

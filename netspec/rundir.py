@@ -9,10 +9,10 @@ Layout of ``DIR/``:
 
 Text files are replaced atomically (written to a temporary name, then renamed).
 """
-import json
 import os
 import time
 
+from . import jsonout
 from .spec import spec_to_dict
 
 
@@ -51,9 +51,9 @@ class RunDir:
     def start(self, spec, history):
         """Write the resolved spec and restart metrics.jsonl from ``history`` (a resume redoes later epochs)."""
         os.makedirs(self.path, exist_ok=True)
-        atomic_text(self.file("spec.resolved.json"), json.dumps(spec_to_dict(spec), indent=2) + "\n")
-        atomic_text(self.file("metrics.jsonl"), "".join(json.dumps(m) + "\n" for m in history))
+        atomic_text(self.file("spec.resolved.json"), jsonout.dumps(spec_to_dict(spec), indent=2) + "\n")
+        atomic_text(self.file("metrics.jsonl"), "".join(jsonout.dumps(m) + "\n" for m in history))
 
     def append_metrics(self, metrics):
         with open(self.file("metrics.jsonl"), "a", encoding="utf-8") as f:
-            f.write(json.dumps(metrics) + "\n")
+            f.write(jsonout.dumps(metrics) + "\n")

@@ -320,6 +320,8 @@ def test_rectangular_pool_window_needs_a_stride(write_spec):
 def test_booleans_floats_and_strings_are_not_integers(write_spec, line, col, path, got):
     # YAML 1.1 reads yes/true as booleans; Pydantic's lax mode would make them 1
     spec = write_spec(f"input: {{shape: [1, 6, 6]}}\nlayers:\n{line}\nloss: mse\n")
+    if got.startswith("'"):  # a quoted number: said to be a string
+        got = f"the string {got} (values are never read from strings: remove the quotes)"
     assert str(spec_error(spec)) == f"{spec}:3:{col}: {path}: expected an integer, got {got}"
 
 
@@ -370,3 +372,28 @@ def test_concat_of_mismatched_images(write_spec):
     assert str(shape_error(path)) == (
         f"{path}:4:5: layers[1]: layer 'concat1' (concat) receives [1, 6, 6] from 'input', [1, 3, 3] from 'pool1': "
         "input 'pool1' shaped [1, 3, 3] does not match [1, 6, 6] outside the channel axis")
+
+
+@pytest.mark.parametrize("field,value,wanted", [
+    ('"lr": "0.1"', "'0.1'", "a number"),
+    ('"units": "10"', "'10'", "an integer"),
+    ('"flatten": "yes"', "'yes'", "true or false"),
+])
+def test_numbers_and_booleans_are_never_read_from_strings(write_spec, field, value, wanted):
+    """One rule for every key: a quoted number or word is a string, and a string is an error."""
+    dense = '{"type": "dense", "units": 2}'
+    data = '{"source": "mnist-5k"}'
+    opt = '{"type": "sgd", "lr": 0.1}'
+    if field.startswith('"units"'):
+        dense = '{"type": "dense", ' + field + '}'
+    elif field.startswith('"lr"'):
+        opt = '{"type": "sgd", ' + field + '}'
+    else:
+        data = '{"source": "mnist-5k", ' + field + '}'
+    text = ('{"input": {"shape": [1, 28, 28]}, "loss": "softmax_cross_entropy", "layers": [' + dense + '],\n'
+            ' "train": {"data": ' + data + ', "optimizer": ' + opt + ', "epochs": 1}}\n')
+    path = write_spec(text, name="spec.json")
+    with pytest.raises(SpecError) as exc:
+        netspec.load_spec(path)
+    assert f"expected {wanted}, got the string {value} (values are never read from strings" in str(exc.value)
+    assert str(exc.value).startswith(f"{path}:")

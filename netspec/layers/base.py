@@ -22,11 +22,13 @@ Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
 
 
 def _pair(v):
-    """An int means the same value on both axes."""
+    """An int means the same value on both axes; a list of two is a pair."""
     if isinstance(v, bool):
         return v  # let pydantic reject it
     if isinstance(v, int):
         return (v, v)
+    if isinstance(v, list):
+        return tuple(v)
     return v
 
 

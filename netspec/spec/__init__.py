@@ -160,6 +160,10 @@ def _message(err, data, path):
         op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
         bound = next(iter(ctx.values()))
         return f"must be {op} {bound} (got {_short(got)})"
+    if kind in ("int_type", "int_parsing", "int_from_float", "float_type", "float_parsing",
+                "bool_type", "bool_parsing") and _looks_like_a_value(got):
+        wanted = {"int": "an integer", "flo": "a number", "boo": "true or false"}[kind[:3]]
+        return f"expected {wanted}, got the string {_short(got)} (values are never read from strings: remove the quotes)"
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return f"expected an integer, got {_short(got)}"
     if kind in ("float_type", "float_parsing"):
@@ -185,6 +189,19 @@ def _message(err, data, path):
     if not isinstance(got, (dict, list)):
         msg += f" (got {_short(got)})"
     return msg
+
+
+def _looks_like_a_value(v):
+    """A string that a lax reader would turn into a number or a boolean ('0.1', '10', 'yes')."""
+    if not isinstance(v, str):
+        return False
+    if v.strip().lower() in ("true", "false", "yes", "no", "on", "off"):
+        return True
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return False
 
 
 def _options(path, disc):
