@@ -191,5 +191,10 @@ class Model:
         return {"inputs": [{"name": "input", "shape": list(self.input_shape)}], "nodes": nodes,
                 "output": self.layers[-1].name, "loss": self.spec.loss, "dtype": str(self.dtype)}
 
+    def to_onnx(self, path=None, *, opset=17, probabilities=False):
+        """The model as an onnx.ModelProto (written to ``path`` when given); see netspec.export."""
+        from .export import export_onnx
+        return export_onnx(self, path, opset=opset, probabilities=probabilities)
+
     def __repr__(self):
         return f"<netspec.Model {self.name!r}: {len(self.layers)} layers, {self.dtype}>"

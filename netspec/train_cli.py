@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 
+from . import jsonout
 from .errors import DataError, SpecError
 
 DEFAULT_SPEC = "simple_convnet"
@@ -99,7 +100,7 @@ def cmd_evaluate(args):
         np.add.at(cm, (labels, pred), 1)
         result["confusion_matrix"] = cm.tolist()
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(jsonout.dumps(result, indent=2))
         return 0
     print(f"{args.model} on {data.name} test set ({len(x)} samples, {model.dtype}):")
     print(f"  loss     {loss:.6g}")
@@ -115,35 +116,28 @@ def cmd_evaluate(args):
 
 
 def _read_input(value):
-    if value.endswith(".npy"):
-        if not os.path.exists(value):
-            raise DataError(f"{value}: no such file")
-        try:
-            return np.load(value, allow_pickle=False)
-        except ValueError as exc:
-            raise DataError(f"{value}: cannot read .npy without pickle ({exc})") from None
-        except (OSError, EOFError) as exc:
-            raise DataError(f"{value}: corrupt .npy file ({exc})") from None
-    text = value
-    if os.path.exists(value):
-        with open(value) as f:
-            text = f.read()
-    try:
-        arr = np.asarray(json.loads(text), dtype=np.float64)
-    except (ValueError, TypeError) as exc:
-        raise DataError(f"INPUT must be a .npy file or a JSON list of numbers ({exc})") from None
-    return arr
+    """An INPUT that is not an image: a .npy or .json file, or inline JSON; only finite numbers."""
+    from .safeio import check_samples, parse_json_input, read_input_file
+    if value.endswith((".npy", ".json")) or os.path.exists(value):
+        return read_input_file(value)
+    return check_samples(parse_json_input(value, "INPUT"), "INPUT")
 
 
 def cmd_predict(args):
+    from . import images
     model = _load_model(args.model, args.dtype)
-    x = _read_input(args.input)
+    if any(images.is_image_path(p) for p in args.inputs):
+        return images.predict_images(model, args.inputs, invert=args.invert, fit=args.fit,
+                                     fmt=images.output_format(args))
+    if len(args.inputs) != 1 or args.csv:
+        raise DataError("several INPUTs and --csv are for image files and folders; give one .npy or JSON INPUT")
+    x = _read_input(args.inputs[0])
     y = model.predict(x, batch_size=1000)
     result = {"outputs": y.astype(np.float64).tolist()}
     if model.loss_fn.classification:
         result["argmax"] = y.argmax(axis=1).tolist()
     if args.json:
-        print(json.dumps(result))
+        print(jsonout.dumps(result))
         return 0
     for i, row in enumerate(y):
         vals = " ".join(f"{v:.6g}" for v in np.ravel(row))
@@ -176,5 +170,8 @@ def add_evaluate_arguments(s):
 
 
 def add_predict_arguments(s):
+    from . import images
     _model_arguments(s)
-    s.add_argument("input", metavar="INPUT", help=".npy file, or a JSON list (inline or a .json file)")
+    s.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files (.png .jpg .jpeg .bmp) and folders of them; or one .npy file or JSON list")
+    images.add_arguments(s)
