@@ -102,12 +102,13 @@ def add_summary_arguments(s):
 
 
 def add_gradcheck_arguments(s):
+    from .train_cli import positive_float, positive_int
     s.add_argument("spec")
-    s.add_argument("--batch", type=int, default=2, help="random samples in the batch (default 2)")
-    s.add_argument("--max-elements", type=int, default=40,
+    s.add_argument("--batch", type=positive_int, default=2, help="random samples in the batch (default 2)")
+    s.add_argument("--max-elements", type=positive_int, default=40,
                    help="elements checked per parameter array; larger arrays are sampled (default 40)")
-    s.add_argument("--eps", type=float, default=1e-5, help="finite-difference step h (default 1e-5)")
-    s.add_argument("--tol", type=float, default=1e-5, help="max relative error allowed (default 1e-5)")
+    s.add_argument("--eps", type=positive_float, default=1e-5, help="finite-difference step h (default 1e-5)")
+    s.add_argument("--tol", type=positive_float, default=1e-5, help="max relative error allowed (default 1e-5)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", action="store_true")
 
@@ -162,15 +163,29 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args) or 0
+        code = args.func(args) or 0
     except NetspecError as exc:
         print(f"error: {exc}" if "\n" not in str(exc) else f"error:\n{exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         print("interrupted", file=sys.stderr)
-        return getattr(exc, "exit_code", 130)
+        code = getattr(exc, "exit_code", 130)
     except BrokenPipeError:
         return 0
+    if code in (130, 143):
+        _stop_listening()
+    return code
+
+
+def _stop_listening():
+    """A run stopped by a signal has saved and is exiting: further Ctrl-C or SIGTERM must not
+    kill the process mid-exit with a different status (Python restores the default handlers
+    while shutting down)."""
+    import signal
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,15 @@ class TrainingDiverged(NetspecError, ArithmeticError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class RunDirError(NetspecError, OSError):
+    """A run directory cannot be used: it holds another run, another process holds its lock,
+    or it cannot be written (not a directory, read-only, disk full)."""
+
+
+class OutOfMemory(NetspecError, MemoryError):
+    """A step needed more memory than the machine has; the last checkpoint is kept."""
+
+
 def did_you_mean(word, options):
     """'; did you mean 'x'?' for the closest option, or '' when none is close."""
     import difflib

@@ -2,18 +2,33 @@
 
 Layout of ``DIR/``:
 
-- ``spec.resolved.json``  the spec as trained: every default filled in, names generated
+- ``spec.resolved.json``  the spec as trained: every default filled in, names generated,
+                          data paths absolute and data files' checksums recorded
 - ``metrics.jsonl``       one JSON object per finished epoch (mirrors the checkpointed history)
 - ``model.npz``           the checkpoint (see netspec.checkpoint)
+- ``.lock``               the advisory lock of the process writing the run, and its PID
 - plots (``*.png``) when matplotlib is installed
 
-Text files are replaced atomically (written to a temporary name, then renamed).
+Design: one writer per directory. ``claim`` takes an exclusive ``flock`` on
+``.lock`` before anything is written and keeps it until ``release`` (or the
+process ends: the kernel drops the lock of a dead process, so a lock left by a
+crash never blocks the next run; the PID in the file is only for the message).
+A directory that already holds a run is refused unless the run is resumed or
+``force`` replaces it. Text files are replaced atomically; every OS failure
+(not a directory, read-only, disk full) becomes one RunDirError naming the file.
 """
+import contextlib
+import json
 import os
 import time
 
 from . import jsonout
+from .checkpoint import remove_stale_temporaries
+from .errors import RunDirError
 from .spec import spec_to_dict
+
+RUN_FILES = ("model.npz", "metrics.jsonl", "spec.resolved.json")
+PLOTS = ("curves.png", "misclassified.png", "filters.png")
 
 
 def default_run_dir(spec):
@@ -27,19 +42,38 @@ def default_run_dir(spec):
     return path
 
 
+@contextlib.contextmanager
+def os_errors(what):
+    """Turn an OSError while doing ``what`` into a RunDirError that says what failed and why."""
+    try:
+        yield
+    except RunDirError:
+        raise
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise RunDirError(f"cannot {what}: {reason}") from None
+
+
 def atomic_text(path, text):
     """Replace ``path`` by ``text`` so that a crash leaves the old or the new file, never a mix."""
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    with os_errors(f"write {path}"):
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
 
 class RunDir:
-    """The files of one run; ``path`` is created on ``start``."""
+    """The files of one run; ``claim`` before writing, ``release`` when done."""
 
     def __init__(self, path):
         self.path = os.fspath(path)
+        self._lock = None
 
     @property
     def checkpoint_path(self):
@@ -48,12 +82,81 @@ class RunDir:
     def file(self, name):
         return os.path.join(self.path, name)
 
+    def holds_run(self):
+        """The run files already here (empty when the directory is new or empty)."""
+        return [f for f in RUN_FILES if os.path.exists(self.file(f))]
+
+    # -- ownership ------------------------------------------------------------
+    @property
+    def claimed(self):
+        return self._lock is not None
+
+    def claim(self, *, resume=False, force=False):
+        """Create the directory if needed, lock it, and check it may be written; returns the
+        stale temporary files removed (left by a run killed while saving)."""
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise RunDirError(f"run directory {self.path} is a file, not a directory; choose another --out")
+        with os_errors(f"create the run directory {self.path}"):
+            os.makedirs(self.path, exist_ok=True)
+        self._lock_or_fail()
+        try:
+            existing = self.holds_run()
+            if resume and "model.npz" not in existing:
+                raise RunDirError(f"{self.path} holds no checkpoint (model.npz) to resume")
+            if existing and not resume:
+                if not force:
+                    raise RunDirError(
+                        f"{self.path} already holds a run ({', '.join(existing)}); continue it with "
+                        f"`netspec run --resume {self.path}`, or replace it with --force")
+                for name in RUN_FILES + PLOTS:
+                    with os_errors(f"remove the old {self.file(name)}"), contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.file(name))
+            with os_errors(f"clean up {self.path}"):
+                return remove_stale_temporaries(self.path)
+        except BaseException:
+            self.release()
+            raise
+
+    def _lock_or_fail(self):
+        import fcntl
+        path = self.file(".lock")
+        with os_errors(f"write in the run directory {self.path}"):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise RunDirError(f"{self.path} is in use by another netspec run (pid {holder}); wait for it "
+                              "to finish or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock = fd
+
+    def release(self):
+        """Drop the lock (the file stays: deleting it could let two writers lock different files)."""
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor releases the flock
+            self._lock = None
+
+    # -- files ------------------------------------------------------------------
     def start(self, spec, history):
         """Write the resolved spec and restart metrics.jsonl from ``history`` (a resume redoes later epochs)."""
-        os.makedirs(self.path, exist_ok=True)
         atomic_text(self.file("spec.resolved.json"), jsonout.dumps(spec_to_dict(spec), indent=2) + "\n")
         atomic_text(self.file("metrics.jsonl"), "".join(jsonout.dumps(m) + "\n" for m in history))
 
+    def resolved_spec(self):
+        """The spec.resolved.json written by the run, or None when it is missing."""
+        path = self.file("spec.resolved.json")
+        if not os.path.exists(path):
+            return None
+        try:
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, ValueError) as exc:
+            raise RunDirError(f"{path} cannot be read ({exc}); restore it or delete it to resume") from None
+
     def append_metrics(self, metrics):
-        with open(self.file("metrics.jsonl"), "a", encoding="utf-8") as f:
+        path = self.file("metrics.jsonl")
+        with os_errors(f"append to {path}"), open(path, "a", encoding="utf-8") as f:
             f.write(jsonout.dumps(metrics) + "\n")

@@ -1,18 +1,30 @@
 """Starting runs: a Trainer from a spec, or one restored from a run directory, and ``train()``.
 
 This is the layer between the command line (or a script) and ``netspec.trainer``:
-it compiles the spec, loads its data (relative paths are relative to the spec
-file), chooses the run directory, and restores a checkpoint on resume.
+it compiles the spec, pins its data (relative paths become absolute, from the
+spec file's folder, and an npz file's checksum is recorded), claims the run
+directory (one writer at a time, see netspec.rundir) and restores a checkpoint
+on resume.
 """
 import math
 import os
 
 from .checkpoint import model_from_checkpoint, read_checkpoint
 from .compile import compile
-from .errors import SpecError
-from .rundir import default_run_dir
+from .errors import RunDirError, SpecError
+from .rundir import RunDir, default_run_dir
 from .spec import load_spec
 from .trainer import Trainer
+
+
+def pin_data(spec):
+    """The spec with its train.data paths absolute and checksummed (a NetSpec copy)."""
+    from .data.sources import pin_paths
+    base_dir = os.path.dirname(os.path.abspath(spec.source)) if spec.source and os.path.exists(spec.source) else None
+    data = pin_paths(spec.train.data, base_dir)
+    if data is spec.train.data:
+        return spec
+    return spec.model_copy(update={"train": spec.train.model_copy(update={"data": data})})
 
 
 def load_spec_data(spec, dtype):
@@ -23,39 +35,79 @@ def load_spec_data(spec, dtype):
 
 
 def trainer_for(spec, *, out=None, epochs=None, dtype=None, quiet=False, progress=None, callbacks=(),
-                save=True, data=None):
-    """A fresh Trainer for a spec (path, dict or NetSpec); writes to ``out`` (or runs/...) when ``save``."""
+                save=True, data=None, force=False):
+    """A fresh Trainer for a spec (path, dict or NetSpec); writes to ``out`` (or runs/...) when ``save``.
+
+    An ``out`` that already holds a run is refused unless ``force`` replaces it.
+    """
     spec = load_spec(spec)
     if spec.train is None:
         raise SpecError(f"{spec.source}: the spec has no 'train' section; add one to train it", file=spec.source)
+    spec = pin_data(spec)
     model = compile(spec, dtype=dtype)
-    data = data if data is not None else load_spec_data(spec, model.dtype)
-    run_dir = (out or default_run_dir(spec)) if save else None
-    return Trainer(model, data, run_dir=run_dir, epochs=epochs, quiet=quiet, progress=progress,
-                   callbacks=callbacks)
+    files = None
+    if save:
+        files = RunDir(out or default_run_dir(spec))
+        files.claim(force=force)
+    try:
+        data = data if data is not None else load_spec_data(spec, model.dtype)
+        return Trainer(model, data, run_dir=files, epochs=epochs, quiet=quiet, progress=progress,
+                       callbacks=callbacks)
+    except BaseException:
+        if files:
+            files.release()
+        raise
 
 
 def resume_trainer(run_dir, *, epochs=None, quiet=False, progress=None, callbacks=()):
-    """A Trainer restored from ``run_dir/model.npz``, ready to continue."""
-    path = os.path.join(run_dir, "model.npz")
-    meta, arrays = read_checkpoint(path)
-    model = model_from_checkpoint(meta, arrays, path)
-    data = load_spec_data(model.spec, model.dtype)
-    st = meta.get("trainer") or {}
-    tr = Trainer(model, data, run_dir=run_dir, epochs=epochs, quiet=quiet, progress=progress,
-                 callbacks=callbacks)
-    if epochs is None and "total_steps" in st:
-        tr.total_steps = st["total_steps"]
-        tr.epochs = math.ceil(tr.total_steps / tr.steps_per_epoch)
-    tr.restore(meta, arrays)
-    return tr
+    """A Trainer restored from ``run_dir/model.npz``, ready to continue (the directory is claimed)."""
+    files = RunDir(run_dir)
+    files.claim(resume=True)
+    try:
+        meta, arrays = read_checkpoint(files.checkpoint_path)
+        written = files.resolved_spec()
+        if written is not None and written != meta.get("spec"):
+            raise RunDirError(f"{files.file('spec.resolved.json')} differs from the spec stored in "
+                              f"{files.checkpoint_path}{_first_difference(written, meta.get('spec'))}: a resumed "
+                              "run continues the checkpoint's spec. Restore the file (or delete it), or start "
+                              "a new run from the edited spec with --out")
+        model = model_from_checkpoint(meta, arrays, files.checkpoint_path)
+        data = load_spec_data(model.spec, model.dtype)
+        st = meta.get("trainer") or {}
+        tr = Trainer(model, data, run_dir=files, epochs=epochs, quiet=quiet, progress=progress,
+                     callbacks=callbacks)
+        if epochs is None and "total_steps" in st:
+            tr.total_steps = st["total_steps"]
+            tr.epochs = math.ceil(tr.total_steps / tr.steps_per_epoch)
+        tr.restore(meta, arrays)
+        return tr
+    except BaseException:
+        files.release()
+        raise
 
 
-def train(spec, *, out=None, epochs=None, dtype=None, quiet=True, progress=False, callbacks=(), save=False):
+def _first_difference(a, b, path=""):
+    """' (first at <key path>)' for two JSON-like values, or '' when equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            if a.get(k) != b.get(k):
+                return _first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return _first_difference(x, y, f"{path}[{i}]")
+    return f" (first at {path})" if path and a != b else ""
+
+
+def train(spec, *, out=None, epochs=None, dtype=None, quiet=True, progress=False, callbacks=(), save=False,
+          force=False):
     """Train a spec (path, dict or NetSpec) and return its History (``.model`` holds the model).
 
     Nothing is written unless ``save=True`` or ``out`` is given.
     """
     tr = trainer_for(spec, out=out, epochs=epochs, dtype=dtype, quiet=quiet, progress=progress,
-                     callbacks=callbacks, save=save or out is not None)
+                     callbacks=callbacks, save=save or out is not None, force=force)
     return tr.run()
+
+
+__all__ = ["trainer_for", "resume_trainer", "train", "load_spec_data", "pin_data"]

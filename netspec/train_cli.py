@@ -1,5 +1,7 @@
 """CLI commands that train and use models: run, evaluate, predict (each an add_*_arguments + cmd_*)."""
+import argparse
 import json
+import math
 import os
 
 import numpy as np
@@ -26,8 +28,12 @@ def resolve_spec_path(arg):
 def cmd_run(args):
     from .runner import resume_trainer, trainer_for
     if args.resume:
-        if args.spec:
-            raise SpecError("give either SPEC or --resume DIR, not both (the run directory holds its spec)")
+        conflicts = [flag for flag, given in (
+            ("SPEC", args.spec), ("--dtype", args.dtype), ("--force", args.force),
+            ("--out", args.out and os.path.abspath(args.out) != os.path.abspath(args.resume))) if given]
+        if conflicts:
+            raise SpecError(f"--resume {args.resume} continues that run with its own spec, dtype and directory; "
+                            f"drop {', '.join(conflicts)} (only --epochs, --quiet and --no-progress apply)")
         tr = resume_trainer(args.resume, epochs=args.epochs, quiet=args.quiet,
                             progress=False if args.no_progress else None)
         if not args.quiet:
@@ -35,7 +41,7 @@ def cmd_run(args):
     else:
         path = resolve_spec_path(args.spec)
         tr = trainer_for(path, out=args.out, epochs=args.epochs, dtype=args.dtype, quiet=args.quiet,
-                         progress=False if args.no_progress else None)
+                         progress=False if args.no_progress else None, force=args.force)
         if not args.quiet:
             n = tr.model
             print(f"training {tr.spec.name} ({path}) on {len(tr.x_train)} samples, "
@@ -88,6 +94,9 @@ def cmd_evaluate(args):
     data = load_data(_data_arg(args.data, model), seed=model.spec.seed, dtype=model.dtype)
     where = f"data '{data.name}' (test)"
     x = model.as_input(data.x_test, where)
+    if not np.isfinite(x).all():
+        raise DataError(f"{where}: the inputs hold NaN or infinite values ({int((~np.isfinite(x)).sum())} "
+                        "of them); netspec evaluates only finite inputs")
     t = model.prepare_targets(data.t_test, where)
     loss, acc = model.evaluate(x, t, args.batch_size)
     result = {"model": args.model, "data": data.name, "samples": int(len(x)), "dtype": str(model.dtype),
@@ -115,12 +124,12 @@ def cmd_evaluate(args):
     return 0
 
 
-def _read_input(value):
-    """An INPUT that is not an image: a .npy or .json file, or inline JSON; only finite numbers."""
+def _read_input(value, allow_nonfinite=False):
+    """An INPUT that is not an image: a .npy or .json file, or inline JSON; finite numbers unless allowed."""
     from .safeio import check_samples, parse_json_input, read_input_file
     if value.endswith((".npy", ".json")) or os.path.exists(value):
-        return read_input_file(value)
-    return check_samples(parse_json_input(value, "INPUT"), "INPUT")
+        return read_input_file(value, allow_nonfinite=allow_nonfinite)
+    return check_samples(parse_json_input(value, "INPUT"), "INPUT", allow_nonfinite=allow_nonfinite)
 
 
 def cmd_predict(args):
@@ -131,7 +140,7 @@ def cmd_predict(args):
                                      fmt=images.output_format(args))
     if len(args.inputs) != 1 or args.csv:
         raise DataError("several INPUTs and --csv are for image files and folders; give one .npy or JSON INPUT")
-    x = _read_input(args.inputs[0])
+    x = _read_input(args.inputs[0], args.allow_nonfinite)
     y = model.predict(x, batch_size=1000)
     result = {"outputs": y.astype(np.float64).tolist()}
     if model.loss_fn.classification:
@@ -146,11 +155,34 @@ def cmd_predict(args):
     return 0
 
 
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text):
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def add_run_arguments(s):
     s.add_argument("spec", nargs="?", help=f"spec file, or the name of a shipped spec (default {DEFAULT_SPEC})")
-    s.add_argument("--out", help="run directory (default runs/<name>-<timestamp>)")
+    s.add_argument("--out", help="run directory (default runs/<name>-<timestamp>); must not hold another run")
+    s.add_argument("--force", action="store_true", help="replace the run already in --out (its files are deleted)")
     s.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
-    s.add_argument("--epochs", type=int, help="override the spec's budget with N epochs")
+    s.add_argument("--epochs", type=positive_int, help="override the spec's budget with N epochs")
     s.add_argument("--dtype", choices=["float32", "float64"], help="override the spec's compute dtype")
     s.add_argument("--quiet", action="store_true", help="print only the final result")
     s.add_argument("--no-progress", action="store_true", help="no progress bar, one line per epoch")
@@ -166,7 +198,7 @@ def _model_arguments(s):
 def add_evaluate_arguments(s):
     _model_arguments(s)
     s.add_argument("--data", help="data source name, JSON, or a YAML/JSON file (default: the spec's)")
-    s.add_argument("--batch-size", type=int, default=1000)
+    s.add_argument("--batch-size", type=positive_int, default=1000)
 
 
 def add_predict_arguments(s):
@@ -174,4 +206,6 @@ def add_predict_arguments(s):
     _model_arguments(s)
     s.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files (.png .jpg .jpeg .bmp) and folders of them; or one .npy file or JSON list")
+    s.add_argument("--allow-nonfinite", action="store_true",
+                   help="accept NaN or infinite numbers in a .npy/JSON input (refused by default)")
     images.add_arguments(s)

@@ -17,10 +17,10 @@ import numpy as np
 
 from .checkpoint import optimizer_state, save_checkpoint
 from .compile import seed_streams
-from .errors import CheckpointError, DataError, SpecError, TrainingDiverged
+from .errors import CheckpointError, DataError, OutOfMemory, SpecError, TrainingDiverged
 from .interrupt import StopSignals
 from .optim import make_optimizer, scheduled_lr
-from .rundir import RunDir
+from .rundir import RunDir, os_errors
 from .sampler import Sampler
 
 
@@ -42,8 +42,9 @@ class Trainer:
         if spec.train is None:
             raise SpecError(f"spec '{spec.name}' has no train section", file=spec.source)
         self.model, self.spec, self.cfg = model, spec, spec.train
-        self.run_dir = run_dir
-        self.files = RunDir(run_dir) if run_dir else None
+        # a RunDir already claimed by the caller (netspec.runner), or a path claimed by run()
+        self.files = run_dir if isinstance(run_dir, RunDir) or run_dir is None else RunDir(run_dir)
+        self.run_dir = self.files.path if self.files else None
         self.quiet = quiet
         self.callbacks = list(callbacks)
         self.log = log or (lambda msg: print(msg, flush=True))
@@ -89,10 +90,19 @@ class Trainer:
         }
 
     def save(self):
-        if not self.run_dir:
+        """Write the checkpoint atomically; a failed write leaves the previous one in place."""
+        if not self.files:
             return None
-        return save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.state(),
-                               {"sampler/perm": self.sampler.perm})
+        with os_errors(f"write the checkpoint {self.checkpoint_path} (the previous checkpoint, if any, "
+                       "is intact)"):
+            return save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.state(),
+                                   {"sampler/perm": self.sampler.perm})
+
+    def _last_checkpoint(self):
+        if self.files and os.path.exists(self.checkpoint_path):
+            step = self.history[-1]["step"] if self.history else 0
+            return f"the last good checkpoint, {self.checkpoint_path} (epoch {self.epoch}, step {step}), is intact"
+        return "no checkpoint was written yet"
 
     def restore(self, meta, arrays):
         st = meta.get("trainer")
@@ -116,17 +126,20 @@ class Trainer:
         if aug is not None and aug.enabled:
             from .data import augment
             x = augment(x, aug, self.rng)
-        with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported below, by step
-            grads = self.model.gradient(x, self.t_train[idx])
-        loss = self.model.last_loss
-        if not math.isfinite(loss):
-            where = (f"the last good checkpoint, {self.checkpoint_path} (epoch {self.epoch}, step "
-                     f"{self.history[-1]['step'] if self.history else 0}), is intact"
-                     if self.run_dir and os.path.exists(self.checkpoint_path) else "no checkpoint was written yet")
-            raise TrainingDiverged(f"training diverged: loss is {loss} at step {self.step + 1} "
-                                   f"(epoch {self.epoch + 1}); parameters were not updated; {where}. "
-                                   f"Try a smaller learning rate (now {self.optimizer.lr:g}).")
-        self.optimizer.update(self.model.params, grads)
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported below, by step
+                grads = self.model.gradient(x, self.t_train[idx])
+            loss = self.model.last_loss
+            if not math.isfinite(loss):
+                raise TrainingDiverged(f"training diverged: loss is {loss} at step {self.step + 1} "
+                                       f"(epoch {self.epoch + 1}); parameters were not updated; "
+                                       f"{self._last_checkpoint()}. Try a smaller learning rate "
+                                       f"(now {self.optimizer.lr:g}).")
+            self.optimizer.update(self.model.params, grads)
+        except MemoryError:
+            raise OutOfMemory(f"out of memory at step {self.step + 1} (epoch {self.epoch + 1}, batch of "
+                              f"{len(idx)}); {self._last_checkpoint()}. Try a smaller batch_size or "
+                              "eval_batch_size, or close other programs.") from None
         self.step += 1
         self.epoch_loss[0] += loss
         self.epoch_loss[1] += 1
@@ -157,6 +170,15 @@ class Trainer:
         SIGINT and SIGTERM stop the run at the next step boundary: the checkpoint is saved
         (signals arriving meanwhile are ignored) and ``Interrupted`` is raised.
         """
+        if self.files and not self.files.claimed:
+            self.files.claim(resume=self.step > 0)
+        try:
+            return self._run()
+        finally:
+            if self.files:
+                self.files.release()
+
+    def _run(self):
         if self.files:
             self.files.start(self.spec, self.history)
         bar = self._progress_bar()

@@ -397,3 +397,22 @@ def test_numbers_and_booleans_are_never_read_from_strings(write_spec, field, val
         netspec.load_spec(path)
     assert f"expected {wanted}, got the string {value} (values are never read from strings" in str(exc.value)
     assert str(exc.value).startswith(f"{path}:")
+
+
+@pytest.mark.parametrize("name,text", [
+    ("deep.yaml", "a: " + "[" * 5000 + "]" * 5000 + "\n"),
+    ("deep.json", '{"a": ' + "[" * 100000 + "]" * 100000 + "}"),
+    ("nested.yaml", "input: {shape: [2]}\nloss: mse\nlayers: " + "[" * 70 + "]" * 70 + "\n"),
+])
+def test_deeply_nested_specs_are_a_spec_error(write_spec, name, text):
+    """Nesting that would exhaust the recursion limit (or merely absurd nesting) is one clear error."""
+    path = write_spec(text, name=name)
+    with pytest.raises(SpecError, match=r"levels deep; a spec needs only a few \(at most 64\)"):
+        netspec.load_spec(path)
+
+
+def test_a_spec_that_is_not_utf8_is_a_spec_error(tmp_path):
+    path = tmp_path / "latin1.json"
+    path.write_bytes('{"name": "caf\xe9"}'.encode("latin-1"))
+    with pytest.raises(SpecError, match=r"cannot read spec file .*latin1\.json.*utf-8"):
+        netspec.load_spec(path)

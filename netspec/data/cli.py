@@ -61,7 +61,9 @@ def info_text():
         lines.append(f"{name}: looked for in order (fetch writes to {target_dir(name)}; mirror {mirror_for(name)})")
         for directory in search_dirs(name):
             found = find_idx_files(directory)
-            if not directory.is_dir():
+            if directory.exists() and not directory.is_dir():
+                state = "is a file, not a directory"
+            elif not directory.is_dir():
                 state = "does not exist"
             elif len(found) == len(IDX_FILES):
                 state = "complete: " + ", ".join(p.name for p in found.values())

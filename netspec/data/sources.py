@@ -8,6 +8,7 @@ and what to do. Nothing here touches the network: downloads live in
 ``netspec.data.fetch``.
 """
 
+import hashlib
 import os
 import stat
 from dataclasses import dataclass
@@ -213,8 +214,35 @@ def _load_inline(spec):
     return x, t, x_test, t_test, num_classes
 
 
+def file_sha256(path):
+    """Hex SHA-256 of a file's contents, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pin_paths(spec, base_dir):
+    """The data spec with relative paths made absolute (from ``base_dir``, the spec file's folder)
+    and an npz file's SHA-256 recorded, so the run directory names exactly the data it used."""
+    if getattr(spec, "dir", None):
+        return spec.model_copy(update={"dir": str(_resolve(spec.dir, base_dir).absolute())})
+    if spec.source == "npz":
+        path = _resolve(spec.path, base_dir).absolute()
+        if not path.is_file():
+            return spec.model_copy(update={"path": str(path)})  # the loader says what is wrong
+        return spec.model_copy(update={"path": str(path), "sha256": spec.sha256 or file_sha256(path)})
+    return spec
+
+
 def _load_npz(spec, base_dir):
     path = _resolve(spec.path, base_dir)
+    if spec.sha256 and path.is_file():
+        found = file_sha256(path)
+        if found != spec.sha256:
+            raise DataError(f"{path}: the file's contents changed since training (SHA-256 {found}, the run "
+                            f"recorded {spec.sha256}); restore the file, or train a new run on the new data")
     keys = spec.keys
     arrays = _read_npz(path, (keys.x_train, keys.t_train, keys.x_test, keys.t_test))
     x, t = arrays[keys.x_train], arrays[keys.t_train]

@@ -122,6 +122,11 @@ class NpzData(ImageOptions):
     source: Literal["npz"]
     path: str = Field(..., min_length=1, description="path of the .npz file (relative to the spec file's folder)")
     keys: NpzKeys = Field(default_factory=NpzKeys, description="array names inside the file")
+    sha256: Optional[str] = Field(
+        None, pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 of the file; when set, a file with other contents is refused. "
+        "netspec records it in the run directory when training, so a resumed run or an "
+        "evaluation can never use a different file by mistake")
     normalize: Optional[bool] = Field(
         None, description="scale to [0, 1] by dividing by 255; null (default): only when x is uint8"
     )

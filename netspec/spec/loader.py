@@ -131,8 +131,42 @@ def _compose(text, source):
         loader.dispose()
 
 
+MAX_DEPTH = 64  # a spec needs about 8 levels; inline 4-D image data about 10
+
+
+def _too_deep(source, depth=None):
+    more = f"more than {MAX_DEPTH}" if depth is None else f"{depth}"
+    return SpecError([dict(file=source, line=None, column=None, path="",
+                           message=f"nested {more} levels deep; a spec needs only a few (at most {MAX_DEPTH})")],
+                     file=source)
+
+
+def _depth(data):
+    """Nesting depth of lists and mappings, without recursion."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        node, d = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, d)
+            if d > MAX_DEPTH:
+                return d
+            stack.extend((v, d + 1) for v in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
 def parse_text(text, source="<string>", fmt=None):
-    """Parse spec text; returns (data, Positions). Raises SpecError on syntax errors."""
+    """Parse spec text; returns (data, Positions). Raises SpecError on syntax errors and on
+    nesting deeper than MAX_DEPTH (which would otherwise exhaust Python's recursion limit)."""
+    try:
+        data, pos = _parse_text(text, source, fmt)
+    except RecursionError:
+        raise _too_deep(source) from None
+    if _depth(data) > MAX_DEPTH:
+        raise _too_deep(source)
+    return data, pos
+
+
+def _parse_text(text, source, fmt):
     if fmt is None:
         fmt = "json" if str(source).lower().endswith(".json") else "yaml"
     if fmt == "json":

@@ -1,0 +1,337 @@
+"""Nothing lost, nothing half-written, never a traceback: signals, run directories, hostile flags.
+
+Each test is a regression test for a failure a user hit: a second Ctrl-C saving a
+checkpoint one batch ahead of its step, SIGTERM ending a run silently, ``--out``
+replacing a finished run, two runs writing one directory, relative data paths
+changing meaning on resume, and flags or inputs that printed a traceback.
+Subprocess tests run ``python -m netspec`` as a user would.
+"""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+import netspec
+from netspec.checkpoint import read_checkpoint
+from netspec.cli import main
+from netspec.errors import RunDirError
+from netspec.rundir import RunDir
+
+
+def spec_dict(epochs=12, **train):
+    """A conv net whose steps take tens of milliseconds, so signals can land inside one."""
+    cfg = {"data": {"source": "mnist-5k", "limit_train": 400, "limit_test": 100},
+           "optimizer": {"type": "adam", "lr": 0.002}, "epochs": epochs, "batch_size": 200}
+    cfg.update(train)
+    return {"name": "sig", "seed": 5, "input": {"shape": [1, 28, 28]},
+            "layers": [{"type": "conv2d", "filters": 16, "kernel": 3, "pad": 1}, {"type": "relu"},
+                       {"type": "maxpool2d", "size": 2}, {"type": "dense", "units": 32}, {"type": "relu"},
+                       {"type": "dropout", "ratio": 0.3}, {"type": "dense", "units": 10}],
+            "loss": "softmax_cross_entropy", "train": cfg}
+
+
+def write(tmp_path, spec, name="spec.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def arrays_of(run_dir):
+    _, arrays = read_checkpoint(os.path.join(run_dir, "model.npz"))
+    return {k: v for k, v in arrays.items() if k.startswith(("param/", "buffer/", "optim/"))}
+
+
+def assert_same(a, b):
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+
+
+def netspec_cli(*argv, cwd=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "netspec", *map(str, argv)], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The reference: the same spec trained start to finish."""
+    tmp = tmp_path_factory.mktemp("ref")
+    netspec.train(write(tmp, spec_dict()), out=tmp / "full")
+    return arrays_of(tmp / "full")
+
+
+# --- signals -------------------------------------------------------------------------
+
+def _start_and_wait(tmp_path, out, epochs_done=2):
+    spec = write(tmp_path, spec_dict())
+    proc = subprocess.Popen([sys.executable, "-m", "netspec", "run", str(spec), "--out", str(out), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    metrics = out / "metrics.jsonl"
+    t0 = time.time()
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= epochs_done):
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < 120, "the run did not start"
+        time.sleep(0.01)
+    return proc
+
+
+@pytest.mark.parametrize("gap", [0.005, 0.03, 0.06])
+def test_two_ctrl_c_save_a_consistent_checkpoint(tmp_path, uninterrupted, gap):
+    """A second SIGINT while stopping never saves a checkpoint ahead of its step."""
+    out = tmp_path / "cut"
+    proc = _start_and_wait(tmp_path, out)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(gap)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert f"saved {out / 'model.npz'}; continue with: netspec run --resume {out}" in stdout + stderr
+    meta, _ = read_checkpoint(out / "model.npz")
+    assert 0 < meta["trainer"]["step"] < 24
+    assert main(["run", "--resume", str(out), "--quiet"]) == 0
+    assert_same(uninterrupted, arrays_of(out))
+
+
+def test_sigterm_stops_at_a_step_boundary_and_says_so(tmp_path, uninterrupted):
+    out = tmp_path / "term"
+    proc = _start_and_wait(tmp_path, out)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "SIGTERM: stopped at step" in stdout + stderr and "Traceback" not in stderr
+    assert main(["run", "--resume", str(out), "--quiet"]) == 0
+    assert_same(uninterrupted, arrays_of(out))
+
+
+# --- run directories -----------------------------------------------------------------
+
+def test_out_never_replaces_a_run_silently(tmp_path, capsys):
+    spec = write(tmp_path, spec_dict(epochs=1))
+    out = tmp_path / "over"
+    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 0
+    before = arrays_of(out)
+    other = write(tmp_path, spec_dict(epochs=1, optimizer={"type": "sgd", "lr": 0.1}), "other.yaml")
+    capsys.readouterr()
+    assert main(["run", str(other), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {out} already holds a run (model.npz, metrics.jsonl, spec.resolved.json); continue "
+                   f"it with `netspec run --resume {out}`, or replace it with --force\n")
+    assert_same(before, arrays_of(out))
+    assert main(["run", str(other), "--out", str(out), "--quiet", "--force"]) == 0
+    assert json.loads((out / "spec.resolved.json").read_text())["train"]["optimizer"]["type"] == "sgd"
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path, capsys):
+    spec = write(tmp_path, spec_dict(epochs=1))
+    out = tmp_path / "locked"
+    holder = RunDir(out)
+    holder.claim()
+    try:
+        assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 2
+        assert capsys.readouterr().err == (f"error: {out} is in use by another netspec run (pid {os.getpid()}); "
+                                           "wait for it to finish or choose another --out\n")
+        assert not (out / "model.npz").exists()
+    finally:
+        holder.release()
+    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 0
+
+
+def test_a_lock_left_by_a_dead_process_does_not_block(tmp_path):
+    out = tmp_path / "stale"
+    code = (f"from netspec.rundir import RunDir; import os; RunDir({str(out)!r}).claim(); os._exit(0)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert (out / ".lock").read_text().strip().isdigit()
+    h = netspec.train(spec_dict(epochs=1), out=out)
+    assert h.test_acc is not None
+
+
+def test_concurrent_runs_on_one_directory(tmp_path):
+    """Two real processes: exactly one trains, the other exits 2 naming the holder; nothing interleaves."""
+    spec = write(tmp_path, spec_dict(epochs=3))
+    out = tmp_path / "both"
+    procs = [subprocess.Popen([sys.executable, "-m", "netspec", "run", str(spec), "--out", str(out), "--quiet"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.communicate()[1]) for p in procs]
+    codes = sorted(rc for rc, _ in results)
+    assert codes == [0, 2], results
+    loser = next(err for rc, err in results if rc == 2)
+    assert ("is in use by another netspec run (pid" in loser) or ("already holds a run" in loser), loser
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("make", ["file", "under_a_file"])
+def test_out_that_cannot_be_a_directory(tmp_path, capsys, make):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    out = blocker if make == "file" else blocker / "run"
+    assert main(["run", str(write(tmp_path, spec_dict(epochs=1))), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    if make == "file":
+        assert err == f"error: run directory {out} is a file, not a directory; choose another --out\n"
+    else:
+        assert err == f"error: cannot create the run directory {out}: Not a directory\n"
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypatch):
+    spec = write(tmp_path, spec_dict(epochs=1))
+    out = tmp_path / "full"
+    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 0
+    before = (out / "model.npz").read_bytes()
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "savez", no_space)
+    capsys.readouterr()
+    assert main(["run", "--resume", str(out), "--epochs", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: cannot write the checkpoint {out / 'model.npz'} (the previous checkpoint, if any, is "
+                   "intact): No space left on device\n")
+    assert (out / "model.npz").read_bytes() == before
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+
+def test_stale_temporaries_are_removed_on_resume(tmp_path):
+    spec = write(tmp_path, spec_dict(epochs=1))
+    out = tmp_path / "stale"
+    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 0
+    (out / ".model-k1ll3d.npz.tmp").write_bytes(b"half a checkpoint")
+    assert main(["run", "--resume", str(out), "--epochs", "2", "--quiet"]) == 0
+    assert not (out / ".model-k1ll3d.npz.tmp").exists()
+
+
+def test_resume_refuses_flags_it_would_ignore(tmp_path, capsys):
+    spec = write(tmp_path, spec_dict(epochs=1))
+    out = tmp_path / "r"
+    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["run", "--resume", str(out), "--dtype", "float64", "--out", str(tmp_path / "elsewhere")]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --resume {out} continues that run with its own spec, dtype and directory; drop --dtype, --out "
+        "(only --epochs, --quiet and --no-progress apply)\n")
+    assert main(["run", "--resume", str(out), "--out", str(out), "--epochs", "2", "--quiet"]) == 0
+
+
+def test_resume_refuses_a_hand_edited_resolved_spec(tmp_path, capsys):
+    spec = write(tmp_path, spec_dict(epochs=1))
+    out = tmp_path / "edited"
+    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 0
+    resolved = json.loads((out / "spec.resolved.json").read_text())
+    resolved["train"]["batch_size"] = 7
+    (out / "spec.resolved.json").write_text(json.dumps(resolved))
+    capsys.readouterr()
+    assert main(["run", "--resume", str(out), "--epochs", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "spec.resolved.json differs from the spec stored in" in err and "(first at train.batch_size)" in err
+    assert json.loads((out / "spec.resolved.json").read_text())["train"]["batch_size"] == 7  # not overwritten
+
+
+# --- data paths are pinned at training time ---------------------------------------------
+
+def _npz(path, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((40, 3)).astype(np.float32)
+    t = (x.sum(axis=1) > 0).astype(np.int64)
+    np.savez(path, x_train=x, t_train=t, x_test=x[:10], t_test=t[:10])
+
+
+def test_relative_data_paths_keep_their_meaning_on_resume_and_evaluate(tmp_path):
+    spec_dir, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    spec_dir.mkdir()
+    elsewhere.mkdir()
+    _npz(spec_dir / "data.npz", 0)
+    _npz(elsewhere / "data.npz", 1)          # a different file with the same name in the cwd
+    spec = {"name": "npz", "input": {"shape": [3]}, "loss": "softmax_cross_entropy",
+            "layers": [{"type": "dense", "units": 2}],
+            "train": {"data": {"source": "npz", "path": "data.npz"}, "epochs": 1, "batch_size": 10}}
+    path = write(spec_dir, spec)
+    out = tmp_path / "run"
+    done = netspec_cli("run", path, "--out", out, "--quiet", cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    data = json.loads((out / "spec.resolved.json").read_text())["train"]["data"]
+    assert data["path"] == str(spec_dir / "data.npz")
+    assert len(data["sha256"]) == 64
+    ev = netspec_cli("evaluate", out / "model.npz", "--json", cwd=elsewhere)
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout)["samples"] == 10
+    assert netspec_cli("run", "--resume", out, "--epochs", "2", "--quiet", cwd=elsewhere).returncode == 0
+    _npz(spec_dir / "data.npz", 2)           # the data changes after training
+    ev = netspec_cli("evaluate", out / "model.npz", cwd=elsewhere)
+    assert ev.returncode == 2
+    assert "the file's contents changed since training" in ev.stderr and "Traceback" not in ev.stderr
+
+
+# --- flags and inputs that used to print tracebacks ----------------------------------------
+
+@pytest.mark.parametrize("argv,message", [
+    (["run", "simple_convnet", "--epochs", "0"], "argument --epochs: must be >= 1, got 0"),
+    (["run", "simple_convnet", "--epochs", "-1"], "argument --epochs: must be >= 1, got -1"),
+    (["evaluate", "m.npz", "--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
+    (["gradcheck", "simple_net", "--batch", "0"], "argument --batch: must be >= 1, got 0"),
+    (["gradcheck", "simple_net", "--eps", "0"], "argument --eps: must be a finite number > 0, got 0"),
+    (["gradcheck", "simple_net", "--eps", "nan"], "argument --eps: must be a finite number > 0, got nan"),
+])
+def test_nonsense_numbers_on_the_command_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    out = tmp_path_factory.mktemp("m") / "run"
+    netspec.train(spec_dict(epochs=1), out=out)
+    return out / "model.npz"
+
+
+def test_predict_refuses_non_finite_input_unless_asked(model_path, tmp_path, capsys):
+    x = np.zeros((2, 1, 28, 28), np.float32)
+    x[1, 0, 3, 4] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    assert main(["predict", str(model_path), str(tmp_path / "x.npy")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'x.npy'}: expected finite numbers, found nan at index (1, 0, 3, 4)\n"
+    assert main(["predict", str(model_path), str(tmp_path / "x.npy"), "--json", "--allow-nonfinite"]) == 0
+    out = capsys.readouterr().out
+    doc = json.loads(out, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    assert doc["outputs"][1] == [None] * 10 and doc["argmax"][0] in range(10)
+
+
+def test_out_of_memory_in_a_step_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    from netspec.model import Model
+
+    def no_memory(self, x, t):
+        raise MemoryError
+
+    monkeypatch.setattr(Model, "gradient", no_memory)
+    assert main(["run", str(write(tmp_path, spec_dict(epochs=1))), "--out", str(tmp_path / "oom"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: out of memory at step 1 (epoch 1, batch of 200); no checkpoint was written yet. "
+                          "Try a smaller batch_size")
+
+
+def test_everything_netspec_writes_is_strict_json(tmp_path, model_path):
+    run_dir = model_path.parent
+    strict = dict(parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, **strict)
+    json.loads((run_dir / "spec.resolved.json").read_text(), **strict)
+    from netspec.jsonout import dumps
+    assert dumps({"loss": float("nan"), "acc": np.float32(np.inf), "x": [1.5, -np.inf]}) == \
+        '{"loss": null, "acc": null, "x": [1.5, null]}'
+
+
+def test_run_dir_error_is_an_os_error_and_a_netspec_error():
+    assert issubclass(RunDirError, OSError) and issubclass(RunDirError, netspec.NetspecError)
