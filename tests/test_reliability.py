@@ -335,3 +335,19 @@ def test_everything_netspec_writes_is_strict_json(tmp_path, model_path):
 
 def test_run_dir_error_is_an_os_error_and_a_netspec_error():
     assert issubclass(RunDirError, OSError) and issubclass(RunDirError, netspec.NetspecError)
+
+
+def test_special_files_on_the_command_line_are_refused_quickly(model_path, tmp_path):
+    """A FIFO as MODEL used to hang, /dev/zero as INPUT read until memory ran out."""
+    fifo = tmp_path / "model.npz"
+    os.mkfifo(fifo)
+    t0 = time.time()
+    done = netspec_cli("predict", fifo, "[1, 2]", timeout=60)
+    assert done.returncode == 2 and "found a FIFO (named pipe)" in done.stderr, done.stderr
+    done = netspec_cli("predict", model_path, "/dev/zero", timeout=60)
+    assert done.returncode == 2 and "found a character device" in done.stderr, done.stderr
+    empty = tmp_path / "no-images"
+    empty.mkdir()
+    done = netspec_cli("predict", model_path, f"{empty}/", timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert time.time() - t0 < 60
