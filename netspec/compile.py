@@ -31,6 +31,7 @@ def compile(spec, dtype=None):
     dtype = np.dtype(dtype or spec.dtype)
     if dtype.kind != "f":
         raise ValueError(f"dtype must be a floating type, got {dtype}")
+    compute = np.dtype(np.float32) if dtype == np.float16 else dtype  # see Model: float16 semantics
     init_ss, _, dropout_ss = seed_streams(spec.seed)
     rng = np.random.default_rng(init_ss)
     shapes = {"input": tuple(spec.input.shape)}
@@ -41,7 +42,7 @@ def compile(spec, dtype=None):
         except ShapeError as exc:
             incoming = ", ".join(f"{list(shapes[n])} from '{n}'" for n in input_names)
             raise ShapeError(f"{_where(spec, i)}: layer '{name}' ({ls.type}) receives {incoming}: {exc}") from None
-        layer.build(rng, dtype, where=f"{_where(spec, i)} ('{name}')")
+        layer.build(rng, compute, where=f"{_where(spec, i)} ('{name}')")
         shapes[name] = layer.out_shape
         layers.append(layer)
     loss = LOSSES[spec.loss]()

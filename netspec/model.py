@@ -4,6 +4,12 @@ Design: the model is a small DAG. Each layer reads the outputs of its
 ``input_names`` ('input' is the network input); forward runs layers in file
 order, backward runs them in reverse and sums the gradients of outputs that
 feed several layers. The last layer's output is the model's output.
+
+float16 models follow half-precision hardware: parameters, inputs and every
+layer's output are rounded to float16, while the arithmetic inside a layer
+(products, sums) runs in float32. The rounded values are kept in float32
+arrays (float16 -> float32 is exact), so the float32 kernels of either backend
+run them at float32 speed; ``predict`` returns float16.
 """
 import math
 
@@ -20,9 +26,14 @@ class Model:
         self.layers = layers
         self.loss_fn = loss
         self.dtype = np.dtype(dtype)
+        self.half = self.dtype == np.float16
+        self.compute_dtype = np.dtype(np.float32) if self.half else self.dtype
         self.input_shape = tuple(spec.input.shape)
         self.output_shape = layers[-1].out_shape
         self.set_rng(rng)
+        if self.half:
+            for p in {**self.params, **self.buffers}.values():
+                _round_half(p)
 
     # -- parameters -----------------------------------------------------------
     @property
@@ -56,7 +67,7 @@ class Model:
             src = np.asarray(arrays[k])
             if src.shape != dst.shape:
                 raise ValueError(f"parameter {k} is shaped {list(src.shape)}, the model expects {list(dst.shape)}")
-            np.copyto(dst, src, casting="unsafe")
+            np.copyto(dst, src.astype(np.float16) if self.half else src, casting="unsafe")
 
     # -- data: the one place inputs and targets are checked --------------------
     def as_input(self, x, where="input"):
@@ -66,7 +77,7 @@ class Model:
         x = np.asarray(x)
         if x.dtype.kind not in "biuf":
             raise DataError(f"{where}: expected numbers, found {x.dtype}")
-        x = x.astype(self.dtype, copy=False)
+        x = x.astype(self.dtype, copy=False).astype(self.compute_dtype, copy=False)
         shape = self.input_shape
         if x.shape[1:] == shape:
             return x
@@ -82,10 +93,10 @@ class Model:
     def prepare_targets(self, t, where="targets"):
         """Targets checked against the model's output and loss (labels, one-hot rows or values),
         in the model's dtype unless they are integer labels. Raises DataError."""
-        return self.loss_fn.prepare_targets(np.asarray(t), self.output_shape, self.dtype, where)
+        return self.loss_fn.prepare_targets(np.asarray(t), self.output_shape, self.compute_dtype, where)
 
     def forward(self, x, train=False):
-        """Output of the last layer for a batch x (N, *input_shape)."""
+        """Output of the last layer for a batch x (N, *input_shape), in the compute dtype."""
         outs = {"input": self.as_input(x)}
         out = None
         for l in self.layers:
@@ -93,6 +104,8 @@ class Model:
                 out = l.forward([outs[n] for n in l.input_names], train)
             else:
                 out = l.forward(outs[l.input_names[0]], train)
+            if self.half:
+                out = _round_half(out)
             outs[l.name] = out
         return out
 
@@ -124,9 +137,11 @@ class Model:
         """Model output in test mode (dropout off, batchnorm running statistics)."""
         x = self.as_input(x)
         if batch_size is None or len(x) <= batch_size:
-            return self.forward(x, train=False)
-        return np.concatenate([self.forward(x[i:i + batch_size], train=False)
-                               for i in range(0, len(x), batch_size)])
+            y = self.forward(x, train=False)
+        else:
+            y = np.concatenate([self.forward(x[i:i + batch_size], train=False)
+                                for i in range(0, len(x), batch_size)])
+        return y.astype(self.dtype, copy=False)
 
     def _batch_targets(self, t, n):
         t = self.prepare_targets(t)
@@ -165,7 +180,7 @@ class Model:
         total, correct, n = 0.0, 0, len(t)
         for i in range(0, n, batch_size):
             xb, tb = x[i:i + batch_size], t[i:i + batch_size]
-            y = self.predict(xb)
+            y = self.forward(xb, train=False)
             total += self.loss_fn.forward(y, tb) * len(tb)
             if self.loss_fn.classification:
                 labels = tb if tb.ndim == 1 else tb.argmax(axis=1)
@@ -198,3 +213,9 @@ class Model:
 
     def __repr__(self):
         return f"<netspec.Model {self.name!r}: {len(self.layers)} layers, {self.dtype}>"
+
+
+def _round_half(a):
+    """Round a float32 array to float16 precision, in place (it may be a view); returns it."""
+    np.copyto(a, a.astype(np.float16))
+    return a

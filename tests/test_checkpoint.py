@@ -35,7 +35,9 @@ def test_round_trip(ckpt):
     x = np.random.default_rng(1).random((2, 1, 8, 8))
     np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
     half = netspec.load(path, dtype="float16")
-    assert half.params["conv1.W"].dtype == np.float16
+    W = half.params["conv1.W"]   # float16 values, kept in float32 for the float32 kernels
+    assert half.dtype == np.float16 and np.array_equal(W, model.params["conv1.W"].astype(np.float16))
+    assert half.predict(x).dtype == np.float16
 
 
 def test_truncated_file_is_refused(ckpt, tmp_path):

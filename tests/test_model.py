@@ -303,3 +303,29 @@ def test_read_only_inputs_work(method):
     else:
         getattr(model, method)(x, t)
     np.testing.assert_array_equal(x, before)
+
+
+def test_float16_models_round_like_half_precision_hardware():
+    """float16: parameters, inputs and every layer's output are float16 values; products run in float32."""
+    spec = {"input": {"shape": [3, 6, 7]}, "seed": 1, "loss": "softmax_cross_entropy", "layers": [
+        {"type": "conv2d", "filters": 4, "kernel": 3, "pad": 1}, {"type": "batchnorm"}, {"type": "relu"},
+        {"type": "maxpool2d", "size": 2}, {"type": "dense", "units": 5}, {"type": "softmax"}]}
+    half = netspec.compile(spec, dtype="float16")
+    assert half.dtype == np.float16 and half.compute_dtype == np.float32
+    for name, p in {**half.params, **half.buffers}.items():
+        np.testing.assert_array_equal(p, p.astype(np.float16), err_msg=f"{name} is not a float16 value")
+    x = np.random.default_rng(0).standard_normal((4, 3, 6, 7))
+    y = half.predict(x)
+    assert y.dtype == np.float16
+    # an independent replay in float64 of the same rounding rule: round the input and each output
+    ref = netspec.compile(spec, dtype="float64")
+    ref.load_arrays({**half.params, **half.buffers})
+    outs = x.astype(np.float16).astype(np.float64)
+    for layer in ref.layers:
+        outs = layer.forward(outs).astype(np.float16).astype(np.float64)
+    np.testing.assert_allclose(y.astype(np.float64), outs, rtol=2e-3, atol=2e-3)
+    full = netspec.compile(spec, dtype="float32")
+    full.load_arrays({**half.params, **half.buffers})
+    assert np.abs(y - full.predict(x)).max() < 5e-3        # float16 is close to float32
+    loss, acc = half.evaluate(x, np.array([0, 1, 2, 3]))
+    assert np.isfinite(loss) and isinstance(loss, float)

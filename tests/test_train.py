@@ -304,3 +304,16 @@ def test_targets_that_cannot_fit_are_a_data_error_not_a_traceback(tmp_path, caps
     assert main(["run", str(path), "--out", str(tmp_path / "r"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: data 'inline' (train): targets are shaped [2]") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("spec_name,epochs", [("simple_convnet", 2), ("two_layer_net", 1)])
+def test_float16_accuracy_within_0_2_points_of_float32(spec_name, epochs):
+    """Shipped specs, briefly trained: float16 inference changes at most 2 of the 1,000 test answers."""
+    from netspec.data import load_data
+    h = netspec.train(os.path.join(SPECS, f"{spec_name}.yaml"), epochs=epochs)
+    data = load_data(h.model.spec.train.data)
+    half = netspec.compile(h.model.spec, dtype="float16")
+    half.load_arrays({**h.model.params, **h.model.buffers})
+    acc32 = h.model.accuracy(data.x_test, data.t_test)
+    acc16 = half.accuracy(data.x_test, data.t_test)
+    assert acc32 > 0.7 and abs(acc16 - acc32) <= 0.002, (acc32, acc16)
