@@ -1,550 +1,512 @@
-"""Benchmark netspec's kernels and seed networks against numpy and PyTorch.
+"""Benchmark netspec against PyTorch and netspec's own numpy fallback, one fresh process per job.
 
-Usage:  python benchmarks/bench.py [--quick] [--write] [--skip-models] [--skip-memory]
+Usage:
+    python benchmarks/bench.py [--quick] [--write] [--force] [--contended [--pin-spinner CPU]]
+                               [--rounds N] [--threads 1,2] [--skip-kernels]
 
-Everything runs in one process (memory in subprocesses): each case is warmed
-up, then timed repeatedly, and the median is reported in milliseconds.
-Columns: netspec compiled float32 / float64, netspec numpy fallback float64
-(``netspec.kernels.numpy_kernels`` called directly), PyTorch CPU float32 /
-float64 at the same thread count when torch is importable, and ratios.
-``--write`` stores the table, with date and machine, in benchmarks/README.md.
+Workloads (float32, batch 100): simple_convnet and deep_convnet train steps (forward,
+backward and Adam update) and predicts; deep_convnet float16 vs float32 inference of 300
+images (netspec only); the peak memory of each train step; kernel rows (im2col, col2im,
+conv forward/backward, max-pool, Adam) unless --skip-kernels; with --contended, a
+deep_convnet train step at 2 threads while another process spins on one core.
+Frameworks: ``netspec`` (compiled kernels), ``numpy`` (the same code with
+NETSPEC_PUREPYTHON=1) and ``torch`` (the same architectures in torch.nn, when torch is
+installed), each at every thread count of --threads (default 1 and 2), plus numpy's
+float32 matmul on a large square matrix as the peak the train steps are compared with.
 
-Timings on a shared machine are noise: the script reports the load average
-before it starts; with another process busy, 2-thread BLAS was seen to slow
-down 15-46x.
+The markdown report goes to stdout (progress to stderr); --write also stores it in
+benchmarks/_out/table.md, with every measured time in benchmarks/_out/raw.json.
+Ratios below 1 mean netspec is faster. The script refuses to start when the 1-minute
+load average is above 0.5, because on a busy machine 2-thread timings are meaningless;
+--force runs anyway and marks the report as measured under load.
+
+Design: every job (one framework, one workload, one thread count) runs in its own
+fresh Python process (benchmarks/_worker.py) that warms up, times repeated calls and
+prints a JSON line. Two libraries in one process is not a fair fight: netspec's OpenMP
+team, numpy's BLAS threads and torch's intra-op pool all stay alive between calls, and
+the idle threads of one spin against the other's work (measured: both sides 1.5-2x
+slower than alone). A fresh process also gives each framework its own allocator
+history and thread placement, so the spread between processes is part of the result:
+each cell is the median over processes of the per-process median, with the lowest and
+highest process medians beside it. The parent imports neither netspec nor torch, and
+only passes thread counts down through the environment (OMP_NUM_THREADS and the BLAS
+variables), which each child applies again at run time (threadpoolctl,
+torch.set_num_threads). Jobs run in rounds, and the order of the frameworks rotates
+from round to round (netspec, numpy, torch, then numpy, torch, netspec, ...), so a
+slow drift of the machine does not always land on the same framework. Each job also
+records how much CPU time other processes used during its timed calls (/proc/stat
+minus the child's own CPU time); a cell that saw more than 10% of the machine used by
+others is marked with `*`.
 """
 import argparse
 import datetime
-import gc
+import importlib.util
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
-import textwrap
 import time
 
-import numpy as np
+from _worker import busy_cpu_seconds  # stdlib only: imports neither netspec nor torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)  # benchmark the checkout, built in place
+WORKER = os.path.join(HERE, "_worker.py")
+OUT_DIR = os.path.join(HERE, "_out")
 
-# torch first: importing netspec's compiled kernels sets OMP_WAIT_POLICY=PASSIVE
-# (see csrc/_compiled.pyx), which must not leak into torch's own OpenMP runtime
-try:
-    import torch
-    import torch.nn.functional as TF
-except ImportError:
-    torch = None
+LOAD_MAX = 0.5  # 1-minute load average above which the machine is not quiet
+BUSY = 0.10  # share of all CPUs used by other processes above which a cell is marked
+JOB_TIMEOUT = 1800  # seconds; float16 inference on a slow backend can take minutes
 
-import netspec.kernels as K  # noqa: E402
-from netspec.kernels import numpy_kernels as NP  # noqa: E402
+FULL = {
+    "rounds": 3,
+    "timing": {"warmup": 3, "min_reps": 5, "max_reps": 200, "budget": 2.0, "cap": 20.0},
+    "kernel_timing": {"warmup": 2, "min_reps": 5, "max_reps": 200, "budget": 0.3, "cap": 5.0},
+    "fp16_images": 300,
+    "sgemm_n": 2048,
+}
+QUICK = {
+    "rounds": 1,
+    "timing": {"warmup": 1, "min_reps": 2, "max_reps": 3, "budget": 0.0, "cap": 1.0},
+    "kernel_timing": {"warmup": 1, "min_reps": 2, "max_reps": 2, "budget": 0.0, "cap": 0.3},
+    "fp16_images": 20,
+    "sgemm_n": 1024,
+}
 
-try:
-    from netspec.kernels import _compiled as CY
-except ImportError:  # the table then shows only the fallback
-    CY = None
-
-THREADS = int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
-if torch is not None:
-    torch.set_num_threads(THREADS)
-
-BUDGET = 1.0  # seconds of timed runs per cell (after warm-up)
-MAX_WAIT = 10.0  # seconds to wait for a quiet machine before each cell
-BUSY = 0.15  # fraction of CPU time used by others above which a cell is marked
+MODEL_ROWS = [  # (job case = worker row, label)
+    ("simple_convnet.train", "simple_convnet train step"),
+    ("simple_convnet.predict", "simple_convnet predict"),
+    ("deep_convnet.train", "deep_convnet train step"),
+    ("deep_convnet.predict", "deep_convnet predict"),
+]
+FP16_ROWS = ("deep_convnet predict float32", "deep_convnet predict float16")
+SPIN = "import os, sys\nif sys.argv[1] != '-': os.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True: pass\n"
 
 
-def busy_fraction(dt=0.25):
-    """Share of all CPUs' time spent busy over dt seconds while this process sleeps."""
-    def snap():
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return sum(v), v[3] + v[4]  # total, idle + iowait
+# --- running jobs ----------------------------------------------------------------------
+
+def torch_available():
+    return importlib.util.find_spec("torch") is not None  # finds it without importing it
+
+
+def child_env(framework, threads):
+    """The environment of a job: thread counts for every pool, and netspec's backend choice."""
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    env.pop("NETSPEC_PUREPYTHON", None)
+    env.pop("NETSPEC_REQUIRE_CYTHON", None)
+    if framework == "netspec":
+        env["NETSPEC_REQUIRE_CYTHON"] = "1"  # a missing build must fail, not fall back silently
+    elif framework == "numpy":
+        env["NETSPEC_PUREPYTHON"] = "1"
+    return env
+
+
+def children_cpu_seconds():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_job(job, settings):
+    """Run one job in a fresh worker process; returns its record (rows, extra, info, noise)."""
+    payload = {k: settings[k] for k in ("timing", "kernel_timing", "fp16_images", "sgemm_n", "quick")}
+    payload.update(framework=job["framework"], case=job["case"], threads=job["threads"])
+    busy0, own0, t0 = busy_cpu_seconds(), children_cpu_seconds(), time.perf_counter()
     try:
-        t0, i0 = snap()
-        time.sleep(dt)
-        t1, i1 = snap()
-    except OSError:  # not Linux: cannot tell
-        return 0.0
-    return 1.0 - (i1 - i0) / max(1, t1 - t0)
-
-
-def wait_quiet():
-    """Wait up to MAX_WAIT s for other processes to go idle; returns the last busy fraction."""
-    start = time.perf_counter()
-    b = busy_fraction()
-    while b > BUSY and time.perf_counter() - start < MAX_WAIT:
-        b = busy_fraction()
-    return b
-
-
-def timeit(fn, budget=None, min_reps=5, max_reps=200, warmup=2):
-    """Median wall time of fn() in ms, after warm-up."""
-    budget = BUDGET if budget is None else budget
-    for _ in range(warmup):
-        fn()
-    times = []
-    start = time.perf_counter()
-    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < budget):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
-
-
-def matmul_peak(dtype, n=1536):
-    a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)
-    c = np.empty_like(a)
-    wait_quiet()
-    ms = timeit(lambda: np.matmul(a, a, out=c), budget=0.5)
-    return 2 * n ** 3 / ms / 1e6  # GFLOP/s
-
-
-# --- kernel cases ---------------------------------------------------------------
-# Each case maps a backend label to a zero-argument callable (or None when
-# unavailable) and may give the FLOPs of one call.
-
-def _rng():
-    return np.random.default_rng(0)
-
-
-def conv_cases(N, C, H, W, F, k, stride, pad):
-    OH, OW = (H + 2 * pad - k) // stride + 1, (W + 2 * pad - k) // stride + 1
-    flops_fwd = 2 * N * F * C * k * k * OH * OW
-    rng = _rng()
-    fwd, bwd, i2c, c2i = {}, {}, {}, {}
-    for label, mod, dt in (("cy32", CY, np.float32), ("cy64", CY, np.float64), ("np64", NP, np.float64)):
-        if mod is None:
-            continue
-        x = rng.standard_normal((N, C, H, W)).astype(dt)
-        Wt = rng.standard_normal((F, C, k, k)).astype(dt)
-        b = rng.standard_normal(F).astype(dt)
-        ws = {}
-        out = mod.conv2d_forward(x, Wt, b, stride, pad, ws)
-        dout = rng.standard_normal(out.shape).astype(dt)
-        col = mod.im2col(x, k, k, stride, pad)
-        fwd[label] = (lambda m=mod, x=x, Wt=Wt, b=b, ws=ws: m.conv2d_forward(x, Wt, b, stride, pad, ws))
-        bwd[label] = (lambda m=mod, d=dout, x=x, Wt=Wt, ws=ws: m.conv2d_backward(d, x.shape, Wt, stride, pad, ws))
-        i2c[label] = (lambda m=mod, x=x: m.im2col(x, k, k, stride, pad))
-        c2i[label] = (lambda m=mod, c=col, x=x: m.col2im(c, x.shape, k, k, stride, pad))
-    if torch is not None:
-        for label, dt in (("pt32", torch.float32), ("pt64", torch.float64)):
-            g = torch.Generator().manual_seed(0)
-            x = torch.randn(N, C, H, W, dtype=dt, generator=g)
-            Wt = torch.randn(F, C, k, k, dtype=dt, generator=g)
-            b = torch.randn(F, dtype=dt, generator=g)
-            dout = torch.randn(N, F, OH, OW, dtype=dt, generator=g)
-            col = TF.unfold(x, k, padding=pad, stride=stride)
-
-            def tf(x=x, Wt=Wt, b=b):
-                with torch.no_grad():
-                    return TF.conv2d(x, Wt, b, stride=stride, padding=pad)
-
-            def tb(x=x, Wt=Wt, dout=dout):
-                return torch.ops.aten.convolution_backward(
-                    dout, x, Wt, [F], [stride, stride], [pad, pad], [1, 1], False, [0, 0], 1,
-                    [True, True, True])
-
-            def tu(x=x):
-                with torch.no_grad():
-                    return TF.unfold(x, k, padding=pad, stride=stride)
-
-            def tfo(col=col):
-                with torch.no_grad():
-                    return TF.fold(col, (H, W), k, padding=pad, stride=stride)
-            fwd[label], bwd[label], i2c[label], c2i[label] = tf, tb, tu, tfo
-    shape = f"{N}x{C}x{H}x{W} -> {F}@{k}x{k} s{stride} p{pad}"
-    return [
-        (f"im2col {shape}", i2c, None),
-        (f"col2im {shape}", c2i, None),
-        (f"conv fwd {shape}", fwd, flops_fwd),
-        (f"conv bwd {shape}", bwd, 2 * flops_fwd),
-    ]
-
-
-def maxpool_case(N, C, H, W, k, stride):
-    rng = _rng()
-    cases = {}
-    for label, mod, dt in (("cy32", CY, np.float32), ("cy64", CY, np.float64), ("np64", NP, np.float64)):
-        if mod is None:
-            continue
-        x = rng.standard_normal((N, C, H, W)).astype(dt)
-        out, _ = mod.maxpool2d_forward(x, k, k, stride, 0)
-        dout = rng.standard_normal(out.shape).astype(dt)
-
-        def run(m=mod, x=x, dout=dout):
-            _, arg = m.maxpool2d_forward(x, k, k, stride, 0)
-            return m.maxpool2d_backward(dout, arg, x.shape, k, k, stride, 0)
-        cases[label] = run
-    if torch is not None:
-        for label, dt in (("pt32", torch.float32), ("pt64", torch.float64)):
-            x = torch.randn(N, C, H, W, dtype=dt)
-            OH = (H - k) // stride + 1
-            dout = torch.randn(N, C, OH, (W - k) // stride + 1, dtype=dt)
-
-            def trun(x=x, dout=dout):
-                with torch.no_grad():
-                    out, idx = torch.ops.aten.max_pool2d_with_indices(x, [k, k], [stride, stride])
-                    return torch.ops.aten.max_pool2d_with_indices_backward(
-                        dout, x, [k, k], [stride, stride], [0, 0], [1, 1], False, idx)
-            cases[label] = trun
-    return [(f"maxpool fwd+bwd {N}x{C}x{H}x{W} {k}x{k} s{stride}", cases, None)]
-
-
-def adam_case(n=1_000_000):
-    rng = _rng()
-    cases = {}
-    for label, mod, dt in (("cy32", CY, np.float32), ("cy64", CY, np.float64), ("np64", NP, np.float64)):
-        if mod is None:
-            continue
-        p = rng.standard_normal(n).astype(dt)
-        g = rng.standard_normal(n).astype(dt)
-        m, v = np.zeros_like(p), np.zeros_like(p)
-        cases[label] = (lambda mod=mod, p=p, g=g, m=m, v=v:
-                        mod.adam_update(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.0))
-    if torch is not None:
-        for label, dt in (("pt32", torch.float32), ("pt64", torch.float64)):
-            p = torch.nn.Parameter(torch.randn(n, dtype=dt))
-            p.grad = torch.randn(n, dtype=dt)
-            opt = torch.optim.Adam([p], lr=1e-3, eps=1e-8, fused=True)
-            cases[label] = opt.step
-    return [(f"adam update {n // 1000}k params (fused)", cases, None)]
-
-
-# --- model cases ---------------------------------------------------------------
-
-def _torch_net(name, dt):
-    nn = torch.nn
-    if name == "simple_convnet":
-        net = nn.Sequential(nn.Conv2d(1, 30, 5), nn.ReLU(), nn.MaxPool2d(2, 2), nn.Flatten(),
-                            nn.Linear(30 * 12 * 12, 100), nn.ReLU(), nn.Linear(100, 10))
-    elif name == "deep_convnet":
-        def c(i, o, p=1):
-            return [nn.Conv2d(i, o, 3, padding=p), nn.ReLU()]
-        net = nn.Sequential(*c(1, 16), *c(16, 16), nn.MaxPool2d(2, 2),
-                            *c(16, 32), *c(32, 32, 2), nn.MaxPool2d(2, 2),
-                            *c(32, 64), *c(64, 64), nn.MaxPool2d(2, 2), nn.Flatten(),
-                            nn.Linear(64 * 4 * 4, 50), nn.ReLU(), nn.Dropout(0.5),
-                            nn.Linear(50, 10), nn.Dropout(0.5))
-    elif name == "two_layer_net":
-        net = nn.Sequential(nn.Flatten(), nn.Linear(784, 50), nn.Sigmoid(), nn.Linear(50, 10))
+        proc = subprocess.run([sys.executable, WORKER, json.dumps(payload)], cwd=ROOT,
+                              env=child_env(job["framework"], job["threads"]),
+                              capture_output=True, text=True, timeout=JOB_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        proc = None
+    wall = time.perf_counter() - t0
+    busy1, own1 = busy_cpu_seconds(), children_cpu_seconds()
+    record = dict(job, wall_s=round(wall, 2), others=None, error=None, rows={}, extra={}, info={})
+    if busy0 is not None and busy1 is not None:
+        other_cpu = (busy1 - busy0) - (own1 - own0)  # CPU time not spent by this job
+        record["others"] = round(max(0.0, other_cpu) / (wall * (os.cpu_count() or 1)), 3)
+    if proc is None:
+        record["error"] = f"timed out after {JOB_TIMEOUT} s"
+    elif proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        record["error"] = f"exit {proc.returncode}: {tail}"
     else:
-        raise KeyError(name)
-    return net.to(dt)
+        try:
+            record.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+        except (IndexError, ValueError):
+            record["error"] = f"no JSON result on stdout: {proc.stdout[-200:]!r}"
+    return record
 
 
-def _torch_optimizer(name, net):
-    if name == "two_layer_net":
-        return torch.optim.SGD(net.parameters(), lr=0.1)
-    return torch.optim.Adam(net.parameters(), lr=1e-3)
+def plan(frameworks, threads, rounds, kernels):
+    """Jobs in rounds; each round rotates the framework order and reverses the thread order."""
+    cases = [(case, frameworks) for case, _ in MODEL_ROWS] + [("float16", ["netspec"])]
+    if kernels:
+        cases.append(("kernels", frameworks))
+    jobs = []
+    for r in range(rounds):
+        for n in (threads if r % 2 == 0 else threads[::-1]):
+            jobs.append({"round": r, "framework": "blas", "case": "sgemm", "threads": n})
+            for case, fws in cases:
+                k = r % len(fws)
+                for fw in fws[k:] + fws[:k]:
+                    jobs.append({"round": r, "framework": fw, "case": case, "threads": n})
+    return jobs
 
 
-def netspec_model(name, dtype, kernels_module=None):
-    """(train_step, infer) callables for a seed spec at batch 100, or raise."""
-    import netspec
-    from netspec.optim import make_optimizer
-    spec = netspec.load_spec(os.path.join(ROOT, "specs", name + ".yaml"))
-    model = netspec.compile(spec, dtype=dtype)
-    opt = make_optimizer(spec.train.optimizer)
-    rng = _rng()
-    x = rng.random((100,) + tuple(model.input_shape)).astype(dtype)
-    t = rng.integers(0, 10, 100)
-
-    def step():
-        grads = model.gradient(x, t)
-        opt.update(model.params, grads)
-
-    return step, (lambda: model.predict(x))
+def contended_plan(frameworks, rounds):
+    fws = [fw for fw in ("netspec", "torch") if fw in frameworks]
+    return [{"round": r, "framework": fw, "case": "deep_convnet.train", "threads": 2, "contended": True}
+            for r in range(rounds) for fw in (fws if r % 2 == 0 else fws[::-1])]
 
 
-def torch_model(name, dt):
-    net = _torch_net(name, dt)
-    opt = _torch_optimizer(name, net)
-    shape = (100, 784) if name == "two_layer_net" else (100, 1, 28, 28)
-    x = torch.rand(shape, dtype=dt)
-    t = torch.randint(0, 10, (100,))
-
-    def step():
-        net.train()
-        opt.zero_grad(set_to_none=False)
-        TF.cross_entropy(net(x), t).backward()
-        opt.step()
-
-    def infer():
-        net.eval()
-        with torch.no_grad():
-            return net(x)
-    return step, infer
+def start_spinner(cpu):
+    """A busy pure-Python loop in its own process (pinned to `cpu` unless it is None)."""
+    spinner = subprocess.Popen([sys.executable, "-c", SPIN, "-" if cpu is None else str(cpu)])
+    time.sleep(0.5)  # let it reach full speed
+    return spinner
 
 
-def model_cases(names):
-    rows = []
-    for name in names:
-        steps, infers = {}, {}
-        for label, dt, use_numpy in (("cy32", "float32", False), ("cy64", "float64", False),
-                                     ("np64", "float64", True)):
-            if not use_numpy and CY is None:
-                continue
-            steps[label], infers[label] = _with_backend(
-                use_numpy, lambda dt=dt: netspec_model(name, dt))
-        if torch is not None:
-            for label, dt in (("pt32", torch.float32), ("pt64", torch.float64)):
-                steps[label], infers[label] = torch_model(name, dt)
-        rows.append((f"{name} train step (batch 100)", steps, None))
-        rows.append((f"{name} inference (batch 100)", infers, None))
-    return rows
+def run_all(jobs, settings, records, start, total):
+    """Run jobs one after the other, appending to records; progress on stderr."""
+    for i, job in enumerate(jobs, len(records) + 1):
+        rec = run_job(job, settings)
+        records.append(rec)
+        if rec["error"]:
+            what = "FAILED " + rec["error"]
+        elif len(rec["rows"]) == 1:
+            what = f"{next(iter(rec['rows'].values()))['median_ms']:.2f} ms"
+        else:
+            what = f"{len(rec['rows'])} rows"
+        busy = max([others(rec, row) for row in rec["rows"]] or [others(rec)])
+        busy = f", others {100 * busy:.0f}%"
+        print(f"[{i}/{total}] round {job['round'] + 1}, {job['threads']} thread(s): {job['case']} "
+              f"{job['framework']}{' (contended)' if job.get('contended') else ''}: {what} "
+              f"({rec['wall_s']:.1f} s{busy}; {time.perf_counter() - start:.0f} s so far)",
+              file=sys.stderr, flush=True)
 
 
-def _with_backend(use_numpy, build):
-    """Build a model whose calls run on the numpy reference (or the active backend)."""
-    step, infer = build()
-    if not use_numpy:
-        return step, infer
-    saved = {n: getattr(K, n) for n in NP.__all__}
+# --- summarising -------------------------------------------------------------------------
 
-    def swap(fn):
-        def run():
-            for n in NP.__all__:
-                setattr(K, n, getattr(NP, n))
-            try:
-                return fn()
-            finally:
-                for n, f in saved.items():
-                    setattr(K, n, f)
-        return run
-    return swap(step), swap(infer)
+class Cell:
+    """Per-process medians of one row, framework and thread count."""
+
+    def __init__(self, values, noisy):
+        self.values, self.noisy = values, noisy
+        self.median = statistics.median(values) if values else None
+
+    def text(self):
+        if self.median is None:
+            return "-"
+        s = fmt_ms(self.median)
+        if len(self.values) > 1:
+            s += f" ({fmt_ms(min(self.values))}-{fmt_ms(max(self.values))})"
+        return s + ("*" if self.noisy else "")
 
 
-# --- memory ----------------------------------------------------------------------
-
-MEM_CHILD = r"""
-import json, os, sys
-sys.path.insert(0, {root!r})
-which = {which!r}
-
-def status_mb(key):
-    with open("/proc/self/status") as f:
-        for ln in f:
-            if ln.startswith(key + ":"):
-                return int(ln.split()[1]) / 1024
-
-if which == "torch":
-    import torch
-    torch.set_num_threads({threads})
-    sys.path.insert(0, {here!r})
-    import bench
-    step, _ = bench.torch_model("deep_convnet", torch.float32)
-else:
-    if which == "numpy":
-        os.environ["NETSPEC_PUREPYTHON"] = "1"
-    sys.path.insert(0, {here!r})
-    import bench
-    step, _ = bench.netspec_model("deep_convnet", "float32")
-base = status_mb("VmRSS")
-try:  # reset the high-water mark to the current RSS (Linux >= 4.0)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-except OSError:
-    pass
-for _ in range(3):
-    step()
-peak = status_mb("VmHWM")  # per address space: not inherited from the parent, unlike ru_maxrss
-print(json.dumps({{"base_mb": base, "peak_mb": peak}}))
-"""
+def fmt_ms(v):
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:.0f}"
 
 
-def peak_memory(which):
-    """Peak RSS growth (MB) over three deep_convnet float32 train steps, in a fresh process."""
-    code = MEM_CHILD.format(root=ROOT, here=HERE, which=which, threads=THREADS)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    if out.returncode:
-        return None, out.stderr.strip().splitlines()[-1:]
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    return r["peak_mb"] - r["base_mb"], None
-
-
-def traced_peak_netspec():
-    """Peak numpy allocation (MB) inside one deep_convnet float32 train step, via tracemalloc."""
-    import tracemalloc
-    step, _ = netspec_model("deep_convnet", "float32")
-    step()
-    step()
-    gc.collect()
-    tracemalloc.start()
-    base = tracemalloc.get_traced_memory()[0]
-    step()
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return (peak - base) / 2**20
-
-
-# --- table ------------------------------------------------------------------------
-
-COLS = ("cy32", "cy64", "np64", "pt32", "pt64")
-
-
-def fmt(v, spec="{:.2f}"):
+def fmt(v, spec):
     return "-" if v is None else spec.format(v)
 
 
-def run_rows(rows, peak32):
-    lines = []
-    head = ("| case | cy f32 ms | cy f64 ms | numpy f64 ms | torch f32 ms | torch f64 ms "
-            "| cy32/torch32 | cy64/torch64 | numpy64/cy64 | cy f32 GFLOP/s (% peak) |")
-    lines.append(head)
-    lines.append("|" + "---|" * (head.count("|") - 1))
-    print(head, flush=True)
-    for name, cases, flops in rows:
-        t, noisy = {}, set()
-        for col in COLS:
-            fn = cases.get(col)
-            if fn is None:
-                t[col] = None
-                continue
-            busy = wait_quiet()
-            if busy > BUSY:
-                noisy.add(col)
-            try:
-                t[col] = timeit(fn)
-            except Exception as exc:  # a broken case should not hide the others
-                print(f"  {name} [{col}] failed: {exc!r}", file=sys.stderr)
-                t[col] = None
-            gc.collect()
+def div(a, b):
+    return None if a is None or b is None or b == 0 else a / b
 
-        def ratio(a, b):
-            return None if t[a] is None or t[b] is None else t[a] / t[b]
-        gf = None
-        if flops and t["cy32"]:
-            g = flops / t["cy32"] / 1e6
-            gf = f"{g:.0f} ({100 * g / peak32:.0f}%)"
-        c = {k: fmt(v) + ("*" if k in noisy else "") for k, v in t.items()}
-        line = (f"| {name} | {c['cy32']} | {c['cy64']} | {c['np64']} | "
-                f"{c['pt32']} | {c['pt64']} | {fmt(ratio('cy32', 'pt32'), '{:.2f}x')} | "
-                f"{fmt(ratio('cy64', 'pt64'), '{:.2f}x')} | {fmt(ratio('np64', 'cy64'), '{:.1f}x')} | "
-                f"{gf or '-'} |")
-        print(line, flush=True)
-        lines.append(line)
+
+class Results:
+    """Look-ups over the job records: cells, FLOP rates, memory, versions."""
+
+    def __init__(self, records):
+        self.records = [r for r in records if not r["error"]]
+
+    def _matching(self, row, fw, threads, contended):
+        return [r for r in self.records if r["framework"] == fw and r["threads"] == threads
+                and bool(r.get("contended")) == contended and row in r["rows"]]
+
+    def cell(self, row, fw, threads, contended=False):
+        recs = [r for r in self._matching(row, fw, threads, contended) if r["rows"][row]["median_ms"]]
+        noisy = not contended and any(others(r, row) > BUSY for r in recs)
+        return Cell([r["rows"][row]["median_ms"] for r in recs], noisy)
+
+    def ms(self, row, fw, threads, contended=False):
+        return self.cell(row, fw, threads, contended).median
+
+    def flops(self, row):
+        for r in self.records:
+            if row in r["rows"] and r["rows"][row].get("flops"):
+                return r["rows"][row]["flops"]
+        return None
+
+    def gflops(self, row, fw, threads):
+        g = div(self.flops(row), self.ms(row, fw, threads))  # FLOP per ms
+        return None if g is None else g / 1e6
+
+    def peak_gflops(self, threads):
+        return self.gflops("sgemm", "blas", threads)
+
+    def percent_of_peak(self, row, fw, threads):
+        p = div(self.gflops(row, fw, threads), self.peak_gflops(threads))
+        return None if p is None else 100 * p
+
+    def peak_mb(self, case, fw, threads):
+        vals = [r["extra"]["peak_mb"] for r in self.records
+                if r["case"] == case and r["framework"] == fw and r["threads"] == threads
+                and not r.get("contended") and r["extra"].get("peak_mb") is not None]
+        return statistics.median(vals) if vals else None
+
+    def kernel_rows(self):
+        for fw in ("netspec", "numpy", "torch"):
+            for r in self.records:
+                if r["case"] == "kernels" and r["framework"] == fw:
+                    return list(r["rows"])
+        return []
+
+    def info(self, fw):
+        return next((r["info"] for r in self.records if r["framework"] == fw), {})
+
+    def pools(self, fw, threads):
+        rec = next((r for r in self.records if r["framework"] == fw and r["threads"] == threads), None)
+        if rec is None:
+            return "-"
+        return ", ".join(f"{p['api']} {p['threads']}" for p in rec["info"].get("pools", [])) or "none"
+
+
+def others(record, row=None):
+    """Share of the CPUs other processes used during a row's timed calls (else the whole job)."""
+    value = record["rows"][row].get("others") if row else None
+    return value if value is not None else (record["others"] or 0.0)
+
+
+def speed_table(res, rows, threads):
+    """Markdown rows: per workload and thread count, the three frameworks, ratio, speed-ups."""
+    t1, t2 = threads[0], threads[-1]
+    head = (f"| workload | threads | netspec ms | torch ms | netspec/torch | numpy-fallback ms "
+            f"| netspec {t1}->{t2} | torch {t1}->{t2} | numpy {t1}->{t2} | % of sgemm peak (netspec / torch) |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for row, label in rows:
+        for n in threads:
+            c = {fw: res.cell(row, fw, n) for fw in ("netspec", "torch", "numpy")}
+            speedups = ["" for _ in c]
+            if n == t2 and t1 != t2:
+                speedups = [fmt(div(res.ms(row, fw, t1), res.ms(row, fw, t2)), "{:.2f}x")
+                            for fw in ("netspec", "torch", "numpy")]
+            pct = [fmt(res.percent_of_peak(row, fw, n), "{:.0f}%") for fw in ("netspec", "torch")]
+            pct = "" if pct == ["-", "-"] else " / ".join(pct)
+            lines.append(f"| {label} | {n} | {c['netspec'].text()} | {c['torch'].text()} | "
+                         f"{fmt(div(c['netspec'].median, c['torch'].median), '{:.2f}x')} | "
+                         f"{c['numpy'].text()} | " + " | ".join(speedups) + f" | {pct} |")
     return lines
+
+
+def targets(res, contended):
+    """[(target, measured text, holds)] for the issue's acceptance targets."""
+    def ratio(row, n=2):
+        return div(res.ms(row, "netspec", n), res.ms(row, "torch", n))
+
+    out = []
+    for row, label, limit in (("deep_convnet.train", "deep_convnet train step", 1.0),
+                              ("deep_convnet.predict", "deep_convnet predict", 1.0),
+                              ("simple_convnet.train", "simple_convnet train step", 0.8),
+                              ("simple_convnet.predict", "simple_convnet predict", 0.8)):
+        v = ratio(row)
+        out.append((f"{label} <= {limit:.1f}x torch (2 threads)", fmt(v, "{:.2f}x"),
+                    None if v is None else v <= limit))
+    v = div(res.ms("deep_convnet.train", "netspec", 1), res.ms("deep_convnet.train", "netspec", 2))
+    out.append(("deep_convnet train step 1->2 thread speed-up >= 1.7x", fmt(v, "{:.2f}x"),
+                None if v is None else v >= 1.7))
+    v = div(res.ms(FP16_ROWS[1], "netspec", 2), res.ms(FP16_ROWS[0], "netspec", 2))
+    out.append(("deep_convnet float16 inference <= 1.5x float32 time (2 threads)", fmt(v, "{:.2f}x"),
+                None if v is None else v <= 1.5))
+    if contended:
+        v = div(res.ms("deep_convnet.train", "netspec", 2, contended=True),
+                res.ms("deep_convnet.train", "netspec", 2))
+        out.append(("deep_convnet train step (2 threads) with a busy process <= 2.5x quiet time",
+                    fmt(v, "{:.2f}x"), None if v is None else v <= 2.5))
+    return out
 
 
 def machine():
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            for ln in f:
-                if ln.startswith("model name"):
-                    cpu = ln.split(":", 1)[1].strip()
-                    break
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}"
 
 
-def main(argv=None):
-    global BUDGET, MAX_WAIT
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="shorter timing budget per cell")
-    ap.add_argument("--write", action="store_true", help="store the table in benchmarks/README.md")
-    ap.add_argument("--skip-models", action="store_true")
-    ap.add_argument("--skip-memory", action="store_true")
-    ap.add_argument("--only", help="substring filter on case names")
-    ap.add_argument("--max-wait", type=float, default=MAX_WAIT,
-                    help="seconds to wait for a quiet machine before each cell (default 10)")
-    args = ap.parse_args(argv)
-    MAX_WAIT = args.max_wait
-    if args.quick:
-        BUDGET = 0.3
-
-    load = os.getloadavg()[0]
-    header = [
-        f"date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
+def header(res, records, settings, meta):
+    """Banner lines and the fenced block saying how, where and under what load it was measured."""
+    threads, frameworks = settings["threads"], settings["frameworks"]
+    ns, pt = res.info("netspec"), res.info("torch")
+    t, k = settings["timing"], settings["kernel_timing"]
+    quiet_runs = [r for r in records if not r.get("contended")]
+    noisy = sum(any(others(r, row) > BUSY for row in r["rows"]) for r in quiet_runs)
+    peaks = ", ".join(f"{n} thread(s) {fmt(res.peak_gflops(n), '{:.0f}')} GFLOP/s" for n in threads)
+    torch_version = (f"torch {pt.get('torch', '?')} (OMP_WAIT_POLICY {pt.get('OMP_WAIT_POLICY') or 'unset'})"
+                     if "torch" in frameworks else "torch not installed")
+    out = ["# netspec benchmarks", ""]
+    if meta["under_load"]:
+        out += [(f"**Measured under load** (1-minute load average {meta['load_before']:.2f} > {LOAD_MAX} "
+                 f"at the start, run with --force): treat every time below as noise."), ""]
+    if settings["quick"]:
+        out += [(f"**--quick smoke test**: tiny repeat counts, float16 on {settings['fp16_images']} "
+                 f"images, sgemm {settings['sgemm_n']}, one conv and one pool shape; not a measurement."), ""]
+    return out + [
+        "```",
+        f"date: {meta['date']}",
         f"machine: {machine()}",
-        f"numpy {np.__version__}; netspec backend {K.BACKEND}"
-        + (f" {json.dumps(CY.backend_info())}" if CY else f" ({K.BACKEND_ERROR})")
-        + (f"; torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else "; torch not installed"),
-        f"threads: {THREADS}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '')!r}; "
-        f"load average at start {load:.2f}" + ("  (NOT QUIET: timings unreliable)" if load > 0.5 else ""),
-    ]
-    peak32, peak64 = matmul_peak(np.float32), matmul_peak(np.float64)
-    header.append(f"numpy matmul peak: {peak32:.0f} GFLOP/s float32, {peak64:.0f} GFLOP/s float64")
-    for h in header:
-        print(h)
-    print()
+        (f"netspec {ns.get('netspec', '?')} (backend {ns.get('backend', '?')} "
+         f"{json.dumps(ns.get('backend_info', {}))}); numpy {ns.get('numpy', '?')}; {torch_version}"),
+        (f"jobs: {meta['n_jobs']} fresh processes, {settings['rounds']} round(s), framework order "
+         f"rotated each round; threads {', '.join(map(str, threads))}"),
+        (f"per process: warm-up of up to {t['warmup']} call(s) (ended after {t['budget']:g} s), then "
+         f"timed calls until both {t['min_reps']} calls and {t['budget']:g} s are reached (or "
+         f"{t['cap']:g} s pass); kernel rows: at least {k['min_reps']} calls and {k['budget']:g} s each"),
+        "cells: median over processes of each process's median (lowest-highest process median)",
+        f"processes that saw others use more than {100 * BUSY:.0f}% of the CPUs: {noisy} of {len(quiet_runs)}",
+        (f"1-minute load average: {meta['load_before']:.2f} before, {meta['load_after']:.2f} after "
+         f"(after includes this benchmark's own processes)"),
+        f"numpy float32 matmul peak ({settings['sgemm_n']}x{settings['sgemm_n']}): {peaks}",
+        "thread pools in the children: " + "; ".join(
+            f"{fw}@{n}: {res.pools(fw, n)}" for fw in frameworks for n in threads),
+        "```", ""]
 
-    rows = []
-    # the seed networks' layers: simple_convnet conv1, deep_convnet conv2/conv4/conv6
-    rows += conv_cases(100, 1, 28, 28, 30, 5, 1, 0)
-    rows += conv_cases(100, 16, 28, 28, 16, 3, 1, 1)
-    rows += conv_cases(100, 32, 14, 14, 32, 3, 1, 2)
-    rows += conv_cases(100, 64, 8, 8, 64, 3, 1, 1)
-    rows += maxpool_case(100, 30, 24, 24, 2, 2)
-    rows += maxpool_case(100, 16, 28, 28, 2, 2)
-    rows += adam_case()
-    notes = []
-    if not args.skip_models:
-        try:
-            import netspec
-            netspec.compile  # noqa: B018
-            rows += model_cases(["simple_convnet", "deep_convnet", "two_layer_net"])
-        except Exception as exc:
-            notes.append(f"model rows skipped: {exc!r}")
-    if args.only:
-        rows = [r for r in rows if args.only in r[0]]
-    lines = run_rows(rows, peak32)
-    lines += ["", "`*`: another process was using more than 15% of the CPUs when this cell started; "
-              "treat it as noise."]
 
-    if not args.skip_memory:
-        mem = {}
-        for which in ("netspec", "numpy") + (("torch",) if torch else ()):
-            mem[which], err = peak_memory(which)
-            if err:
-                notes.append(f"memory [{which}] failed: {err}")
+def fp16_section(res, settings):
+    out = [f"## float16 inference (netspec, deep_convnet, {settings['fp16_images']} images in batches of 100)",
+           "", "| threads | float32 ms | float16 ms | float16/float32 |", "|---|---|---|---|"]
+    for n in settings["threads"]:
+        c32, c16 = res.cell(FP16_ROWS[0], "netspec", n), res.cell(FP16_ROWS[1], "netspec", n)
+        out.append(f"| {n} | {c32.text()} | {c16.text()} | {fmt(div(c16.median, c32.median), '{:.2f}x')} |")
+    return out
+
+
+def memory_section(res, settings):
+    out = ["## Peak memory of a train step (MB)", "",
+           ("VmHWM growth above the resident set after setup, over all of a job's steps "
+            "(median over processes)."), "",
+           "| workload | threads | netspec | torch | numpy-fallback |", "|---|---|---|---|---|"]
+    for case, label in MODEL_ROWS:
+        if case.endswith(".train"):
+            for n in settings["threads"]:
+                mbs = [fmt(res.peak_mb(case, fw, n), "{:.0f}") for fw in ("netspec", "torch", "numpy")]
+                out.append(f"| {label} | {n} | " + " | ".join(mbs) + " |")
+    return out
+
+
+def contended_section(res, settings):
+    pin = settings["pin_spinner"]
+    where = "unpinned" if pin is None else f"pinned to CPU {pin}"
+    out = ["## Contended: deep_convnet train step, 2 threads, one busy process", "",
+           f"A pure-Python loop in another process ({where}) keeps one core busy.", "",
+           "| framework | quiet ms | contended ms | contended/quiet |", "|---|---|---|---|"]
+    for fw in ("netspec", "torch"):
+        if fw in settings["frameworks"]:
+            q = res.cell("deep_convnet.train", fw, 2)
+            c = res.cell("deep_convnet.train", fw, 2, contended=True)
+            out.append(f"| {fw} | {q.text()} | {c.text()} | {fmt(div(c.median, q.median), '{:.2f}x')} |")
+    return out
+
+
+def notes(records):
+    out = [(f"`*`: while at least one of this cell's processes timed it, other processes used more "
+            f"than {100 * BUSY:.0f}% of the machine's CPU time; treat it as noise.")]
+    out += [f"job failed: {r['case']} {r['framework']} {r['threads']} thread(s): {r['error']}"
+            for r in records if r["error"]]
+    out += [f"row failed: {row} {r['framework']} {r['threads']} thread(s): {v['error']}"
+            for r in records for row, v in r["rows"].items() if v.get("error")]
+    return [f"- {n}" for n in out]
+
+
+def report(res, records, settings, meta):
+    """The whole markdown report."""
+    out = header(res, records, settings, meta)
+    out += ["## Speed (float32, batch 100)", ""] + speed_table(res, MODEL_ROWS, settings["threads"])
+    out += ["", ("A train step is forward, backward and an Adam update; its FLOPs are 3x the forward "
+                 "FLOPs of `netspec summary` (torch's twin has the same layers, so the same count). "
+                 "Ratios below 1 mean netspec is faster."), ""]
+    out += fp16_section(res, settings) + [""] + memory_section(res, settings)
+    if settings["contended"]:
+        out += [""] + contended_section(res, settings)
+    if settings["kernels"]:
+        rows = [(r, r) for r in res.kernel_rows()]
+        out += ["", "## Kernels (float32)", ""] + speed_table(res, rows, settings["threads"])
+        out += ["", ("torch rows use its own operators: unfold (im2col), fold (col2im), conv2d, "
+                     "convolution_backward, max_pool2d_with_indices and its backward, fused Adam.")]
+    out += ["", "## Targets", "", "| target | measured | holds |", "|---|---|---|"]
+    for name, measured, holds in targets(res, settings["contended"]):
+        out.append(f"| {name} | {measured} | {'not measured' if holds is None else 'yes' if holds else 'no'} |")
+    return "\n".join(out + [""] + notes(records)) + "\n"
+
+
+# --- main ---------------------------------------------------------------------------------
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smoke test: tiny repeat counts, one round")
+    ap.add_argument("--write", action="store_true", help="also write benchmarks/_out/table.md and raw.json")
+    ap.add_argument("--force", action="store_true",
+                    help=f"run even when the 1-minute load average is above {LOAD_MAX} (report marked)")
+    ap.add_argument("--contended", action="store_true",
+                    help="also time a deep_convnet train step at 2 threads beside a busy process")
+    ap.add_argument("--pin-spinner", type=int, metavar="CPU",
+                    help="pin the --contended busy process to this CPU (default: unpinned)")
+    ap.add_argument("--rounds", type=int, help="rounds of every job (default 3, --quick 1)")
+    ap.add_argument("--threads", default="1,2", help="thread counts, comma-separated (default 1,2)")
+    ap.add_argument("--skip-kernels", action="store_true", help="leave out the kernel rows")
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    settings = dict(QUICK if args.quick else FULL)
+    settings.update(quick=args.quick, contended=args.contended, pin_spinner=args.pin_spinner,
+                    kernels=not args.skip_kernels,
+                    threads=[int(n) for n in args.threads.split(",")],
+                    frameworks=["netspec", "numpy"] + (["torch"] if torch_available() else []))
+    if args.rounds:
+        settings["rounds"] = args.rounds
+
+    load_before = os.getloadavg()[0]
+    if load_before > LOAD_MAX and not args.force:
+        sys.exit(f"bench.py: the 1-minute load average is {load_before:.2f} (> {LOAD_MAX}): the machine "
+                 "is not quiet and the timings would be noise. Wait, or run with --force to measure "
+                 "anyway (the report is then marked as measured under load).")
+
+    jobs = plan(settings["frameworks"], settings["threads"], settings["rounds"], settings["kernels"])
+    extra = contended_plan(settings["frameworks"], settings["rounds"]) if args.contended else []
+    if args.contended and 2 not in settings["threads"]:
+        sys.exit("bench.py: --contended compares with the quiet 2-thread time: include 2 in --threads")
+    records = []
+    date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    start, total = time.perf_counter(), len(jobs) + len(extra)
+    run_all(jobs, settings, records, start, total)
+    if extra:
+        spinner = start_spinner(args.pin_spinner)
         try:
-            traced = traced_peak_netspec()
-        except Exception as exc:
-            traced = None
-            notes.append(f"tracemalloc failed: {exc!r}")
-        memline = ("peak memory of a deep_convnet float32 train step (RSS growth over 3 steps, "
-                   "fresh process): " + ", ".join(f"{k} {fmt(v, '{:.0f}')} MB" for k, v in mem.items())
-                   + f"; netspec numpy allocations inside one warm step (tracemalloc): {fmt(traced, '{:.1f}')} MB")
-        print()
-        print(memline)
-        lines += ["", memline]
-    for n in notes:
-        print(n)
-    lines += [""] + notes if notes else []
+            run_all(extra, settings, records, start, total)
+        finally:
+            spinner.kill()
+            spinner.wait()
+
+    meta = {"date": date, "load_before": load_before, "load_after": os.getloadavg()[0],
+            "under_load": load_before > LOAD_MAX, "n_jobs": len(records)}
+    text = report(Results(records), records, settings, meta)
+    print(text, end="")
     if args.write:
-        write_readme(header, lines)
-
-
-def write_readme(header, lines):
-    path = os.path.join(HERE, "README.md")
-    intro = textwrap.dedent("""\
-    # Benchmarks
-
-    `python benchmarks/bench.py` (about 5 minutes; `--quick` for less, `--write` to
-    refresh the table below). Medians of repeated runs after warm-up, all in one
-    process; the peak-memory line runs each framework in a fresh subprocess.
-    Build the extension first (`pip install -e . --no-build-isolation` or
-    `python setup.py build_ext --inplace`). PyTorch columns need `pip install
-    torch==2.13.0` (optional, never a netspec dependency).
-
-    Columns: `cy` is netspec's compiled backend, `numpy` the pure-numpy fallback
-    (`netspec.kernels.numpy_kernels`), `torch` PyTorch CPU at the same thread
-    count. Ratios below 1 mean netspec is faster. GFLOP/s is relative to the
-    machine's float32 numpy matmul peak. Run it on a quiet machine: another busy
-    process makes 2-thread BLAS timings meaningless.
-
-    ## Latest run
-
-    """)
-    body = "\n".join(["```"] + header + ["```", ""] + lines) + "\n"
-    with open(path, "w") as f:
-        f.write(intro + body)
-    print(f"wrote {path}")
+        os.makedirs(OUT_DIR, exist_ok=True)
+        with open(os.path.join(OUT_DIR, "table.md"), "w") as f:
+            f.write(text)
+        with open(os.path.join(OUT_DIR, "raw.json"), "w") as f:
+            json.dump({"settings": settings, "meta": meta, "records": records}, f, indent=1)
+        print(f"wrote {os.path.join(OUT_DIR, 'table.md')} and raw.json", file=sys.stderr)
 
 
 if __name__ == "__main__":
