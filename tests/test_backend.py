@@ -22,8 +22,10 @@ def _flag(name):
 @pytest.mark.skipif(not _flag("NETSPEC_REQUIRE_CYTHON") or _flag("NETSPEC_PUREPYTHON"),
                     reason="NETSPEC_REQUIRE_CYTHON not set")
 def test_compiled_backend_is_in_use():
-    compiled = importlib.import_module("netspec.kernels._compiled")
+    compiled = kernels.compiled_module()
     assert kernels.BACKEND == "cython", f"expected the cython backend, found {kernels.BACKEND}"
+    assert compiled.__name__ == "netspec.kernels._compiled" + kernels.VARIANTS[kernels.ISA][0]
+    assert kernels.ISA == kernels.usable_variants()[0], "the best variant this CPU runs is the one loaded"
     assert kernels.BACKEND_ERROR is None
     for name in _numpy.__all__:
         assert getattr(kernels, name) is getattr(compiled, name), (
@@ -62,3 +64,46 @@ def test_purepython_switch_in_subprocess():
         [sys.executable, "-c", "import netspec.kernels as k; print(k.BACKEND)"],
         env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "numpy"
+
+
+def _variants():
+    if _flag("NETSPEC_PUREPYTHON"):
+        return []
+    return kernels.usable_variants()
+
+
+@pytest.mark.parametrize("isa", _variants() or [pytest.param("none", marks=pytest.mark.skip("nothing built"))])
+def test_every_built_variant_matches_the_reference(isa):
+    """Each instruction-set variant of the compiled kernels (the one in use and the others
+    this CPU can run) agrees with the numpy reference."""
+    import numpy as np
+    mod = importlib.import_module("netspec.kernels._compiled" + kernels.VARIANTS[isa][0])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 4, 9, 8)).astype(np.float32)
+    W = rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    out = mod.conv2d_forward(x, W, b, 1, 1)
+    np.testing.assert_allclose(out, _numpy.conv2d_forward(x, W, b, 1, 1), rtol=1e-5, atol=1e-4)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    for got, want in zip(mod.conv2d_backward(dout, x, W, 1, 1), _numpy.conv2d_backward(dout, x, W, 1, 1)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+    for a, r in zip(mod.maxpool2d_forward(x, 2, 2, 2, 0), _numpy.maxpool2d_forward(x, 2, 2, 2, 0)):
+        np.testing.assert_array_equal(a, r)
+    p, m, v = (rng.standard_normal(1000).astype(np.float32) for _ in range(3))
+    v = np.abs(v)
+    g = rng.standard_normal(1000).astype(np.float32)
+    p2, m2, v2 = p.copy(), m.copy(), v.copy()
+    mod.adam_update(p, g, m, v, 1e-3, 0.9, 0.999, 1e-7, 0.01)
+    _numpy.adam_update(p2, g, m2, v2, 1e-3, 0.9, 0.999, 1e-7, 0.01)
+    np.testing.assert_allclose(p, p2, rtol=1e-6, atol=1e-7)
+
+
+def test_isa_cap_in_subprocess():
+    """NETSPEC_ISA=baseline loads the module that runs on any CPU."""
+    pytest.importorskip("netspec.kernels._compiled", reason="compiled kernels not built")
+    env = dict(os.environ, NETSPEC_ISA="baseline")
+    env.pop("NETSPEC_PUREPYTHON", None)
+    out = subprocess.run(
+        [sys.executable, "-c", "import netspec.kernels as k; print(k.ISA, k.compiled_module().__name__)"],
+        env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["baseline", "netspec.kernels._compiled"]
