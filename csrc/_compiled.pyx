@@ -9,7 +9,15 @@ read-only arrays (memory-mapped datasets) are accepted. Inputs of any other
 dtype, or with mixed dtypes, are handed to the numpy reference so results
 never silently change type.
 
-Convolution is im2col + one GEMM per *batch chunk*: a chunk of samples is
+float32 convolution runs direct kernels (csrc/conv_direct.h): OpenMP threads
+each own whole samples, filters sit in SIMD lanes, and no column matrix is
+built; d/dx of a stride-1 convolution is the forward kernel applied to dout
+with rotated filters, and each thread sums its own partial dW. Measured on
+deep_convnet's layers at 2 threads, forward 1.1-2.1x and backward 1.4-2.5x
+faster than the im2col path below, which serves float64, kernels wider than
+8, strided d/dx, and d/dx of layers with fewer than 8 input channels.
+
+The im2col path is one GEMM per *batch chunk*: a chunk of samples is
 unrolled into a "wide" column buffer (C*kh*kw, nb*OH*OW) of about 4 MB, so
 it stays in the last-level cache, multiplied by numpy's matmul (BLAS, which
 uses every core), and the (FN, nb*OH*OW) product is copied into the NCHW
@@ -54,6 +62,14 @@ cdef extern from *:
     int netspec_has_openmp() nogil
     int netspec_max_threads() nogil
     long CYTHON_HEX_VERSION  # defined by the Cython that generated this file
+
+cdef extern from "conv_direct.h" nogil:
+    int ns_conv_forward(const float* x, const float* wt, const float* bias, float* out,
+                        int N, int C, int H, int W, int F, int Fp, int kh, int kw,
+                        int s, int ph, int pw, int OH, int OW, int nthreads)
+    int ns_conv_backward_weights(const float* x, const float* dout, float* dw,
+                                 int N, int C, int H, int W, int F, int Fp, int kh, int kw,
+                                 int s, int ph, int pw, int OH, int OW, int nthreads)
 
 __all__ = list(_ref.__all__) + ["backend_info", "chunk_samples"]
 
@@ -369,6 +385,8 @@ def conv2d_forward(x, W, b, stride, pad):
         if has_bias:
             out3 += b.reshape(1, FN, 1)
         return out
+    if _direct_ok(x, W):
+        return _direct_forward(x, W, b if has_bias else None, stride, pad)
     nb = chunk_samples(N, K, P, x.itemsize)
     colbuf = _buffer("col", K * nb * P, x.dtype)
     prodbuf = _buffer("prod", FN * nb * P, x.dtype)
@@ -405,6 +423,14 @@ def conv2d_backward(dout, x, W, stride, pad, need_dx=True):
         # dW = sum_n dout_n @ x_n^T, as one GEMM over the (n, p) axis pair
         dW[...] = np.tensordot(dout3, x.reshape(N, C, P), axes=([0, 2], [0, 2]))
         return dx, dW.reshape(W.shape), db
+    direct_dw = _direct_ok(x, W)
+    if direct_dw:
+        dW[...] = _direct_dw(x, dout3.reshape(N, FN, OH, OW), kh, kw, stride, pad).reshape(FN, K)
+        if not need_dx:
+            return dx, dW.reshape(W.shape), db
+        if _direct_dx_ok(W, stride, pad) and C >= DIRECT_DX_MIN_CHANNELS:
+            return _direct_dx(dout3.reshape(N, FN, OH, OW), W, pad), dW.reshape(W.shape), db
+    # im2col: dW (unless the direct kernel gave it) and dx by chunks of samples
     nb = chunk_samples(N, K, P, x.itemsize)
     colbuf = _buffer("col", K * nb * P, x.dtype)
     dcolbuf = _buffer("prod", K * nb * P, x.dtype) if need_dx else None
@@ -414,15 +440,104 @@ def conv2d_backward(dout, x, W, stride, pad, need_dx=True):
         col = colbuf[:K * nbc * P].reshape(K, nbc * P)
         gw = gbuf[:FN * nbc * P].reshape(FN, nbc * P)
         _gather_nchw(dout3, gw, n0)
-        _unroll_into(x.reshape(-1), col.reshape(-1), x.shape, n0, nbc, kh, kw, stride, pad, True, False)
-        np.matmul(gw, col.T, out=dW if n0 == 0 else dW_chunk)
-        if n0:
-            dW += dW_chunk
+        if not direct_dw:
+            _unroll_into(x.reshape(-1), col.reshape(-1), x.shape, n0, nbc, kh, kw, stride, pad, True, False)
+            np.matmul(gw, col.T, out=dW if n0 == 0 else dW_chunk)
+            if n0:
+                dW += dW_chunk
         if need_dx:
             dcol = dcolbuf[:K * nbc * P].reshape(K, nbc * P)
             np.matmul(W2.T, gw, out=dcol)
             _unroll_into(dcol.reshape(-1), dx.reshape(-1), x.shape, n0, nbc, kh, kw, stride, pad, True, True)
     return dx, dW.reshape(W.shape), db
+
+
+# --- direct float32 convolution (csrc/conv_direct.h) ----------------------------
+
+cdef int LANES = 16
+
+
+def _lanes(Py_ssize_t n):
+    """n rounded up to a whole number of 16-float blocks."""
+    return (n + LANES - 1) // LANES * LANES
+
+
+def _lane_major(W4):
+    """(F, C, kh, kw) filters as [C][kh][kw][Fp], F zero-padded to Fp lanes: 16 filters contiguous."""
+    F, C, kh, kw = W4.shape
+    wt = np.zeros((C, kh, kw, _lanes(F)), dtype=np.float32)
+    wt[..., :F] = W4.transpose(1, 2, 3, 0)
+    return wt
+
+
+def _direct_conv(x, wt, bias, Py_ssize_t F, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t stride,
+                 Py_ssize_t ph, Py_ssize_t pw):
+    """out (N, F, OH, OW) = direct convolution of float32 x with lane-major weights (+ bias)."""
+    cdef const float[:, :, :, ::1] xv = x
+    cdef const float[:, :, :, ::1] wv = wt
+    cdef const float[::1] bv = bias
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = (H + 2 * ph - kh) // stride + 1, OW = (W + 2 * pw - kw) // stride + 1
+    out = np.empty((N, F, OH, OW), dtype=np.float32)
+    cdef float[:, :, :, ::1] ov = out
+    cdef int rc = 0, nt = netspec_max_threads()
+    if N and F and OH > 0 and OW > 0:
+        with nogil:
+            rc = ns_conv_forward(&xv[0, 0, 0, 0], &wv[0, 0, 0, 0], &bv[0], &ov[0, 0, 0, 0], N, C, H, W, F,
+                                 wv.shape[3], kh, kw, stride, ph, pw, OH, OW, nt)
+    if rc:
+        raise MemoryError("conv2d: no memory for the padded-sample buffers")
+    return out
+
+
+def _direct_dw(x, dout, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t stride, Py_ssize_t pad):
+    """dW (F, C, kh, kw) of a float32 convolution, from its input and d/d(output)."""
+    cdef const float[:, :, :, ::1] xv = x
+    cdef const float[:, :, :, ::1] dv = dout
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = dout.shape[1], OH = dout.shape[2], OW = dout.shape[3], Fp = _lanes(F)
+    dw = np.zeros((C, kh, kw, Fp), dtype=np.float32)
+    cdef float[:, :, :, ::1] wv = dw
+    cdef int rc = 0, nt = netspec_max_threads()
+    if N and C:
+        with nogil:
+            rc = ns_conv_backward_weights(&xv[0, 0, 0, 0], &dv[0, 0, 0, 0], &wv[0, 0, 0, 0], N, C, H, W, F, Fp,
+                                          kh, kw, stride, pad, pad, OH, OW, nt)
+    if rc:
+        raise MemoryError("conv2d: no memory for the per-thread weight gradients")
+    return np.ascontiguousarray(dw[..., :F].transpose(3, 0, 1, 2))
+
+
+# d/dx through the direct kernel puts the input channels in the 16 SIMD lanes: with fewer
+# than 8 (a first layer on 1-channel images) most lanes idle and im2col is faster (measured).
+DIRECT_DX_MIN_CHANNELS = 8
+
+
+def _direct_ok(x, W):
+    """The direct kernels handle float32 with kernels up to 8 wide (d/dx: see _direct_dx_ok)."""
+    return x.dtype == np.float32 and W.dtype == np.float32 and W.shape[3] <= 8 and x.shape[0] > 0
+
+
+def _direct_dx_ok(W, stride, pad):
+    """d/dx as a forward convolution needs stride 1 and pad <= k - 1 (a non-negative padding of dout)."""
+    return stride == 1 and pad <= W.shape[2] - 1 and pad <= W.shape[3] - 1
+
+
+def _direct_forward(x, W, b, stride, pad):
+    F, C, kh, kw = W.shape
+    bias = np.zeros(_lanes(F), dtype=np.float32)
+    if b is not None:
+        bias[:F] = b
+    return _direct_conv(np.ascontiguousarray(x), _lane_major(W), bias, F, kh, kw, stride, pad, pad)
+
+
+def _direct_dx(dout, W, pad):
+    """d/dx of a stride-1 convolution: dout padded by k-1-pad, convolved with the filters rotated
+    180 degrees and their in/out channels swapped."""
+    F, C, kh, kw = W.shape
+    rot = np.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    return _direct_conv(np.ascontiguousarray(dout), _lane_major(rot), np.zeros(_lanes(C), dtype=np.float32),
+                        C, kh, kw, 1, kh - 1 - pad, kw - 1 - pad)
 
 
 # --- pooling -----------------------------------------------------------------

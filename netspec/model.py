@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from . import kernels
 from .errors import DataError
 from .layers import MultiInputLayer
 
@@ -97,6 +98,10 @@ class Model:
 
     def forward(self, x, train=False):
         """Output of the last layer for a batch x (N, *input_shape), in the compute dtype."""
+        with kernels.blas_scope():
+            return self._forward(x, train)
+
+    def _forward(self, x, train):
         outs = {"input": self.as_input(x)}
         out = None
         for l in self.layers:
@@ -115,6 +120,10 @@ class Model:
         With ``need_input_grad=False`` (training), layers fed only by the network input
         skip their input gradient, and None is returned.
         """
+        with kernels.blas_scope():
+            return self._backward(dout, need_input_grad)
+
+    def _backward(self, dout, need_input_grad):
         pending = {self.layers[-1].name: dout}
         dx_input = None
         for l in reversed(self.layers):

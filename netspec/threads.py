@@ -13,6 +13,7 @@ imports the compiled module. A value the user set is kept.
 (no environment variable has to be set before numpy is imported). Scripts that
 run many tiny matrix products (tests, examples) call it with 1.
 """
+import contextlib
 import os
 
 
@@ -32,6 +33,27 @@ def limit_blas_threads(n):
     except ImportError:
         return None
     return threadpool_limits(limits=n, user_api="blas")
+
+
+_controller = None
+
+
+def single_threaded_blas():
+    """Context in which numpy's BLAS uses one thread; a no-op without threadpoolctl.
+
+    The compiled backend runs its own OpenMP threads (convolutions, pooling,
+    updates). A multi-threaded OpenBLAS call leaves its worker threads spinning
+    for a while afterwards, on the very cores the next convolution needs; the
+    dense layers' small products lose little by running on one thread.
+    """
+    global _controller
+    if _controller is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            return contextlib.nullcontext()
+        _controller = ThreadpoolController()
+    return _controller.limit(limits=1, user_api="blas")
 
 
 def blas_info():

@@ -10,13 +10,14 @@ caps the choice (for tests and comparisons). ``NETSPEC_PUREPYTHON=1`` forces num
 instead of a silent fallback. Layers and optimizers call ``netspec.kernels.<name>``
 and never a backend directly.
 """
+import contextlib
 import importlib
 import importlib.util
 import os
 import warnings
 
 from . import _numpy
-from ..threads import configure_openmp
+from ..threads import configure_openmp, single_threaded_blas
 
 BACKEND = "numpy"
 BACKEND_ERROR = None  # why the compiled backend is not in use, if it is not
@@ -79,10 +80,17 @@ else:
                       RuntimeWarning, stacklevel=2)
 
 __all__ = list(_numpy.__all__) + ["BACKEND", "BACKEND_ERROR", "ISA", "numpy_kernels", "compiled_module",
-                                  "out_size", "backend_info", "usable_variants"]
+                                  "out_size", "backend_info", "usable_variants", "blas_scope"]
 
 numpy_kernels = _numpy
 out_size = _numpy.out_size
+
+
+def blas_scope():
+    """Context for running a model: with the compiled backend, numpy's BLAS uses one thread
+    (the kernels bring their own OpenMP threads; see netspec.threads); with numpy, BLAS keeps
+    all its threads, since it is the only parallel part."""
+    return single_threaded_blas() if BACKEND == "cython" else contextlib.nullcontext()
 
 
 def compiled_module():
