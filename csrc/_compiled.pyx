@@ -540,6 +540,44 @@ def _direct_dx(dout, W, pad):
                         C, kh, kw, 1, kh - 1 - pad, kw - 1 - pad)
 
 
+# --- ReLU ----------------------------------------------------------------------
+
+def _relu_fwd(const floating[::1] x, floating[::1] out):
+    cdef Py_ssize_t i, n = x.shape[0]
+    cdef int nt = _nthreads(n)
+    for i in prange(n, nogil=True, schedule="static", num_threads=nt):
+        out[i] = 0 if x[i] <= 0 else x[i]   # NaN stays NaN, as with numpy's maximum
+
+
+def _relu_bwd(const floating[::1] dout, const floating[::1] out, floating[::1] dx):
+    cdef Py_ssize_t i, n = dout.shape[0]
+    cdef int nt = _nthreads(n)
+    for i in prange(n, nogil=True, schedule="static", num_threads=nt):
+        dx[i] = dout[i] if out[i] > 0 else 0
+
+
+def relu_forward(x):
+    """out = max(x, 0) (a new array)."""
+    if not _supported(x):
+        return _ref.relu_forward(x)
+    x = np.ascontiguousarray(x)
+    out = np.empty_like(x)
+    if x.size:
+        _relu_fwd(x.reshape(-1), out.reshape(-1))
+    return out
+
+
+def relu_backward(dout, out):
+    """dx = dout where the forward output was positive (x > 0), else 0."""
+    if not _supported(dout, out):
+        return _ref.relu_backward(dout, out)
+    dout, out = np.ascontiguousarray(dout), np.ascontiguousarray(out)
+    dx = np.empty_like(dout)
+    if dx.size:
+        _relu_bwd(dout.reshape(-1), out.reshape(-1), dx.reshape(-1))
+    return dx
+
+
 # --- pooling -----------------------------------------------------------------
 
 def _maxpool_fwd(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,

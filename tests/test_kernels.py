@@ -301,3 +301,19 @@ def test_read_only_inputs(dtype, kernels):
     k.momentum_update(p, g, v, 0.1, 0.9, 0.0)
     ref.momentum_update(p_r, g, v_r, 0.1, 0.9, 0.0)
     close(p, p_r, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(0,), (7,), (3, 4, 5, 6), (200, 16, 28, 28)])
+def test_relu(dtype, shape):
+    """max(x, 0) and its gradient, exactly as the reference (0 at 0 on both sides)."""
+    rng = np.random.default_rng(11)
+    x = data(rng, shape, dtype)
+    if x.size:
+        x.reshape(-1)[::7] = 0.0
+        x.reshape(-1)[3::11] = np.nan       # NaN propagates forward, gets no gradient
+    out = compiled.relu_forward(x)
+    np.testing.assert_array_equal(out, ref.relu_forward(x))
+    assert out.dtype == x.dtype and not np.shares_memory(out, x)
+    dout = data(rng, shape, dtype)
+    np.testing.assert_array_equal(compiled.relu_backward(dout, out), ref.relu_backward(dout, out))

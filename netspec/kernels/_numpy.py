@@ -24,7 +24,7 @@ import numpy as np
 __all__ = [
     "im2col", "col2im", "conv2d_forward", "conv2d_backward",
     "maxpool2d_forward", "maxpool2d_backward",
-    "avgpool2d_forward", "avgpool2d_backward",
+    "avgpool2d_forward", "avgpool2d_backward", "relu_forward", "relu_backward",
     "sgd_update", "momentum_update", "nesterov_update",
     "adagrad_update", "rmsprop_update", "adam_update",
 ]
@@ -98,6 +98,16 @@ def conv2d_backward(dout, x, W, stride, pad, need_dx=True):
         dcol = np.matmul(W.reshape(FN, -1).T, d2)    # (N, C*kh*kw, OH*OW)
         dx = col2im(dcol, x.shape, kh, kw, stride, pad)
     return dx, dW.astype(W.dtype, copy=False), db.astype(W.dtype, copy=False)
+
+
+def relu_forward(x):
+    """out = max(x, 0) (a new array)."""
+    return np.maximum(x, 0)
+
+
+def relu_backward(dout, out):
+    """dx = dout where the forward output was positive (x > 0), else 0."""
+    return np.where(out > 0, dout, 0).astype(dout.dtype, copy=False)
 
 
 def maxpool2d_forward(x, kh, kw, stride, pad):

@@ -3,6 +3,7 @@ from typing import Literal
 
 import numpy as np
 
+from .. import kernels
 from .base import Layer, LayerSpec, register
 
 
@@ -16,15 +17,15 @@ class ReLU(Layer):
     prefix = "relu"
 
     def forward(self, x, train=False):
-        self.mask = x > 0
-        return x * self.mask
+        self.out = kernels.relu_forward(x)
+        return self.out
 
     def backward(self, dout, need_dx=True):
-        return dout * self.mask
+        return kernels.relu_backward(dout, self.out)
 
     def kink_state(self):
         """Which side of the kink at 0 each input was on (for gradient checks)."""
-        return self.mask
+        return self.out > 0
 
 
 @register
