@@ -31,7 +31,7 @@ BASE = "netspec.kernels._compiled"
 # (An AVX-512 copy was measured and left out: on today's kernels it ran the optimizer
 # updates no faster than AVX2 and the im2col/scatter loops of small convs 5-20% slower.)
 ISA_VARIANTS = {
-    "_avx2": ["-mavx2", "-mfma"],
+    "_avx2": ["-mavx2", "-mfma", "-mf16c"],
 }
 GENERATED = os.path.join("build", "isa_sources")
 

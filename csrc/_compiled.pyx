@@ -71,6 +71,9 @@ cdef extern from "conv_direct.h" nogil:
                                  int N, int C, int H, int W, int F, int Fp, int kh, int kw,
                                  int s, int ph, int pw, int OH, int OW, int nthreads)
 
+cdef extern from "half.h" nogil:
+    void ns_round_half(float* x, Py_ssize_t n, int nthreads)
+
 __all__ = list(_ref.__all__) + ["backend_info", "chunk_samples"]
 
 cdef enum:
@@ -477,7 +480,7 @@ def _direct_conv(x, wt, bias, Py_ssize_t F, Py_ssize_t kh, Py_ssize_t kw, Py_ssi
     cdef const float[:, :, :, ::1] wv = wt
     cdef const float[::1] bv = bias
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t OH = (H + 2 * ph - kh) // stride + 1, OW = (W + 2 * pw - kw) // stride + 1
+    cdef Py_ssize_t OH = out_size(H, kh, stride, ph), OW = out_size(W, kw, stride, pw)
     out = np.empty((N, F, OH, OW), dtype=np.float32)
     cdef float[:, :, :, ::1] ov = out
     cdef int rc = 0, nt = netspec_max_threads()
@@ -538,6 +541,20 @@ def _direct_dx(dout, W, pad):
     rot = np.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
     return _direct_conv(np.ascontiguousarray(dout), _lane_major(rot), np.zeros(_lanes(C), dtype=np.float32),
                         C, kh, kw, 1, kh - 1 - pad, kw - 1 - pad)
+
+
+# --- float16 rounding ------------------------------------------------------------
+
+def round_half(x):
+    """Round a float32 array to float16 precision in place (numpy's astype(float16) rule)."""
+    cdef float[::1] v
+    if x.dtype != np.float32 or not x.flags.c_contiguous or not x.flags.writeable:
+        return _ref.round_half(x)
+    v = x.reshape(-1)
+    if v.shape[0]:
+        with nogil:
+            ns_round_half(&v[0], v.shape[0], netspec_max_threads())
+    return x
 
 
 # --- ReLU ----------------------------------------------------------------------

@@ -317,3 +317,19 @@ def test_relu(dtype, shape):
     assert out.dtype == x.dtype and not np.shares_memory(out, x)
     dout = data(rng, shape, dtype)
     np.testing.assert_array_equal(compiled.relu_backward(dout, out), ref.relu_backward(dout, out))
+
+
+@pytest.mark.parametrize("n", [0, 5, 100_003])
+def test_round_half_is_numpys_float16_cast(n):
+    """float16 rounding in place, bit for bit numpy's astype(float16): ties to even,
+    overflow to infinity, subnormals, NaN and signed zeros included."""
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal(n) * np.exp(rng.uniform(-30, 15, n))).astype(np.float32)
+    special = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 65504.0, 65520.0, 1e-8, 6e-8, 2049.0, 2051.0],
+                       np.float32)
+    if n:
+        x[:min(n, len(special))] = special[:n]
+    want = x.astype(np.float16).astype(np.float32)
+    got = compiled.round_half(x.copy())
+    np.testing.assert_array_equal(got, want)
+    assert np.array_equal(np.signbit(got), np.signbit(want))

@@ -17,7 +17,7 @@ import os
 import warnings
 
 from . import _numpy
-from ..threads import configure_openmp, single_threaded_blas
+from ..threads import configure_allocator, configure_openmp, row_parallel_matmul, single_threaded_blas
 
 BACKEND = "numpy"
 BACKEND_ERROR = None  # why the compiled backend is not in use, if it is not
@@ -26,7 +26,7 @@ ISA = None            # the compiled variant in use: "avx512", "avx2" or "baseli
 # variant -> (module suffix, CPU features it needs, as numpy names them)
 VARIANTS = {
     "avx512": ("_avx512", ("AVX512F", "AVX512VL", "AVX512BW", "AVX512DQ", "AVX2", "FMA3")),
-    "avx2": ("_avx2", ("AVX2", "FMA3")),
+    "avx2": ("_avx2", ("AVX2", "FMA3", "F16C")),
     "baseline": ("", ()),
 }
 
@@ -66,6 +66,7 @@ else:
             raise ModuleNotFoundError("the compiled kernels are not built (reinstall with a C "
                                       "compiler; `pip install -v .` shows why the build failed)")
         configure_openmp()  # before libgomp loads with the compiled module
+        configure_allocator()
         ISA = variants[0]
         _impl = importlib.import_module(f"{__name__}._compiled{VARIANTS[ISA][0]}")
         BACKEND = "cython"
@@ -80,7 +81,7 @@ else:
                       RuntimeWarning, stacklevel=2)
 
 __all__ = list(_numpy.__all__) + ["BACKEND", "BACKEND_ERROR", "ISA", "numpy_kernels", "compiled_module",
-                                  "out_size", "backend_info", "usable_variants", "blas_scope"]
+                                  "out_size", "backend_info", "usable_variants", "blas_scope", "matmul"]
 
 numpy_kernels = _numpy
 out_size = _numpy.out_size
@@ -91,6 +92,14 @@ def blas_scope():
     (the kernels bring their own OpenMP threads; see netspec.threads); with numpy, BLAS keeps
     all its threads, since it is the only parallel part."""
     return single_threaded_blas() if BACKEND == "cython" else contextlib.nullcontext()
+
+
+def matmul(a, b):
+    """a @ b for the dense layers: with the compiled backend, rows split over its threads
+    (each a one-thread BLAS call, see blas_scope); with numpy, numpy's own BLAS threads."""
+    if BACKEND == "cython":
+        return row_parallel_matmul(a, b, _impl.backend_info()["openmp_max_threads"])
+    return a @ b
 
 
 def compiled_module():

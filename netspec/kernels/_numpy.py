@@ -24,7 +24,7 @@ import numpy as np
 __all__ = [
     "im2col", "col2im", "conv2d_forward", "conv2d_backward",
     "maxpool2d_forward", "maxpool2d_backward",
-    "avgpool2d_forward", "avgpool2d_backward", "relu_forward", "relu_backward",
+    "avgpool2d_forward", "avgpool2d_backward", "relu_forward", "relu_backward", "round_half",
     "sgd_update", "momentum_update", "nesterov_update",
     "adagrad_update", "rmsprop_update", "adam_update",
 ]
@@ -98,6 +98,12 @@ def conv2d_backward(dout, x, W, stride, pad, need_dx=True):
         dcol = np.matmul(W.reshape(FN, -1).T, d2)    # (N, C*kh*kw, OH*OW)
         dx = col2im(dcol, x.shape, kh, kw, stride, pad)
     return dx, dW.astype(W.dtype, copy=False), db.astype(W.dtype, copy=False)
+
+
+def round_half(x):
+    """Round a float32 array to float16 precision in place (it may be a view); returns it."""
+    np.copyto(x, x.astype(np.float16))
+    return x
 
 
 def relu_forward(x):

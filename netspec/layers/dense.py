@@ -4,6 +4,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, StrictInt
 
+from .. import kernels
 from ..init import InitSpec
 from .base import Layer, LayerSpec, register
 
@@ -37,18 +38,18 @@ class Dense(Layer):
     def forward(self, x, train=False):
         self.x_shape = x.shape
         self.x = x.reshape(x.shape[0], -1)
-        out = self.x @ self.params["W"]
+        out = kernels.matmul(self.x, self.params["W"])
         if "b" in self.params:
             out += self.params["b"]
         return out
 
     def backward(self, dout, need_dx=True):
-        self.grads["W"] = self.x.T @ dout
+        self.grads["W"] = kernels.matmul(self.x.T, dout)
         if "b" in self.params:
             self.grads["b"] = dout.sum(axis=0)
         if not need_dx:
             return None
-        return (dout @ self.params["W"].T).reshape(self.x_shape)
+        return kernels.matmul(dout, self.params["W"].T).reshape(self.x_shape)
 
 
 @register
