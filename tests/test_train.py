@@ -306,7 +306,7 @@ def test_targets_that_cannot_fit_are_a_data_error_not_a_traceback(tmp_path, caps
     assert err.startswith("error: data 'inline' (train): targets are shaped [2]") and "Traceback" not in err
 
 
-@pytest.mark.parametrize("spec_name,epochs", [("simple_convnet", 2), ("two_layer_net", 1)])
+@pytest.mark.parametrize("spec_name,epochs", [("simple_convnet", 2), ("two_layer_net", 1), ("deep_convnet", 2)])
 def test_float16_accuracy_within_0_2_points_of_float32(spec_name, epochs):
     """Shipped specs, briefly trained: float16 inference changes at most 2 of the 1,000 test answers."""
     from netspec.data import load_data
