@@ -201,6 +201,13 @@ def _avgpool2d(g, layer, xs, out):
     return g.node("AveragePool", [xs[0]], out, count_include_pad=1, **_window(layer))
 
 
+def _globalavgpool2d(g, layer, xs, out):
+    """(N, C, H, W) -> (N, C): GlobalAveragePool gives (N, C, 1, 1); Flatten(axis=1) drops the 1x1."""
+    C = layer.in_shapes[0][0]
+    pooled = g.declare(g.node("GlobalAveragePool", [xs[0]], f"{layer.name}/pooled"), [C, 1, 1])
+    return g.node("Flatten", [pooled], out, axis=1)
+
+
 def _dense(g, layer, xs, out):
     """(N, *in) -> (N, units): Flatten(axis=1) for N-D input, then Gemm(x, W, b) with W (in, units)
     and b (units,), or MatMul(x, W) without a bias."""
@@ -280,6 +287,7 @@ EMITTERS = {
     "conv2d": _conv2d,
     "maxpool2d": _maxpool2d,
     "avgpool2d": _avgpool2d,
+    "globalavgpool2d": _globalavgpool2d,
     "dense": _dense,
     "affine": _dense,
     "flatten": _flatten,

@@ -47,6 +47,8 @@ LAYER_CASES = [
     Case("avgpool2d", [(2, 4, 6)], {"size": [2, 3], "stride": 1}, id="rect-2x3"),
     Case("avgpool2d", [(2, 4, 7)], {"size": [2, 3], "stride": 1, "pad": 1}, id="rect-2x3-pad1"),
     Case("avgpool2d", [(1, 5, 5)], {"size": 2, "stride": 2}, id="ragged"),
+    Case("globalavgpool2d", [(3, 4, 5)], id="3x4x5"),
+    Case("globalavgpool2d", [(2, 1, 1)], id="1x1"),
     # element-wise
     Case("relu", [(7,)], id="vector"),
     Case("relu", [(2, 3, 3)], id="image"),

@@ -129,6 +129,7 @@ TORCH_LAYERS = {
     "conv2d": _conv,
     "maxpool2d": _pool(F.max_pool2d),
     "avgpool2d": _pool(F.avg_pool2d, count_include_pad=True),
+    "globalavgpool2d": lambda layer, xs, p, train: torch.flatten(F.adaptive_avg_pool2d(xs[0], 1), 1),
     "relu": lambda layer, xs, p, train: torch.relu(xs[0]),
     "sigmoid": lambda layer, xs, p, train: torch.sigmoid(xs[0]),
     "tanh": lambda layer, xs, p, train: torch.tanh(xs[0]),

@@ -1,6 +1,8 @@
-"""Max and average pooling through the kernel seam (direct loops in the compiled backend)."""
+"""Max and average pooling through the kernel seam (direct loops in the compiled backend),
+and global average pooling (a channel's mean over the whole image)."""
 from typing import Literal, Optional
 
+import numpy as np
 from pydantic import Field, StrictInt, model_validator
 
 from .. import kernels
@@ -87,3 +89,33 @@ class AvgPool2D(_Pool):
     def backward(self, dout, need_dx=True):
         kh, kw = self.spec.size
         return kernels.avgpool2d_backward(dout, self.x_shape, kh, kw, self.stride, self.spec.pad)
+
+
+@register
+class GlobalAvgPool2D(Layer):
+    """x (N, C, H, W) -> (N, C): the mean of each channel over the whole image.
+
+    The usual head of a residual network: it replaces a large dense layer on the last
+    feature maps; dx = dout / (H*W) at every position of the channel.
+    """
+
+    class Spec(LayerSpec):
+        type: Literal["globalavgpool2d"]
+
+    prefix = "gap"
+
+    def infer_shape(self):
+        if len(self.in_shape) != 3:
+            raise self.shape_error(f"expects input shaped (C, H, W), got {list(self.in_shape)}")
+        return (self.in_shape[0],)
+
+    def flops(self):
+        return self.in_shape[0] * self.in_shape[1] * self.in_shape[2]
+
+    def forward(self, x, train=False):
+        self.x_shape = x.shape
+        return x.mean(axis=(2, 3), dtype=x.dtype)
+
+    def backward(self, dout, need_dx=True):
+        N, C, H, W = self.x_shape
+        return np.broadcast_to((dout / (H * W))[:, :, None, None], self.x_shape).copy()
