@@ -51,6 +51,10 @@ class Model:
         """Non-learned state (batchnorm running statistics), keyed like params."""
         return {f"{l.name}.{k}": v for l in self.layers for k, v in l.buffers().items()}
 
+    def no_decay_names(self):
+        """Parameters that weight decay skips when the optimizer says ``decay_bias_and_norm: false``."""
+        return {f"{l.name}.{k}" for l in self.layers for k in l.no_decay()}
+
     def set_rng(self, rng):
         """Generator for layers that draw random numbers (dropout)."""
         self.rng = rng

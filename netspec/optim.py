@@ -23,6 +23,9 @@ class _FiniteSpec(Strict):
 class _OptSpec(_FiniteSpec):
 
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty: adds weight_decay * p to the gradient")
+    decay_bias_and_norm: bool = Field(
+        True, description="false: weight decay skips biases and batchnorm's gamma and beta (usual for "
+        "residual networks); true: it applies to every parameter, as in the book")
 
 
 class SGDSpec(_OptSpec):
@@ -65,37 +68,59 @@ OptimizerSpec = Annotated[Union[SGDSpec, MomentumSpec, NesterovSpec, AdaGradSpec
                           Field(discriminator="type")]
 
 
-class StepSchedule(_FiniteSpec):
+class _Schedule(_FiniteSpec):
+    warmup_epochs: StrictInt = Field(
+        0, ge=0, description="epochs of linear warm-up first: lr * (e + 1) / (warmup_epochs + 1) at epoch e; "
+        "the schedule then runs over the remaining epochs")
+
+
+class ConstantSchedule(_Schedule):
+    """lr after the warm-up (a warm-up alone)."""
+    type: Literal["constant"]
+
+
+class StepSchedule(_Schedule):
     """lr * gamma ** (epoch // step_size)."""
     type: Literal["step"]
     step_size: StrictInt = Field(gt=0, description="epochs between decays")
     gamma: float = Field(0.1, gt=0, le=1)
 
 
-class ExponentialSchedule(_FiniteSpec):
+class ExponentialSchedule(_Schedule):
     """lr * gamma ** epoch."""
     type: Literal["exponential"]
     gamma: float = Field(gt=0, le=1)
 
 
-class CosineSchedule(_FiniteSpec):
+class CosineSchedule(_Schedule):
     """min_lr + (lr - min_lr) * (1 + cos(pi * epoch / epochs)) / 2."""
     type: Literal["cosine"]
     min_lr: float = Field(0.0, ge=0)
 
 
-ScheduleSpec = Annotated[Union[StepSchedule, ExponentialSchedule, CosineSchedule], Field(discriminator="type")]
+ScheduleSpec = Annotated[Union[ConstantSchedule, StepSchedule, ExponentialSchedule, CosineSchedule],
+                         Field(discriminator="type")]
 
 
 def scheduled_lr(base_lr, schedule, epoch, epochs):
-    """Learning rate for a 0-based ``epoch``."""
+    """Learning rate for a 0-based ``epoch`` of ``epochs``.
+
+    A warm-up of w epochs gives lr * (e + 1) / (w + 1) at epochs e < w; the schedule's own
+    formula then counts epochs from the end of the warm-up (e - w of epochs - w).
+    """
     if schedule is None:
+        return base_lr
+    w = schedule.warmup_epochs
+    if epoch < w:
+        return base_lr * (epoch + 1) / (w + 1)
+    epoch, epochs = epoch - w, max(epochs - w, 1)
+    if schedule.type == "constant":
         return base_lr
     if schedule.type == "step":
         return base_lr * schedule.gamma ** (epoch // schedule.step_size)
     if schedule.type == "exponential":
         return base_lr * schedule.gamma ** epoch
-    frac = min(epoch / max(epochs, 1), 1.0)
+    frac = min(epoch / epochs, 1.0)
     return schedule.min_lr + (base_lr - schedule.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
@@ -104,11 +129,13 @@ class Optimizer:
 
     slots = ()  # names of the per-parameter state arrays
 
-    def __init__(self, spec):
+    def __init__(self, spec, no_decay=()):
         self.spec = spec
         self.lr = spec.lr
         self.t = 0
         self.state = {}  # param name -> {slot: array}
+        # parameters weight decay skips (biases, batchnorm) when the spec asks for it
+        self.no_decay = frozenset(() if spec.decay_bias_and_norm else no_decay)
 
     def update(self, params, grads):
         self.t += 1
@@ -116,9 +143,10 @@ class Optimizer:
             st = self.state.get(name)
             if st is None:
                 st = self.state[name] = {s: np.zeros_like(p) for s in self.slots}
-            self.step(p, grads[name], st)
+            self.step(p, grads[name], st, 0.0 if name in self.no_decay else self.spec.weight_decay)
 
-    def step(self, p, g, st):
+    def step(self, p, g, st, wd):
+        """Update one parameter array in place; ``wd`` is its weight decay."""
         raise NotImplementedError
 
     def state_dict(self):
@@ -140,8 +168,8 @@ class Optimizer:
 class SGD(Optimizer):
     """p -= lr * g."""
 
-    def step(self, p, g, st):
-        kernels.sgd_update(p, g, self.lr, self.spec.weight_decay)
+    def step(self, p, g, st, wd):
+        kernels.sgd_update(p, g, self.lr, wd)
 
 
 class Momentum(Optimizer):
@@ -149,8 +177,8 @@ class Momentum(Optimizer):
 
     slots = ("v",)
 
-    def step(self, p, g, st):
-        kernels.momentum_update(p, g, st["v"], self.lr, self.spec.momentum, self.spec.weight_decay)
+    def step(self, p, g, st, wd):
+        kernels.momentum_update(p, g, st["v"], self.lr, self.spec.momentum, wd)
 
 
 class Nesterov(Optimizer):
@@ -158,8 +186,8 @@ class Nesterov(Optimizer):
 
     slots = ("v",)
 
-    def step(self, p, g, st):
-        kernels.nesterov_update(p, g, st["v"], self.lr, self.spec.momentum, self.spec.weight_decay)
+    def step(self, p, g, st, wd):
+        kernels.nesterov_update(p, g, st["v"], self.lr, self.spec.momentum, wd)
 
 
 class AdaGrad(Optimizer):
@@ -167,8 +195,8 @@ class AdaGrad(Optimizer):
 
     slots = ("h",)
 
-    def step(self, p, g, st):
-        kernels.adagrad_update(p, g, st["h"], self.lr, self.spec.eps, self.spec.weight_decay)
+    def step(self, p, g, st, wd):
+        kernels.adagrad_update(p, g, st["h"], self.lr, self.spec.eps, wd)
 
 
 class RMSprop(Optimizer):
@@ -176,8 +204,8 @@ class RMSprop(Optimizer):
 
     slots = ("h",)
 
-    def step(self, p, g, st):
-        kernels.rmsprop_update(p, g, st["h"], self.lr, self.spec.decay, self.spec.eps, self.spec.weight_decay)
+    def step(self, p, g, st, wd):
+        kernels.rmsprop_update(p, g, st["h"], self.lr, self.spec.decay, self.spec.eps, wd)
 
 
 class Adam(Optimizer):
@@ -192,14 +220,16 @@ class Adam(Optimizer):
         self.lr_t = self.lr * math.sqrt(1.0 - s.beta2 ** t) / (1.0 - s.beta1 ** t)
         super().update(params, grads)
 
-    def step(self, p, g, st):
+    def step(self, p, g, st, wd):
         s = self.spec
-        kernels.adam_update(p, g, st["m"], st["v"], self.lr_t, s.beta1, s.beta2, s.eps, s.weight_decay)
+        kernels.adam_update(p, g, st["m"], st["v"], self.lr_t, s.beta1, s.beta2, s.eps, wd)
 
 
 OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "nesterov": Nesterov,
               "adagrad": AdaGrad, "rmsprop": RMSprop, "adam": Adam}
 
 
-def make_optimizer(spec):
-    return OPTIMIZERS[spec.type](spec)
+def make_optimizer(spec, no_decay=()):
+    """The optimizer a spec names; ``no_decay``: parameter names exempt from weight decay when
+    the spec sets ``decay_bias_and_norm: false`` (``Model.no_decay_names()``)."""
+    return OPTIMIZERS[spec.type](spec, no_decay)

@@ -65,7 +65,7 @@ class Trainer:
         _, train_ss, _ = seed_streams(spec.seed)
         self.rng = np.random.default_rng(train_ss)
         self.sampler = Sampler(n, cfg.batch_size, cfg.sampling, self.rng)
-        self.optimizer = make_optimizer(cfg.optimizer)
+        self.optimizer = make_optimizer(cfg.optimizer, no_decay=model.no_decay_names())
         self.history = History()
         self.step = 0
         self.epoch = 0                     # completed epochs
@@ -126,9 +126,12 @@ class Trainer:
         if aug is not None and aug.enabled:
             from .data import augment
             x = augment(x, aug, self.rng)
+        t = self.t_train[idx]
+        if self.cfg.label_smoothing:
+            t = self._smoothed(t)
         try:
             with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported below, by step
-                grads = self.model.gradient(x, self.t_train[idx])
+                grads = self.model.gradient(x, t)
             loss = self.model.last_loss
             if not math.isfinite(loss):
                 raise TrainingDiverged(f"training diverged: loss is {loss} at step {self.step + 1} "
@@ -144,6 +147,12 @@ class Trainer:
         self.epoch_loss[0] += loss
         self.epoch_loss[1] += 1
         return loss
+
+    def _smoothed(self, t):
+        """Label smoothing: targets (1 - e) * one_hot + e / K for the training loss only."""
+        e, K = self.cfg.label_smoothing, self.model.output_shape[0]
+        onehot = np.eye(K, dtype=self.model.compute_dtype)[t] if t.ndim == 1 else t
+        return (1 - e) * onehot + e / K
 
     def evaluate_epoch(self):
         m, cfg = self.model, self.cfg

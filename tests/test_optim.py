@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from pydantic import TypeAdapter
 
+import netspec
 from netspec.optim import OptimizerSpec, ScheduleSpec, make_optimizer, scheduled_lr
 
 spec_of = TypeAdapter(OptimizerSpec).validate_python
@@ -109,3 +110,35 @@ def test_schedules():
     assert scheduled_lr(0.1, cos, 5, 10) == pytest.approx(0.055)
     assert scheduled_lr(0.1, cos, 10, 10) == pytest.approx(0.01)
     assert scheduled_lr(0.1, None, 7, 10) == 0.1
+
+
+def test_warmup_then_the_schedule_on_the_remaining_epochs():
+    from netspec.optim import CosineSchedule, ConstantSchedule, StepSchedule
+    cos = CosineSchedule.model_validate({"type": "cosine", "warmup_epochs": 2, "min_lr": 0.0})
+    lrs = [scheduled_lr(0.3, cos, e, 10) for e in range(10)]
+    assert lrs[:2] == pytest.approx([0.1, 0.2])                     # lr * (e + 1) / (w + 1)
+    assert lrs[2] == pytest.approx(0.3)                               # cosine starts at the full lr
+    assert lrs[2:] == pytest.approx([0.15 * (1 + math.cos(math.pi * k / 8)) for k in range(8)])
+    const = ConstantSchedule.model_validate({"type": "constant", "warmup_epochs": 3})
+    assert [scheduled_lr(1.0, const, e, 6) for e in range(6)] == pytest.approx([0.25, 0.5, 0.75, 1, 1, 1])
+    step = StepSchedule.model_validate({"type": "step", "step_size": 2, "gamma": 0.5, "warmup_epochs": 1})
+    assert [scheduled_lr(1.0, step, e, 6) for e in range(6)] == pytest.approx([0.5, 1, 1, 0.5, 0.5, 0.25])
+
+
+@pytest.mark.parametrize("kind", ["sgd", "momentum", "adam"])
+def test_weight_decay_can_skip_biases_and_batchnorm(kind):
+    """decay_bias_and_norm: false leaves biases and batchnorm's gamma/beta out of the L2 term."""
+    model = netspec.compile({"input": {"shape": [1, 4, 4]}, "loss": "mse", "dtype": "float64", "layers": [
+        {"type": "conv2d", "filters": 2, "kernel": 3}, {"type": "batchnorm"}, {"type": "dense", "units": 1}]})
+    assert model.no_decay_names() == {"conv1.b", "bn1.gamma", "bn1.beta", "dense1.b"}
+    for exempt in (False, True):
+        m = netspec.compile(model.spec, dtype="float64")
+        for p in m.params.values():
+            p[...] = 1.0
+        before = {k: v.copy() for k, v in m.params.items()}
+        opt = make_optimizer(spec_of({"type": kind, "weight_decay": 0.1, "decay_bias_and_norm": not exempt}),
+                             no_decay=m.no_decay_names())
+        opt.update(m.params, {k: np.zeros_like(v) for k, v in m.params.items()})   # only the decay moves p
+        for k, p in m.params.items():
+            moved = not np.array_equal(p, before[k])
+            assert moved == (not exempt or k not in m.no_decay_names()), (exempt, k)

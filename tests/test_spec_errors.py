@@ -8,7 +8,7 @@ import pytest
 import netspec
 from netspec import NetspecError, ShapeError, SpecError
 
-KNOWN = ("add, affine, avgpool2d, batchnorm, concat, conv2d, dense, dropout, flatten, "
+KNOWN = ("add, affine, avgpool2d, batchnorm, concat, conv2d, dense, dropout, flatten, globalavgpool2d, "
          "maxpool2d, relu, sigmoid, softmax, tanh")
 
 

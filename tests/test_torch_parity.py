@@ -582,3 +582,17 @@ def test_simple_convnet_training_step_matches_torch(optimizer, mnist_batch):
         new_t = new_t.T if new_t.ndim == 2 else new_t
         assert_close(f"updated {name}", model.params[name], new_t)
         assert_close(f"update of {name}", model.params[name] - start[name], new_t - start[name])
+
+
+def test_label_smoothing_equals_torch_cross_entropy_with_label_smoothing():
+    """netspec's smoothed targets under softmax_cross_entropy = torch's label_smoothing=e."""
+    rng = np.random.default_rng(3)
+    y, t, e, K = rng.standard_normal((5, 7)), rng.integers(0, 7, 5), 0.15, 7
+    smooth = (1 - e) * np.eye(K)[t] + e / K
+    loss = LOSSES["softmax_cross_entropy"]()
+    ours = loss.forward(y, smooth)
+    yt = t64(y, grad=True)
+    ref = F.cross_entropy(yt, torch.from_numpy(t), label_smoothing=e)
+    ref.backward()
+    assert_close("loss", np.array(ours), ref.detach())
+    assert_close("dy", loss.backward(), yt.grad)

@@ -97,7 +97,7 @@ def test_run_dir_contents_and_determinism(tmp_path):
     resolved = json.load(open(tmp_path / "a" / "spec.resolved.json"))
     assert resolved["layers"][0]["name"] == "conv1" and resolved["train"]["sampling"] == "shuffle"
     assert resolved["train"]["optimizer"] == {"type": "adam", "lr": 0.002, "beta1": 0.9, "beta2": 0.999,
-                                              "eps": 1e-7, "weight_decay": 0.0}
+                                              "eps": 1e-7, "weight_decay": 0.0, "decay_bias_and_norm": True}
 
 
 def test_resume_in_process_is_bit_identical(tmp_path):
@@ -317,3 +317,24 @@ def test_float16_accuracy_within_0_2_points_of_float32(spec_name, epochs):
     acc32 = h.model.accuracy(data.x_test, data.t_test)
     acc16 = half.accuracy(data.x_test, data.t_test)
     assert acc32 > 0.7 and abs(acc16 - acc32) <= 0.002, (acc32, acc16)
+
+
+def test_label_smoothing_trains_on_smoothed_targets_and_evaluates_on_labels():
+    spec = small_conv(epochs=1, label_smoothing=0.1)
+    tr = trainer_for(spec, save=False, quiet=True)
+    idx = np.arange(6)
+    t = tr.t_train[idx]
+    smooth = tr._smoothed(t)
+    assert smooth.shape == (6, 10) and np.allclose(smooth.sum(axis=1), 1.0)
+    np.testing.assert_allclose(smooth[np.arange(6), t], 0.9 + 0.01)
+    tr.model.set_rng(np.random.default_rng(0))
+    want = tr.model.loss(tr.x_train[idx], smooth, train=True)
+    tr.model.set_rng(np.random.default_rng(0))
+    assert tr.train_step(idx) == pytest.approx(want, rel=1e-6)
+    h = tr.run()
+    assert 0 <= h.test_acc <= 1
+    bad = small_conv(epochs=1, label_smoothing=0.1)
+    bad["loss"], bad["layers"][-1]["units"] = "mse", 10
+    with pytest.raises(netspec.SpecError, match=r"train\.label_smoothing: label smoothing needs loss "
+                                                r"softmax_cross_entropy, not mse"):
+        netspec.load_spec(bad)

@@ -118,6 +118,10 @@ class Layer:
         """{name: array} of non-learned state saved with the parameters."""
         return {}
 
+    def no_decay(self):
+        """Names of this layer's parameters that weight decay may skip (the bias)."""
+        return [k for k in self.params if k == "b"]
+
     def attrs(self):
         """The spec's fields that describe the computation, defaults resolved (for export)."""
         skip = {"type", "name", "inputs", "init", "bias_init"}

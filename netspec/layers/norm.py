@@ -37,6 +37,10 @@ class BatchNorm(Layer):
         C = self.in_shape[0]
         return {"gamma": ((C,), ConstantInit(value=1.0), None), "beta": ((C,), ZerosInit(), None)}
 
+    def no_decay(self):
+        """gamma and beta: a scale and a shift, not weights to shrink."""
+        return list(self.params)
+
     def buffers(self):
         """Non-learned state saved with the parameters."""
         return {"running_mean": self.running_mean, "running_var": self.running_var}

@@ -49,6 +49,10 @@ class TrainSpec(Strict):
     eval_batch_size: StrictInt = Field(1000, gt=0)
     early_stopping: Optional[EarlyStopping] = None
     augment: Optional[AugmentSpec] = None
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, allow_inf_nan=False,
+        description="train on targets (1 - e) * one_hot + e / classes (softmax_cross_entropy only; "
+        "evaluation uses the true labels)")
     log_every: StrictInt = Field(0, ge=0, description="print the loss every N steps (0: per epoch only)")
     checkpoint_every: StrictInt = Field(1, gt=0, description="epochs between checkpoints")
 
@@ -89,6 +93,9 @@ class NetSpec(Strict):
         ctx = info.context or {}
         self._source, self._positions = ctx.get("source"), ctx.get("positions")
         self._names, self._inputs, issues = _name_and_wire(self.layers)
+        if self.train is not None and self.train.label_smoothing and self.loss != "softmax_cross_entropy":
+            issues.append((("train", "label_smoothing"), f"label smoothing needs loss softmax_cross_entropy, "
+                           f"not {self.loss}", self.train.label_smoothing))
         if issues:
             raise ValidationError.from_exception_data("NetSpec", [
                 InitErrorDetails(type=PydanticCustomError("graph", message), loc=loc, input=value)
