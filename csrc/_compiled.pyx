@@ -543,6 +543,106 @@ def _direct_dx(dout, W, pad):
                         C, kh, kw, 1, kh - 1 - pad, kw - 1 - pad)
 
 
+# --- batch normalisation (per channel of x viewed as (N, C, S)) --------------------
+
+def _bn_stats(const floating[:, :, ::1] x, floating[::1] mean, floating[::1] var):
+    """Mean and biased variance per channel, accumulated in double, two passes."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], c, n, s
+    cdef double acc, mu, d
+    cdef int nt = _nthreads(N * C * S)
+    for c in prange(C, nogil=True, schedule="static", num_threads=nt):
+        acc = 0
+        for n in range(N):
+            for s in range(S):
+                acc = acc + x[n, c, s]
+        mu = acc / (N * S)
+        acc = 0
+        for n in range(N):
+            for s in range(S):
+                d = x[n, c, s] - mu
+                acc = acc + d * d
+        mean[c] = <floating>mu
+        var[c] = <floating>(acc / (N * S))
+
+
+def _bn_fwd(const floating[:, :, ::1] x, const floating[::1] gamma, const floating[::1] beta,
+            const floating[::1] mean, const floating[::1] inv_std, floating[:, :, ::1] out,
+            floating[:, :, ::1] xhat):
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], nc, n, c, s
+    cdef floating h
+    cdef int nt = _nthreads(N * C * S)
+    for nc in prange(N * C, nogil=True, schedule="static", num_threads=nt):
+        n = nc // C
+        c = nc - n * C
+        for s in range(S):
+            h = (x[n, c, s] - mean[c]) * inv_std[c]
+            xhat[n, c, s] = h
+            out[n, c, s] = gamma[c] * h + beta[c]
+
+
+def _bn_bwd(const floating[:, :, ::1] dout, const floating[:, :, ::1] xhat, const floating[::1] gamma,
+            const floating[::1] inv_std, bint train, floating[:, :, ::1] dx, floating[::1] dgamma,
+            floating[::1] dbeta):
+    cdef Py_ssize_t N = dout.shape[0], C = dout.shape[1], S = dout.shape[2], c, n, s
+    cdef double sb, sg
+    cdef floating scale, mb, mg
+    cdef double m = N * S
+    cdef int nt = _nthreads(N * C * S)
+    for c in prange(C, nogil=True, schedule="static", num_threads=nt):
+        sb = 0
+        sg = 0
+        for n in range(N):
+            for s in range(S):
+                sb = sb + dout[n, c, s]
+                sg = sg + dout[n, c, s] * xhat[n, c, s]
+        dbeta[c] = <floating>sb
+        dgamma[c] = <floating>sg
+        scale = gamma[c] * inv_std[c]
+        mb = <floating>(sb / m) if train else 0
+        mg = <floating>(sg / m) if train else 0
+        for n in range(N):
+            for s in range(S):
+                dx[n, c, s] = scale * (dout[n, c, s] - mb - xhat[n, c, s] * mg)
+
+
+def batchnorm_stats(x):
+    """Per-channel mean and biased variance of x (N, C, S): over the N*S values of each channel."""
+    if not _supported(x):
+        return _ref.batchnorm_stats(x)
+    x = np.ascontiguousarray(x)
+    mean = np.empty(x.shape[1], dtype=x.dtype)
+    var = np.empty(x.shape[1], dtype=x.dtype)
+    if x.shape[0] * x.shape[2] == 0:
+        return _ref.batchnorm_stats(x)
+    _bn_stats(x, mean, var)
+    return mean, var
+
+
+def batchnorm_forward(x, gamma, beta, mean, inv_std):
+    """x (N, C, S) -> (out, xhat): xhat = (x - mean) * inv_std, out = gamma * xhat + beta per channel."""
+    if not _supported(x, gamma, beta, mean, inv_std):
+        return _ref.batchnorm_forward(x, gamma, beta, mean, inv_std)
+    x = np.ascontiguousarray(x)
+    out, xhat = np.empty_like(x), np.empty_like(x)
+    if x.size:
+        _bn_fwd(x, np.ascontiguousarray(gamma), np.ascontiguousarray(beta), np.ascontiguousarray(mean),
+                np.ascontiguousarray(inv_std), out, xhat)
+    return out, xhat
+
+
+def batchnorm_backward(dout, xhat, gamma, inv_std, train):
+    """(dx, dgamma, dbeta); see the reference for the formulas (batch or running statistics)."""
+    if not _supported(dout, xhat, gamma, inv_std):
+        return _ref.batchnorm_backward(dout, xhat, gamma, inv_std, train)
+    dout, xhat = np.ascontiguousarray(dout), np.ascontiguousarray(xhat)
+    dx = np.empty_like(dout)
+    dgamma = np.zeros(dout.shape[1], dtype=dout.dtype)
+    dbeta = np.zeros(dout.shape[1], dtype=dout.dtype)
+    if dout.size:
+        _bn_bwd(dout, xhat, np.ascontiguousarray(gamma), np.ascontiguousarray(inv_std), train, dx, dgamma, dbeta)
+    return dx, dgamma, dbeta
+
+
 # --- float16 rounding ------------------------------------------------------------
 
 def round_half(x):

@@ -334,3 +334,28 @@ def test_round_half_is_numpys_float16_cast(n):
     got = compiled.round_half(x.copy())
     np.testing.assert_array_equal(got, want)
     assert np.array_equal(np.signbit(got), np.signbit(want))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(7, 3, 1), (4, 5, 36), (100, 16, 784)])
+@pytest.mark.parametrize("train", [True, False])
+def test_batchnorm(dtype, shape, train):
+    """Per-channel statistics, normalisation and the gradient against the reference."""
+    rng = np.random.default_rng(13)
+    x = (3 + 2 * rng.standard_normal(shape)).astype(dtype)
+    mean, var = compiled.batchnorm_stats(x)
+    ref_mean, ref_var = ref.batchnorm_stats(x)
+    close(mean, ref_mean, dtype, 10)
+    close(var, ref_var, dtype, 10)
+    C = shape[1]
+    gamma, beta = data(rng, (C,), dtype), data(rng, (C,), dtype)
+    inv_std = (1 / np.sqrt(ref_var + 1e-5)).astype(dtype)
+    out, xhat = compiled.batchnorm_forward(x, gamma, beta, ref_mean, inv_std)
+    want_out, want_xhat = ref.batchnorm_forward(x, gamma, beta, ref_mean, inv_std)
+    close(out, want_out, dtype, 10)
+    close(xhat, want_xhat, dtype, 10)
+    dout = data(rng, shape, dtype)
+    for got, want, name in zip(compiled.batchnorm_backward(dout, want_xhat, gamma, inv_std, train),
+                               ref.batchnorm_backward(dout, want_xhat, gamma, inv_std, train),
+                               ("dx", "dgamma", "dbeta")):
+        close(got, want, dtype, shape[0] * shape[2])

@@ -25,6 +25,7 @@ __all__ = [
     "im2col", "col2im", "conv2d_forward", "conv2d_backward",
     "maxpool2d_forward", "maxpool2d_backward",
     "avgpool2d_forward", "avgpool2d_backward", "relu_forward", "relu_backward", "round_half",
+    "batchnorm_stats", "batchnorm_forward", "batchnorm_backward",
     "sgd_update", "momentum_update", "nesterov_update",
     "adagrad_update", "rmsprop_update", "adam_update",
 ]
@@ -98,6 +99,32 @@ def conv2d_backward(dout, x, W, stride, pad, need_dx=True):
         dcol = np.matmul(W.reshape(FN, -1).T, d2)    # (N, C*kh*kw, OH*OW)
         dx = col2im(dcol, x.shape, kh, kw, stride, pad)
     return dx, dW.astype(W.dtype, copy=False), db.astype(W.dtype, copy=False)
+
+
+def batchnorm_stats(x):
+    """Per-channel mean and biased variance of x (N, C, S): over the N*S values of each channel."""
+    mean = x.mean(axis=(0, 2))
+    xc = x - mean[None, :, None]
+    return mean, (xc * xc).mean(axis=(0, 2))
+
+
+def batchnorm_forward(x, gamma, beta, mean, inv_std):
+    """x (N, C, S) -> (out, xhat): xhat = (x - mean) * inv_std, out = gamma * xhat + beta per channel."""
+    xhat = (x - mean[None, :, None]) * inv_std[None, :, None]
+    return gamma[None, :, None] * xhat + beta[None, :, None], xhat
+
+
+def batchnorm_backward(dout, xhat, gamma, inv_std, train):
+    """(dx, dgamma, dbeta) for dout, xhat (N, C, S). With batch statistics (train), per channel
+    over its m = N*S values: dx = gamma * inv_std * (dout - sum(dout)/m - xhat * sum(dout*xhat)/m);
+    with running statistics: dx = gamma * inv_std * dout."""
+    dbeta = dout.sum(axis=(0, 2))
+    dgamma = (dout * xhat).sum(axis=(0, 2))
+    scale = (gamma * inv_std)[None, :, None]
+    if not train:
+        return dout * scale, dgamma, dbeta
+    m = dout.shape[0] * dout.shape[2]
+    return scale * (dout - dbeta[None, :, None] / m - xhat * (dgamma[None, :, None] / m)), dgamma, dbeta
 
 
 def round_half(x):

@@ -12,6 +12,7 @@ import numpy as np
 from pydantic import Field
 
 from ..init import ConstantInit, ZerosInit
+from .. import kernels
 from .base import Layer, LayerSpec, register
 
 
@@ -29,8 +30,6 @@ class BatchNorm(Layer):
     def infer_shape(self):
         if len(self.in_shape) not in (1, 3):
             raise self.shape_error(f"expects (features,) or (C, H, W) input, got {list(self.in_shape)}")
-        self.axes = (0,) if len(self.in_shape) == 1 else (0, 2, 3)
-        self.stat_shape = (1, self.in_shape[0]) + (1,) * (len(self.in_shape) - 1)
         return self.in_shape
 
     def param_specs(self):
@@ -54,35 +53,24 @@ class BatchNorm(Layer):
         return 4 * math.prod(self.out_shape)
 
     def forward(self, x, train=False):
-        shape = self.stat_shape
-        gamma = self.params["gamma"].reshape(shape)
-        beta = self.params["beta"].reshape(shape)
+        x3 = x.reshape(x.shape[0], x.shape[1], -1)   # (N, C, H*W), or (N, features, 1)
         if train:
-            mean = x.mean(axis=self.axes)
-            xc = x - mean.reshape(shape)
-            var = (xc * xc).mean(axis=self.axes)
+            mean, var = kernels.batchnorm_stats(x3)
             m = self.spec.momentum
             self.running_mean *= m
             self.running_mean += (1 - m) * mean
             self.running_var *= m
             self.running_var += (1 - m) * var
         else:
-            xc = x - self.running_mean.reshape(shape)
-            var = self.running_var
-        self.inv_std = (1.0 / np.sqrt(var + self.spec.eps)).reshape(shape).astype(x.dtype, copy=False)
-        self.xhat = xc * self.inv_std
+            mean, var = self.running_mean, self.running_var
+        self.inv_std = (1.0 / np.sqrt(var + self.spec.eps)).astype(x.dtype, copy=False)
+        out, self.xhat = kernels.batchnorm_forward(x3, self.params["gamma"], self.params["beta"],
+                                                   mean.astype(x.dtype, copy=False), self.inv_std)
         self.train = train
-        return gamma * self.xhat + beta
+        return out.reshape(x.shape)
 
     def backward(self, dout, need_dx=True):
-        shape = self.stat_shape
-        gamma = self.params["gamma"].reshape(shape)
-        self.grads["gamma"] = (dout * self.xhat).sum(axis=self.axes)
-        self.grads["beta"] = dout.sum(axis=self.axes)
-        dxhat = dout * gamma
-        if not self.train:
-            return dxhat * self.inv_std
-        m = dout.size // dout.shape[1]  # samples per feature: N, or N*H*W
-        # d/dx of normalising with batch statistics, written per feature
-        return self.inv_std * (dxhat - dxhat.sum(axis=self.axes, keepdims=True) / m
-                               - self.xhat * (dxhat * self.xhat).sum(axis=self.axes, keepdims=True) / m)
+        d3 = dout.reshape(dout.shape[0], dout.shape[1], -1)
+        dx, self.grads["gamma"], self.grads["beta"] = kernels.batchnorm_backward(
+            d3, self.xhat, self.params["gamma"], self.inv_std, self.train)
+        return dx.reshape(dout.shape)
