@@ -5,6 +5,8 @@ inputs; results must agree to a per-dtype tolerance (float64 to ~1e-12
 relative, float32 to ~1e-5). Skipped as a module when the extension is not
 built; tests/test_backend.py is what fails when a build was required.
 """
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
@@ -18,7 +20,7 @@ compiled = netspec.kernels.compiled_module() or pytest.importorskip("netspec.ker
 
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
-SETTINGS = settings(max_examples=40, deadline=None,
+SETTINGS = settings(max_examples=int(os.environ.get("NETSPEC_FUZZ_EXAMPLES", 40)), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -359,3 +361,25 @@ def test_batchnorm(dtype, shape, train):
                                ref.batchnorm_backward(dout, want_xhat, gamma, inv_std, train),
                                ("dx", "dgamma", "dbeta")):
         close(got, want, dtype, shape[0] * shape[2])
+
+
+@SETTINGS
+@given(C=st.integers(8, 20), F=st.integers(1, 40), kh=st.integers(1, 5), kw=st.integers(1, 8),
+       stride=st.integers(1, 2), pad=st.integers(0, 4), H=st.integers(1, 12), W=st.integers(1, 12),
+       N=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_conv2d_direct_kernels_on_many_shapes(C, F, kh, kw, stride, pad, H, W, N, seed):
+    """float32 layers wide enough for the direct kernels (8+ input channels): forward, dW and d/dx
+    (as a rotated forward convolution where stride is 1 and pad <= k - 1) against the reference."""
+    if H + 2 * pad < kh or W + 2 * pad < kw:
+        return
+    rng = np.random.default_rng(seed)
+    x = data(rng, (N, C, H, W), np.float32)
+    Wt = data(rng, (F, C, kh, kw), np.float32)
+    b = data(rng, (F,), np.float32)
+    out = compiled.conv2d_forward(x, Wt, b, stride, pad)
+    close(out, ref.conv2d_forward(x, Wt, b, stride, pad), np.float32, C * kh * kw)
+    dout = data(rng, out.shape, np.float32)
+    for name, got, want, scale in zip(("dx", "dW", "db"), compiled.conv2d_backward(dout, x, Wt, stride, pad),
+                                      ref.conv2d_backward(dout, x, Wt, stride, pad),
+                                      (F * kh * kw, N * out[0, 0].size, N * out[0, 0].size)):
+        close(got, want, np.float32, scale)
