@@ -17,11 +17,15 @@ from .spec import load_spec
 from .trainer import Trainer
 
 
+def _spec_dir(spec):
+    """The folder of the spec file, where relative data paths start; None for a spec not from a file."""
+    return os.path.dirname(os.path.abspath(spec.source)) if spec.source and os.path.exists(spec.source) else None
+
+
 def pin_data(spec):
     """The spec with its train.data paths absolute and checksummed (a NetSpec copy)."""
     from .data.sources import pin_paths
-    base_dir = os.path.dirname(os.path.abspath(spec.source)) if spec.source and os.path.exists(spec.source) else None
-    data = pin_paths(spec.train.data, base_dir)
+    data = pin_paths(spec.train.data, _spec_dir(spec))
     if data is spec.train.data:
         return spec
     return spec.model_copy(update={"train": spec.train.model_copy(update={"data": data})})
@@ -30,8 +34,7 @@ def pin_data(spec):
 def load_spec_data(spec, dtype):
     """The spec's train.data as a Dataset in ``dtype``; relative paths start at the spec's folder."""
     from .data import load_data
-    base_dir = os.path.dirname(os.path.abspath(spec.source)) if spec.source and os.path.exists(spec.source) else None
-    return load_data(spec.train.data, seed=spec.seed, dtype=dtype, base_dir=base_dir)
+    return load_data(spec.train.data, seed=spec.seed, dtype=dtype, base_dir=_spec_dir(spec))
 
 
 def trainer_for(spec, *, out=None, epochs=None, dtype=None, quiet=False, progress=None, callbacks=(),
