@@ -34,6 +34,9 @@ LAYER_CASES = [
     Case("conv2d", [(2, 5, 6)], {"filters": 2, "kernel": [3, 2], "stride": 2, "pad": 1}, id="rect-3x2-s2"),
     Case("conv2d", [(3, 3, 4)], {"filters": 2, "kernel": 1, "bias": False}, id="1x1-no-bias"),
     Case("conv2d", [(2, 4, 4)], {"filters": 2, "kernel": 2, "stride": 2, "pad": 2}, id="pad-gt-half"),
+    # floor mode: the stride leaves the last padded row/column unread (ResNet's downsampling)
+    Case("conv2d", [(2, 6, 7)], {"filters": 3, "kernel": 3, "stride": 2, "pad": 1}, id="floor-s2-p1"),
+    Case("conv2d", [(3, 6, 6)], {"filters": 2, "kernel": 1, "stride": 2, "bias": False}, id="floor-1x1-s2"),
     # pools: non-overlapping, overlapping, padded, rectangular, ragged (floor) edge
     Case("maxpool2d", [(2, 4, 4)], {"size": 2}, id="2x2"),
     Case("maxpool2d", [(2, 7, 7)], {"size": 3, "stride": 2}, id="overlap-3s2"),

@@ -230,11 +230,16 @@ def test_non_integer_conv_output(write_spec):
     assert str(shape_error(path)) == (
         f"{path}:4:5: layers[1]: layer 'conv1' (conv2d) receives [36] from 'dense1': "
         "expects input shaped (C, H, W), got [36]")
+
+
+def test_conv_output_size_floors_like_pytorch(write_spec):
+    """A stride that does not tile the padded input drops the last row/column, as PyTorch and ONNX do."""
     path = write_spec("input: {shape: [1, 6, 7]}\nlayers:\n"
-                      "  - {type: conv2d, filters: 2, kernel: 3, stride: 2, pad: 1}\nloss: mse\n")
-    assert str(shape_error(path)) == (
-        f"{path}:3:5: layers[0]: layer 'conv1' (conv2d) receives [1, 6, 7] from 'input': "
-        "output height = (6 + 2*1 - 3) / 2 + 1 = 3.5 is not an integer; change stride or pad")
+                      "  - {type: conv2d, filters: 2, kernel: 3, stride: 2, pad: 1}\n"
+                      "  - {type: conv2d, filters: 2, kernel: 1, stride: 2}\nloss: mse\n")
+    model = netspec.compile(netspec.load_spec(path))
+    # (6 + 2 - 3) // 2 + 1 = 3, (7 + 2 - 3) // 2 + 1 = 4; then (3 - 1) // 2 + 1 = 2, (4 - 1) // 2 + 1 = 2
+    assert [layer.out_shape for layer in model.layers] == [(2, 3, 4), (2, 2, 2)]
 
 
 def test_explicit_values_of_the_wrong_shape(write_spec):

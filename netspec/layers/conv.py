@@ -12,7 +12,8 @@ from .base import Layer, LayerSpec, PositivePair, register
 class Conv2D(Layer):
     """x (N, C, H, W) -> (N, filters, OH, OW); W (filters, C, kh, kw), b (filters,).
 
-    OH = (H + 2*pad - kh) // stride + 1, and the division must be exact.
+    OH = (H + 2*pad - kh) // stride + 1 (floor mode, as PyTorch and ONNX: when the
+    stride does not tile the padded input, the last rows/columns are not read).
     """
 
     class Spec(LayerSpec):
@@ -40,9 +41,6 @@ class Conv2D(Layer):
                 raise self.shape_error(
                     f"kernel {kh}x{kw} is larger than the padded input {H + 2 * p}x{W + 2 * p} "
                     f"({formula} = {(size + 2 * p - k) / s + 1:g} < 1)")
-            if (size + 2 * p - k) % s:
-                raise self.shape_error(
-                    f"{formula} = {(size + 2 * p - k) / s + 1:g} is not an integer; change stride or pad")
             out.append(kernels.out_size(size, k, s, p))
         self.fan_in = C * kh * kw
         return (self.spec.filters, out[0], out[1])
