@@ -127,7 +127,7 @@ def commands():
     Each handler takes the parsed arguments and returns an exit code; user errors are
     raised as NetspecError and printed by ``main``.
     """
-    from . import export, train_cli
+    from . import expand, export, train_cli
     from .data import cli as data_cli
     return [
         ("run", "train a spec; writes a run directory with checkpoints and metrics",
@@ -137,6 +137,7 @@ def commands():
         ("predict", "class and top-3 (or outputs) of a checkpoint for image files, folders or arrays",
          train_cli.add_predict_arguments, train_cli.cmd_predict),
         ("export", export.HELP, export.add_arguments, export.cmd_export),
+        ("expand", expand.HELP, expand.add_arguments, expand.cmd_expand),
         ("validate", "check spec files (schema, names, shapes)", add_validate_arguments, cmd_validate),
         ("summary", "layer table: output shapes, parameters, FLOPs", add_summary_arguments, cmd_summary),
         ("gradcheck", "compare back-propagation with central differences (float64)",

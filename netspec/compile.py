@@ -19,10 +19,13 @@ def seed_streams(seed):
 
 
 def _where(spec, i):
-    line, col = spec.position(("layers", i))
-    if spec.source and line:
-        return f"{spec.source}:{line}:{col}: layers[{i}]"
-    return f"layers[{i}]"
+    file, line, col = spec.locate(("layers", i))
+    label = spec.label(("layers", i))
+    if spec.uses(i):
+        label += f" (in {spec.uses(i)})"
+    if file and line:
+        return f"{file}:{line}:{col}: {label}"
+    return label
 
 
 def compile(spec, dtype=None):

@@ -18,7 +18,7 @@ SPEC_NAMES = sorted(p.stem for p in SPECS_DIR.glob("*.yaml"))   # every shipped 
 
 # per spec: (batch, elements checked per parameter array); the conv nets are sampled thinly to stay fast
 GRADCHECK = {"deep_convnet": (2, 10), "deep_convnet_fashion": (1, 4), "deep_convnet_fashion_plus": (2, 4),
-             "simple_convnet": (2, 20), "mnist_mlp": (2, 10)}
+             "simple_convnet": (2, 20), "mnist_mlp": (2, 10), "resnet_fashion": (2, 2)}
 
 
 def _tolerance(model):
@@ -85,7 +85,9 @@ def test_forward_example_starts_from_the_explicit_values():
 
 def test_registry_and_schema_name_the_same_layer_types():
     schema = json_schema()
-    items = schema["properties"]["layers"]["items"]
+    layer, use = schema["properties"]["layers"]["items"]["anyOf"]   # a layer, or a block's use
+    assert use == {"$ref": "#/$defs/BlockUse"}
+    items = layer
     named = set()
     for ref in items["oneOf"]:
         prop = schema["$defs"][ref["$ref"].split("/")[-1]]["properties"]["type"]
@@ -97,8 +99,10 @@ def test_registry_and_schema_name_the_same_layer_types():
 
 def test_schema_forbids_unknown_keys_everywhere():
     schema = json_schema()
-    objects = [schema] + [d for d in schema["$defs"].values() if d.get("type") == "object"]
+    objects = [schema] + [d for k, d in schema["$defs"].items() if d.get("type") == "object" and k != "BlockUse"]
     assert objects and all(d.get("additionalProperties") is False for d in objects)
+    # a block's use is the one exception: its extra keys are the block's arguments, checked on expansion
+    assert schema["$defs"]["BlockUse"]["additionalProperties"] is True
     json.dumps(schema)   # serialisable
 
 

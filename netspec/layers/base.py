@@ -18,7 +18,8 @@ from ..init import initialize
 
 LAYERS = {}
 
-Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
+# Dots separate the scopes of expanded blocks: stage2.block1.conv1.
+Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", max_length=200)]
 
 
 def _pair(v):

@@ -12,10 +12,11 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import SpecError, did_you_mean
 from ..layers import LAYERS, LOSSES
-from .loader import Positions, format_path, parse_text, read_spec_file
+from . import blocks
+from .loader import Positions, parse_text, read_spec_file
 from .models import FORMAT_VERSION, NetSpec
 
-__all__ = ["load_spec", "NetSpec", "FORMAT_VERSION", "json_schema", "spec_to_dict"]
+__all__ = ["load_spec", "NetSpec", "FORMAT_VERSION", "json_schema", "spec_to_dict", "expand"]
 
 _TAGS = ("type", "source")
 
@@ -42,12 +43,25 @@ def loads_spec(text, source="<string>", fmt=None):
 
 
 def validate(data, pos, source):
+    return expand(data, pos, source)[0]
+
+
+def expand(data, pos, source):
+    """(NetSpec, origins): blocks and includes expanded, then validated.
+
+    ``origins[j]`` lists where flat layer j was written and the block uses it came
+    through, innermost first, as ``(file, line, block name)``; None for a flat spec.
+    """
     if not isinstance(data, dict):
         raise SpecError([_issue(source, pos, (), f"a spec must be a mapping of keys, got {_kind(data)}")])
+    origins = None
+    if blocks.uses_blocks(data):
+        data, pos, origins = blocks.expand(data, pos, source)
     try:
-        return NetSpec.model_validate(data, context={"source": source, "positions": pos})
+        spec = NetSpec.model_validate(data, context={"source": source, "positions": pos})
     except ValidationError as exc:
         raise SpecError(_issues_from(exc, data, pos, source), file=source) from None
+    return spec, origins
 
 
 def _kind(v):
@@ -56,8 +70,8 @@ def _kind(v):
 
 
 def _issue(source, pos, path, message, prefer_key=False):
-    line, col = pos.lookup(path, prefer_key)
-    return dict(file=source, line=line, column=col, path=format_path(path), message=message)
+    file, line, col = pos.locate(path, source, prefer_key)
+    return dict(file=file, line=line, column=col, path=pos.label(path), message=message)
 
 
 # --- Pydantic errors -> positioned, human messages --------------------------
@@ -103,18 +117,23 @@ def _unwrap(tp):
     return out
 
 
-def _fields_at(path, data):
+def _fields_at(path, data, root=None):
     """Keys valid at ``path``: the fields of the one model there, or of every union member still possible."""
-    return list(dict.fromkeys(f for m in _models_at(path, data) for f in m.model_fields))
+    return list(dict.fromkeys(f for m in _models_at(path, data, root) for f in m.model_fields))
 
 
-def _models_at(path, data):
+def _models_at(path, data, root=None):
     """The Pydantic model classes that may validate the mapping at ``path``."""
-    models, node = [NetSpec], data
+    models, node, keyed = [root or NetSpec], data, False
     for el in path:
         if isinstance(el, int):
             node = node[el] if isinstance(node, list) and el < len(node) else None
+        elif keyed:  # a key of a dict[str, Model] field (a block name): the models stay
+            node = node.get(el) if isinstance(node, dict) else None
+            keyed = False
         else:
+            keyed = any(typing.get_origin(mod.model_fields[el].annotation) is dict
+                        for mod in models if el in mod.model_fields)
             models = [m for mod in models if el in mod.model_fields
                       for m in _unwrap(mod.model_fields[el].annotation)]
             node = node.get(el) if isinstance(node, dict) else None
@@ -130,13 +149,13 @@ def _short(v, limit=60):
     return r if len(r) <= limit else r[:limit - 3] + "..."
 
 
-def _message(err, data, path):
+def _message(err, data, path, root=None):
     kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
     if kind == "graph":  # NetSpec's own graph checks: already a complete message
         return err["msg"]
     if kind == "extra_forbidden":
         key = path[-1]
-        hint = did_you_mean(key, _fields_at(path[:-1], data))
+        hint = did_you_mean(key, _fields_at(path[:-1], data, root))
         return f"unknown key '{key}'{hint}"
     if kind == "missing":
         if isinstance(path[-1], int):  # a fixed-length list such as kernel: [kh, kw]
@@ -212,7 +231,7 @@ def _options(path, disc):
     return []
 
 
-def _issues_from(exc, data, pos, source):
+def _issues_from(exc, data, pos, source, root=None):
     issues, seen = [], set()
     errors = exc.errors()
     # A typo gives both "unknown key 'filtres'" and "missing 'filters'": report the typo once.
@@ -221,28 +240,40 @@ def _issues_from(exc, data, pos, source):
         if err["type"] == "extra_forbidden":
             path = _data_path(err["loc"], data)
             suggested.update(path[:-1] + (m,) for m in difflib.get_close_matches(
-                str(path[-1]), _fields_at(path[:-1], data), n=1, cutoff=0.6))
+                str(path[-1]), _fields_at(path[:-1], data, root), n=1, cutoff=0.6))
     for err in errors:
         path = _data_path(err["loc"], data)
         if err["type"] == "missing" and path in suggested:
             continue
-        msg = _message(err, data, path)
+        msg = _message(err, data, path, root)
         key = (path, msg)
         if key in seen:
             continue
         seen.add(key)
         if err["type"] == "missing":
             issues.append(_issue(source, pos, path[:-1], msg))
-            issues[-1]["path"] = format_path(path)
+            issues[-1]["path"] = pos.label(path)
         else:
             issues.append(_issue(source, pos, path, msg, prefer_key=err["type"] == "extra_forbidden"))
-    issues.sort(key=lambda i: (i["line"] or 0, i["column"] or 0))
+    # A mistake in a block body shows once, however many uses expand it.
+    unique = {}
+    for i in issues:
+        unique.setdefault((i["file"], i["line"], i["column"], i["message"]) if i["line"] else id(i), i)
+    issues = list(unique.values())
+    issues.sort(key=lambda i: (i["file"] != source, str(i["file"]), i["line"] or 0, i["column"] or 0))
     return issues
 
 
 def json_schema():
     """JSON Schema of the spec format, generated from the models."""
     schema = NetSpec.model_json_schema()
+    # A layer entry is a built-in layer, or the use of a block (its arguments are extra keys).
+    use = blocks.BlockUse.model_json_schema()
+    use["properties"]["type"]["not"] = {"enum": sorted(LAYERS)}
+    schema["$defs"]["BlockUse"] = use
+    entry = {"anyOf": [schema["properties"]["layers"]["items"], {"$ref": "#/$defs/BlockUse"}]}
+    schema["properties"]["layers"]["items"] = entry
+    schema["$defs"]["BlockDef"]["properties"]["layers"]["items"] = entry
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "netspec network spec"
     return schema
@@ -253,4 +284,7 @@ def spec_to_dict(spec):
     d = spec.model_dump(mode="json")
     for layer, name in zip(d["layers"], spec.layer_names):
         layer["name"] = name
+    for key in ("include", "blocks"):  # already expanded into the layers
+        if not d.get(key):
+            d.pop(key, None)
     return d

@@ -17,14 +17,21 @@ from ..errors import SpecError
 
 
 class Positions:
-    """Map a key path to (line, column), 1-based, for its key and its value."""
+    """Map a key path to (line, column), 1-based, for its key and its value.
+
+    Entries are ``(line, column)``, or ``(line, column, file)`` for spec data that
+    came from another file (an expanded block); ``labels`` may name a flat path
+    for messages (``("layers", 7)`` -> ``"stage1.block2.conv1"``) and ``uses`` say
+    which block uses it came through (``"block 'basic' used at spec.yaml:30"``).
+    """
 
     def __init__(self):
         self.keys = {}
         self.values = {}
+        self.labels = {}
+        self.uses = {}
 
-    def lookup(self, path, prefer_key=False):
-        """Position of the deepest known prefix of ``path``."""
+    def _entry(self, path, prefer_key):
         path = tuple(path)
         while True:
             if prefer_key and path in self.keys:
@@ -34,8 +41,29 @@ class Positions:
             if path in self.keys:
                 return self.keys[path]
             if not path:
-                return (None, None)
+                return None
             path = path[:-1]
+
+    def lookup(self, path, prefer_key=False):
+        """Position of the deepest known prefix of ``path``."""
+        e = self._entry(path, prefer_key)
+        return (e[0], e[1]) if e else (None, None)
+
+    def locate(self, path, source, prefer_key=False):
+        """(file, line, column) of the deepest known prefix of ``path``; ``source`` unless tagged."""
+        e = self._entry(path, prefer_key)
+        if not e:
+            return (source, None, None)
+        return (e[2] if len(e) > 2 else source, e[0], e[1])
+
+    def label(self, path):
+        """How messages name ``path``: the scoped layer name for an expanded layer."""
+        path = tuple(path)
+        for n in range(len(path), 0, -1):
+            if path[:n] in self.labels:
+                rest = format_path(path[n:])
+                return self.labels[path[:n]] + ("" if not rest else rest if rest[0] == "[" else "." + rest)
+        return format_path(path)
 
 
 # Tags of plain data. Anything else (``!!python/...``, ``!!set``, local ``!tags``) is

@@ -12,6 +12,10 @@ from .._strict import Strict
 from ..data.spec import AugmentSpec, DataSpec
 from ..errors import did_you_mean
 from ..layers import LAYERS, LOSSES, layer_spec_union
+from ..layers.base import Name
+from . import blocks
+from .blocks import BlockDef
+from .loader import Positions
 from ..optim import OptimizerSpec, ScheduleSpec
 
 FORMAT_VERSION = 1
@@ -73,6 +77,11 @@ class NetSpec(Strict):
     seed: StrictInt = Field(0, ge=0, description="every random stream (init, batches, dropout) derives from it")
     dtype: Literal["float32", "float64"] = "float32"
     input: InputSpec
+    include: list[str] = Field(
+        default_factory=list, description="files whose blocks this spec uses (paths relative to this file)")
+    blocks: dict[Name, BlockDef] = Field(
+        default_factory=dict, description="named, parametrised lists of layers, used like a layer: "
+        "{type: <block>, name: <scope>, repeat: N, <param>: <value>}")
     layers: list[LayerSpecUnion] = Field(min_length=1)
     loss: LossName
     train: Optional[TrainSpec] = None
@@ -81,6 +90,16 @@ class NetSpec(Strict):
     _positions: object = PrivateAttr(None)
     _names: list = PrivateAttr(default_factory=list)
     _inputs: list = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_blocks(cls, data, info: ValidationInfo):
+        """Data validated directly (not through load_spec) may still hold blocks: expand them."""
+        if blocks.uses_blocks(data):
+            ctx = info.context if info.context is not None else {}
+            data, pos, _ = blocks.expand(data, ctx.get("positions") or Positions(), ctx.get("source") or "<dict>")
+            ctx["positions"] = pos
+        return data
 
     @model_validator(mode="after")
     def _graph(self, info: ValidationInfo):
@@ -115,6 +134,23 @@ class NetSpec(Strict):
     def layer_inputs(self):
         """For every layer, the names of the layers feeding it ('input': the network input)."""
         return [list(i) for i in self._inputs]
+
+    def locate(self, path, prefer_key=False):
+        """(file, line, column) where a key path was written: a block's file for an expanded layer."""
+        if self._positions is None:
+            return (self._source, None, None)
+        return self._positions.locate(path, self._source, prefer_key)
+
+    def label(self, path):
+        """How messages name a key path (an expanded layer by its scoped name)."""
+        if self._positions is None:
+            from .loader import format_path
+            return format_path(path)
+        return self._positions.label(path)
+
+    def uses(self, i):
+        """"block 'x' used at file:line, ..." for layer i when it came from a block, else ''."""
+        return self._positions.uses.get(("layers", i), "") if self._positions is not None else ""
 
     def position(self, path, prefer_key=False):
         """(line, column) of a key path in the file this spec came from, or (None, None)."""
