@@ -76,6 +76,10 @@ def cmd_info(args):
     for pool in blas_info():
         info[f"blas ({pool['library']} {pool['version']})"] = f"{pool['threads']} threads"
     info["cpu_count"] = os.cpu_count()
+    from .distributed import info as mpi_info
+    mpi = mpi_info()
+    if mpi["launched_by_mpi"]:
+        info.update({f"mpi_{k}": v for k, v in mpi.items() if k != "launched_by_mpi"})
     if args.json:
         print(jsonout.dumps(info, indent=2))
     else:
@@ -161,15 +165,25 @@ def build_parser():
 
 
 def main(argv=None):
+    import contextlib
+    from .distributed import CollectiveError, guard, launched_size, world
     parser = build_parser()
     args = parser.parse_args(argv)
+    rank = 0
     try:
-        code = args.func(args) or 0
-    except NetspecError as exc:
-        print(f"error: {exc}" if "\n" not in str(exc) else f"error:\n{exc}", file=sys.stderr)
+        # under mpiexec with K > 1: one rank failing alone ends the job (Abort); errors all
+        # ranks share are printed once, by rank 0
+        comm = world() if launched_size() > 1 else None
+        rank = comm.rank if comm else 0
+        with guard(comm) if comm else contextlib.nullcontext():
+            code = args.func(args) or 0
+    except (NetspecError, CollectiveError) as exc:
+        if rank == 0:
+            print(f"error: {exc}" if "\n" not in str(exc) else f"error:\n{exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        print("interrupted", file=sys.stderr)
+        if rank == 0:
+            print("interrupted", file=sys.stderr)
         code = getattr(exc, "exit_code", 130)
     except BrokenPipeError:
         return 0

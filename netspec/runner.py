@@ -11,6 +11,7 @@ import os
 
 from .checkpoint import model_from_checkpoint, read_checkpoint
 from .compile import compile
+from .distributed import agree, world
 from .errors import RunDirError, SpecError
 from .rundir import RunDir, default_run_dir
 from .spec import load_spec
@@ -43,19 +44,25 @@ def trainer_for(spec, *, out=None, epochs=None, dtype=None, quiet=False, progres
 
     An ``out`` that already holds a run is refused unless ``force`` replaces it.
     """
+    comm = world()
+    return agree(comm, lambda: _fresh_trainer(comm, spec, out, epochs, dtype, quiet, progress, callbacks,
+                                              save, data, force))
+
+
+def _fresh_trainer(comm, spec, out, epochs, dtype, quiet, progress, callbacks, save, data, force):
     spec = load_spec(spec)
     if spec.train is None:
         raise SpecError(f"{spec.source}: the spec has no 'train' section; add one to train it", file=spec.source)
     spec = pin_data(spec)
     model = compile(spec, dtype=dtype)
     files = None
-    if save:
+    if save and comm.rank == 0:  # data-parallel: rank 0 alone writes the run directory
         files = RunDir(out or default_run_dir(spec))
         files.claim(force=force)
     try:
         data = data if data is not None else load_spec_data(spec, model.dtype)
         return Trainer(model, data, run_dir=files, epochs=epochs, quiet=quiet, progress=progress,
-                       callbacks=callbacks)
+                       callbacks=callbacks, comm=comm)
     except BaseException:
         if files:
             files.release()
@@ -63,30 +70,57 @@ def trainer_for(spec, *, out=None, epochs=None, dtype=None, quiet=False, progres
 
 
 def resume_trainer(run_dir, *, epochs=None, quiet=False, progress=None, callbacks=()):
-    """A Trainer restored from ``run_dir/model.npz``, ready to continue (the directory is claimed)."""
+    """A Trainer restored from ``run_dir/model.npz``, ready to continue (the directory is claimed).
+
+    Data-parallel, rank 0 claims the directory and reads the checkpoint, and sends it to
+    the other ranks; a checkpoint written with any number of ranks resumes with any other.
+    """
+    comm = world()
     files = RunDir(run_dir)
-    files.claim(resume=True)
+
+    def read():
+        if comm.rank == 0:
+            files.claim(resume=True)
+            try:
+                meta, arrays = read_checkpoint(files.checkpoint_path)
+                _check_resolved_spec(files, meta)
+            except BaseException:
+                files.release()
+                raise
+            return meta, arrays
+        return None
+
+    meta, arrays = comm.bcast(agree(comm, read))
+    mine = files if comm.rank == 0 else None
     try:
-        meta, arrays = read_checkpoint(files.checkpoint_path)
-        written = files.resolved_spec()
-        if written is not None and written != meta.get("spec"):
-            raise RunDirError(f"{files.file('spec.resolved.json')} differs from the spec stored in "
-                              f"{files.checkpoint_path}{_first_difference(written, meta.get('spec'))}: a resumed "
-                              "run continues the checkpoint's spec. Restore the file (or delete it), or start "
-                              "a new run from the edited spec with --out")
-        model = model_from_checkpoint(meta, arrays, files.checkpoint_path)
-        data = load_spec_data(model.spec, model.dtype)
-        st = meta.get("trainer") or {}
-        tr = Trainer(model, data, run_dir=files, epochs=epochs, quiet=quiet, progress=progress,
-                     callbacks=callbacks)
-        if epochs is None and "total_steps" in st:
-            tr.total_steps = st["total_steps"]
-            tr.epochs = math.ceil(tr.total_steps / tr.steps_per_epoch)
-        tr.restore(meta, arrays)
-        return tr
+        tr = agree(comm, lambda: _restored_trainer(comm, mine, meta, arrays, epochs, quiet, progress, callbacks))
     except BaseException:
-        files.release()
+        if mine:
+            mine.release()
         raise
+    return tr
+
+
+def _check_resolved_spec(files, meta):
+    written = files.resolved_spec()
+    if written is not None and written != meta.get("spec"):
+        raise RunDirError(f"{files.file('spec.resolved.json')} differs from the spec stored in "
+                          f"{files.checkpoint_path}{_first_difference(written, meta.get('spec'))}: a resumed "
+                          "run continues the checkpoint's spec. Restore the file (or delete it), or start "
+                          "a new run from the edited spec with --out")
+
+
+def _restored_trainer(comm, files, meta, arrays, epochs, quiet, progress, callbacks):
+    model = model_from_checkpoint(meta, arrays, files.checkpoint_path if files else "the checkpoint")
+    data = load_spec_data(model.spec, model.dtype)
+    st = meta.get("trainer") or {}
+    tr = Trainer(model, data, run_dir=files, epochs=epochs, quiet=quiet, progress=progress,
+                 callbacks=callbacks, comm=comm)
+    if epochs is None and "total_steps" in st:
+        tr.total_steps = st["total_steps"]
+        tr.epochs = math.ceil(tr.total_steps / tr.steps_per_epoch)
+    tr.restore(meta, arrays)
+    return tr
 
 
 def _first_difference(a, b, path=""):

@@ -36,26 +36,36 @@ def cmd_run(args):
                             f"drop {', '.join(conflicts)} (only --epochs, --quiet and --no-progress apply)")
         tr = resume_trainer(args.resume, epochs=args.epochs, quiet=args.quiet,
                             progress=False if args.no_progress else None)
-        if not args.quiet:
-            print(f"resuming {args.resume} at step {tr.step} (epoch {tr.epoch})", flush=True)
+        if not tr.quiet:
+            print(f"resuming {args.resume} at step {tr.step} (epoch {tr.epoch}){_ranks(tr)}", flush=True)
     else:
         path = resolve_spec_path(args.spec)
         tr = trainer_for(path, out=args.out, epochs=args.epochs, dtype=args.dtype, quiet=args.quiet,
                          progress=False if args.no_progress else None, force=args.force)
-        if not args.quiet:
+        if not tr.quiet:
             n = tr.model
             print(f"training {tr.spec.name} ({path}) on {len(tr.x_train)} samples, "
-                  f"{tr.total_steps} steps of batch {tr.cfg.batch_size}, {n.dtype}; run dir {tr.run_dir}",
-                  flush=True)
+                  f"{tr.total_steps} steps of batch {tr.cfg.batch_size}, {n.dtype}{_ranks(tr)}; "
+                  f"run dir {tr.run_dir}", flush=True)
     from .interrupt import Interrupted
     try:
         tr.run()
     except Interrupted as exc:
         return exc.exit_code
+    if tr.comm.rank != 0:  # data-parallel: rank 0 reports
+        return 0
     if args.quiet:
         print(tr.result_line())
     print(f"saved {tr.checkpoint_path}")
     return 0
+
+
+def _ranks(tr):
+    """', data-parallel on K ranks x T threads' under mpiexec, else ''."""
+    if tr.comm.size == 1:
+        return ""
+    threads = os.environ.get("OMP_NUM_THREADS", "?")
+    return f", data-parallel on {tr.comm.size} ranks x {threads} thread{'' if threads == '1' else 's'}"
 
 
 def _load_model(path, dtype):

@@ -10,6 +10,7 @@ good checkpoint.
 """
 import math
 import os
+import signal
 import sys
 import time
 
@@ -18,7 +19,8 @@ import numpy as np
 from .checkpoint import optimizer_state, save_checkpoint
 from .compile import seed_streams
 from .errors import CheckpointError, DataError, OutOfMemory, SpecError, TrainingDiverged
-from .interrupt import StopSignals
+from .distributed import GradientReducer, average_buffers, share, world
+from .interrupt import Interrupted, StopSignals
 from .optim import make_optimizer, scheduled_lr
 from .rundir import RunDir, os_errors
 from .sampler import Sampler
@@ -37,13 +39,17 @@ class Trainer:
     """Train a compiled model on a dataset as its spec's ``train`` section says."""
 
     def __init__(self, model, data, *, run_dir=None, epochs=None, quiet=False, progress=None,
-                 callbacks=(), log=None):
+                 callbacks=(), log=None, comm=None):
         spec = model.spec
+        # Under mpiexec with K > 1 processes: data-parallel over K ranks (netspec.distributed).
+        self.comm = comm if comm is not None else world()
         if spec.train is None:
             raise SpecError(f"spec '{spec.name}' has no train section", file=spec.source)
         self.model, self.spec, self.cfg = model, spec, spec.train
         # a RunDir already claimed by the caller (netspec.runner), or a path claimed by run()
         self.files = run_dir if isinstance(run_dir, RunDir) or run_dir is None else RunDir(run_dir)
+        if self.comm.rank != 0:
+            self.files, quiet, progress, log = None, True, False, (lambda msg: None)  # rank 0 writes and prints
         self.run_dir = self.files.path if self.files else None
         self.quiet = quiet
         self.callbacks = list(callbacks)
@@ -74,6 +80,9 @@ class Trainer:
         self.best = None
         self.bad_epochs = 0
         self.progress = (sys.stderr.isatty() and not quiet) if progress is None else progress
+        self._signals = None
+        self._stop_all = False
+        self.reducer = GradientReducer(self.comm, model.params, model.compute_dtype) if self.comm.size > 1 else None
 
     # -- checkpoints ----------------------------------------------------------
     @property
@@ -121,6 +130,8 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------
     def train_step(self, idx):
+        if self.reducer is not None:
+            return self._shared_step(idx)
         x = self.x_train[idx]
         aug = self.cfg.augment
         if aug is not None and aug.enabled:
@@ -134,10 +145,7 @@ class Trainer:
                 grads = self.model.gradient(x, t)
             loss = self.model.last_loss
             if not math.isfinite(loss):
-                raise TrainingDiverged(f"training diverged: loss is {loss} at step {self.step + 1} "
-                                       f"(epoch {self.epoch + 1}); parameters were not updated; "
-                                       f"{self._last_checkpoint()}. Try a smaller learning rate "
-                                       f"(now {self.optimizer.lr:g}).")
+                raise self._diverged(loss)
             self.optimizer.update(self.model.params, grads)
         except MemoryError:
             raise OutOfMemory(f"out of memory at step {self.step + 1} (epoch {self.epoch + 1}, batch of "
@@ -148,6 +156,71 @@ class Trainer:
         self.epoch_loss[1] += 1
         return loss
 
+    def _diverged(self, loss):
+        return TrainingDiverged(f"training diverged: loss is {loss} at step {self.step + 1} "
+                                f"(epoch {self.epoch + 1}); parameters were not updated; "
+                                f"{self._last_checkpoint()}. Try a smaller learning rate "
+                                f"(now {self.optimizer.lr:g}).")
+
+    def _shared_step(self, idx):
+        """One data-parallel step: this rank's share of the global batch, one Allreduce, the update.
+
+        Augmentation and dropout draw from streams of (seed, rank, ranks, step), so a run
+        is reproducible for a fixed number of ranks, resumed or not.
+        """
+        comm, seed = self.comm, self.spec.seed
+        lo, hi = share(len(idx), comm.size, comm.rank)
+        mine = idx[lo:hi]
+        x, t = self.x_train[mine], self.t_train[mine]
+        aug = self.cfg.augment
+        if aug is not None and aug.enabled and len(mine):
+            from .data import augment
+            x = augment(x, aug, np.random.default_rng([seed, 1, comm.rank, comm.size, self.step]))
+        self.model.set_rng(np.random.default_rng([seed, 2, comm.rank, comm.size, self.step]))
+        if self.cfg.label_smoothing:
+            t = self._smoothed(t)
+        grads, local = None, 0.0
+        try:
+            if len(mine):
+                with np.errstate(over="ignore", invalid="ignore"):
+                    grads = self.model.gradient(x, t)
+                local = self.model.last_loss
+            stop = self._signals is not None and self._signals.pending
+            grads, loss, self._stop_all = self.reducer.reduce(grads, len(mine) / len(idx), local, stop)
+            if not math.isfinite(loss):  # the same sum on every rank: all stop here together
+                exc = self._diverged(loss)
+                exc.collective = True
+                raise exc
+            self.optimizer.update(self.model.params, grads)
+        except MemoryError:
+            raise OutOfMemory(f"out of memory at step {self.step + 1} on rank {comm.rank} (batch share of "
+                              f"{len(mine)}); {self._last_checkpoint()}. Try a smaller batch_size.") from None
+        self.step += 1
+        self.epoch_loss[0] += loss
+        self.epoch_loss[1] += 1
+        return loss
+
+    def _check_signals(self, signals):
+        """Stop at this step boundary if a signal arrived (on any rank, when data-parallel)."""
+        if self.reducer is None:
+            signals.check()
+        elif self._stop_all:
+            exc = Interrupted(signals.received[0] if signals.received else signal.SIGTERM)
+            exc.collective = True
+            raise exc
+
+    def _evaluate(self, x, t):
+        """(mean loss, accuracy) of x, t; data-parallel: each rank evaluates its share, counts are summed."""
+        bs, comm = self.cfg.eval_batch_size, self.comm
+        if comm.size == 1:
+            return self.model.evaluate(x, t, bs)
+        lo, hi = share(len(x), comm.size, comm.rank)
+        n = hi - lo
+        loss, acc = self.model.evaluate(x[lo:hi], t[lo:hi], bs) if n else (0.0, 0.0)
+        sums = comm.allreduce(np.array([loss * n, (acc or 0.0) * n, n], dtype=np.float64))
+        total = max(sums[2], 1.0)
+        return float(sums[0] / total), (float(sums[1] / total) if acc is not None else None)
+
     def _smoothed(self, t):
         """Label smoothing: targets (1 - e) * one_hot + e / K for the training loss only."""
         e, K = self.cfg.label_smoothing, self.model.output_shape[0]
@@ -157,9 +230,10 @@ class Trainer:
     def evaluate_epoch(self):
         m, cfg = self.model, self.cfg
         k = cfg.eval_samples
+        average_buffers(self.comm, m)
         with np.errstate(over="ignore", invalid="ignore"):
-            tr = m.evaluate(self.x_train[:k], self.t_train[:k], cfg.eval_batch_size)
-            te = m.evaluate(self.x_test[:k], self.t_test[:k], cfg.eval_batch_size)
+            tr = self._evaluate(self.x_train[:k], self.t_train[:k])
+            te = self._evaluate(self.x_test[:k], self.t_test[:k])
         return {"train_acc": tr[1], "test_acc": te[1], "test_loss": te[0]}
 
     def _improved(self, metrics):
@@ -195,6 +269,7 @@ class Trainer:
         self._stop_request = None
         try:
             with StopSignals() as signals:
+                self._signals = signals
                 try:
                     while self.step < self.total_steps and not stopped:
                         self._train_epoch(bar, signals)
@@ -221,7 +296,7 @@ class Trainer:
         try:
             while self.step < end:
                 loss = self.train_step(self.sampler.next())
-                signals.check()  # between two updates: the state is consistent here
+                self._check_signals(signals)  # between two updates: the state is consistent here
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(epoch=self.epoch + 1, loss=f"{loss:.4g}", refresh=False)
@@ -246,6 +321,10 @@ class Trainer:
                 if self.bad_epochs >= cfg.early_stopping.patience:
                     stopped = (f"early stopping: {cfg.early_stopping.metric} did not improve "
                                f"for {self.bad_epochs} epochs")
+        if self.comm.size > 1:  # callbacks may decide per rank (CPU budgets): the ranks must agree
+            reasons = self.comm.allgather((stopped, self.total_steps))
+            stopped = next((r for r, _ in reasons if r), None)
+            self.total_steps = min(t for _, t in reasons)
         last = self.step >= self.total_steps or stopped
         if self.files:
             if self.epoch % cfg.checkpoint_every == 0 or last:
@@ -256,6 +335,7 @@ class Trainer:
         return stopped
 
     def _save_on_interrupt(self, exc):
+        average_buffers(self.comm, self.model)  # every rank is here: a collective stop
         if not self.files:
             return
         why = getattr(exc, "args", None) and exc.args[0] or "interrupted"
@@ -288,7 +368,8 @@ class Trainer:
 
     def finish(self):
         """Evaluate on the whole test set; write plots when matplotlib is there."""
-        loss, acc = self.model.evaluate(self.x_test, self.t_test, self.cfg.eval_batch_size)
+        average_buffers(self.comm, self.model)
+        loss, acc = self._evaluate(self.x_test, self.t_test)
         h = self.history
         h.model, h.run_dir, h.test_acc, h.test_loss = self.model, self.run_dir, acc, loss
         if not self.quiet:

@@ -17,6 +17,7 @@ import os
 import warnings
 
 from . import _numpy
+from ..distributed import configure_threads
 from ..threads import configure_allocator, configure_openmp, row_parallel_matmul, single_threaded_blas
 
 BACKEND = "numpy"
@@ -57,6 +58,7 @@ def usable_variants():
 
 
 _impl = _numpy
+configure_threads()  # under mpiexec: cores / ranks-on-this-host threads per rank (before libgomp loads)
 if os.environ.get("NETSPEC_PUREPYTHON", "") not in ("", "0"):
     BACKEND_ERROR = "disabled by NETSPEC_PUREPYTHON"
 else:
