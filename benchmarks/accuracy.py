@@ -364,6 +364,12 @@ def render(rows):
         "- deep_convnet_fashion keeps the seed's design as is, including dropout 0.5 on the 10 output",
         "  logits and a constant learning rate; deep_convnet_fashion_plus adds batchnorm, shift/flip",
         "  augmentation and a per-epoch decay of 0.8 (its budget is process CPU time, 2 x 30 minutes).",
+        "- resnet_fashion is specs/resnet_fashion.yaml, written with blocks: a 3x3 stem and 8 residual",
+        "  blocks (32, 64, 128 channels), 788,586 parameters. It trains with SGD + Nesterov momentum",
+        "  0.9, lr 0.1, one warm-up epoch then cosine to 0 over 16 epochs, weight decay 5e-4 on the",
+        "  weights only, label smoothing 0.1, random crop (pad 2) and horizontal flips, batch 128.",
+        "  Its budget is process CPU time, 2 x 30 minutes, counting training and the per-epoch",
+        "  evaluation on 2,000 test images; the final evaluation on all 10,000 is not counted.",
         "- mnist_mlp (Adam lr 0.01, one image per step) is unstable: its test accuracy swings by 10+",
         "  points between reports, and a run can die into a constant prediction (10%). The bug's cost",
         "  measured here is one seed's outcome, not a precise figure.",
@@ -383,6 +389,8 @@ def render(rows):
             extra.append("inference seconds " + ", ".join(f"{k} {v}" for k, v in r["inference_seconds"].items()))
         if r.get("epoch_seconds"):
             extra.append("seconds per epoch " + ", ".join(map(str, r["epoch_seconds"])))
+        if r.get("params"):
+            extra.append(f"{r['params']:,} parameters")
         if r.get("run_dir"):
             extra.append(f"run dir `{r['run_dir']}`")
         lines.append(f"- **{key}**: " + "; ".join(extra))
