@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 import netspec
+from netspec.checkpoint import read_checkpoint
 from netspec.distributed import Serial, share, world
 from netspec.runner import trainer_for
 
@@ -178,6 +179,27 @@ def test_one_failing_rank_ends_the_job(tmp_path, fault):
         assert "rank 1 of 2 failed: RuntimeError: injected failure at step 3; ending every rank" in out.stderr
     else:
         assert "KILLED" in out.stdout + out.stderr or "signal 9" in out.stdout + out.stderr
+
+
+def test_ctrl_c_to_mpiexec_stops_every_rank_at_one_step_and_saves(tmp_path):
+    """mpiexec forwards SIGINT; the ranks agree on the step (the stop flag rides in the Allreduce)."""
+    import signal
+    import time
+    path = write_spec(tmp_path, base_spec(steps=10**6, steps_per_epoch=50))
+    run = tmp_path / "r"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    proc = subprocess.Popen([MPIEXEC, "-n", "2", *NETSPEC, "run", str(path), "--out", str(run), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 60
+    while not (run / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert out.count("SIGINT: stopped at step") == 1 and "continue with: netspec run --resume" in out
+    step = int(out.split("SIGINT: stopped at step ")[1].split(";")[0])
+    meta = read_checkpoint(run / "model.npz")[0]
+    assert meta["trainer"]["step"] == step > 0
 
 
 def test_info_shows_rank_size_and_threads():
