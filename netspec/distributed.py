@@ -21,6 +21,7 @@ signal) are agreed on collectively and reported once, by rank 0.
 import contextlib
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -98,7 +99,6 @@ class MPIWorld:
 
     def allreduce(self, buf):
         """Sum a contiguous array over all ranks, in place."""
-        import time
         t0 = time.perf_counter()
         self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
         self.allreduce_seconds += time.perf_counter() - t0
@@ -213,7 +213,8 @@ def guard(comm, code=1):
         if not isinstance(exc, Exception) or os.environ.get("NETSPEC_DEBUG"):
             import traceback
             traceback.print_exc()
-        comm.abort(getattr(exc, "exit_code", code) if isinstance(getattr(exc, "exit_code", None), int) else code)
+        exit_code = getattr(exc, "exit_code", None)
+        comm.abort(exit_code if isinstance(exit_code, int) else code)
 
 
 def info():

@@ -130,26 +130,46 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------
     def train_step(self, idx):
-        if self.reducer is not None:
-            return self._shared_step(idx)
-        x = self.x_train[idx]
+        """One step on the batch ``idx``: forward, backward, the divergence check, the update.
+
+        Data-parallel (K > 1 ranks), this rank computes its contiguous share of the batch,
+        weighted by share / batch, and one Allreduce sums the gradients, the loss and the
+        stop flag (netspec.distributed). Augmentation and dropout then draw from streams of
+        (seed, rank, K, step), so a run is reproducible for a fixed K, resumed or not; one
+        process draws them from the training stream as always.
+        """
+        comm, shared = self.comm, self.reducer is not None
+        mine, rng = idx, self.rng
+        if shared:
+            lo, hi = share(len(idx), comm.size, comm.rank)
+            mine = idx[lo:hi]
+            rng = np.random.default_rng([self.spec.seed, 1, comm.rank, comm.size, self.step])
+            self.model.set_rng(np.random.default_rng([self.spec.seed, 2, comm.rank, comm.size, self.step]))
+        x, t = self.x_train[mine], self.t_train[mine]
         aug = self.cfg.augment
-        if aug is not None and aug.enabled:
+        if aug is not None and aug.enabled and len(mine):
             from .data import augment
-            x = augment(x, aug, self.rng)
-        t = self.t_train[idx]
+            x = augment(x, aug, rng)
         if self.cfg.label_smoothing:
             t = self._smoothed(t)
         try:
-            with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported below, by step
-                grads = self.model.gradient(x, t)
-            loss = self.model.last_loss
+            grads, loss = None, 0.0
+            if len(mine):
+                with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported below, by step
+                    grads = self.model.gradient(x, t)
+                loss = self.model.last_loss
+            if shared:
+                stop = self._signals is not None and self._signals.pending
+                grads, loss, self._stop_all = self.reducer.reduce(grads, len(mine) / len(idx), loss, stop)
             if not math.isfinite(loss):
-                raise self._diverged(loss)
+                exc = self._diverged(loss)
+                exc.collective = shared  # the same sum on every rank: all stop here together
+                raise exc
             self.optimizer.update(self.model.params, grads)
         except MemoryError:
+            where = f" on rank {comm.rank} (its share: {len(mine)})" if shared else ""
             raise OutOfMemory(f"out of memory at step {self.step + 1} (epoch {self.epoch + 1}, batch of "
-                              f"{len(idx)}); {self._last_checkpoint()}. Try a smaller batch_size or "
+                              f"{len(idx)}){where}; {self._last_checkpoint()}. Try a smaller batch_size or "
                               "eval_batch_size, or close other programs.") from None
         self.step += 1
         self.epoch_loss[0] += loss
@@ -161,44 +181,6 @@ class Trainer:
                                 f"(epoch {self.epoch + 1}); parameters were not updated; "
                                 f"{self._last_checkpoint()}. Try a smaller learning rate "
                                 f"(now {self.optimizer.lr:g}).")
-
-    def _shared_step(self, idx):
-        """One data-parallel step: this rank's share of the global batch, one Allreduce, the update.
-
-        Augmentation and dropout draw from streams of (seed, rank, ranks, step), so a run
-        is reproducible for a fixed number of ranks, resumed or not.
-        """
-        comm, seed = self.comm, self.spec.seed
-        lo, hi = share(len(idx), comm.size, comm.rank)
-        mine = idx[lo:hi]
-        x, t = self.x_train[mine], self.t_train[mine]
-        aug = self.cfg.augment
-        if aug is not None and aug.enabled and len(mine):
-            from .data import augment
-            x = augment(x, aug, np.random.default_rng([seed, 1, comm.rank, comm.size, self.step]))
-        self.model.set_rng(np.random.default_rng([seed, 2, comm.rank, comm.size, self.step]))
-        if self.cfg.label_smoothing:
-            t = self._smoothed(t)
-        grads, local = None, 0.0
-        try:
-            if len(mine):
-                with np.errstate(over="ignore", invalid="ignore"):
-                    grads = self.model.gradient(x, t)
-                local = self.model.last_loss
-            stop = self._signals is not None and self._signals.pending
-            grads, loss, self._stop_all = self.reducer.reduce(grads, len(mine) / len(idx), local, stop)
-            if not math.isfinite(loss):  # the same sum on every rank: all stop here together
-                exc = self._diverged(loss)
-                exc.collective = True
-                raise exc
-            self.optimizer.update(self.model.params, grads)
-        except MemoryError:
-            raise OutOfMemory(f"out of memory at step {self.step + 1} on rank {comm.rank} (batch share of "
-                              f"{len(mine)}); {self._last_checkpoint()}. Try a smaller batch_size.") from None
-        self.step += 1
-        self.epoch_loss[0] += loss
-        self.epoch_loss[1] += 1
-        return loss
 
     def _check_signals(self, signals):
         """Stop at this step boundary if a signal arrived (on any rank, when data-parallel)."""

@@ -202,20 +202,25 @@ def test_ctrl_c_to_mpiexec_stops_every_rank_at_one_step_and_saves(tmp_path):
     assert meta["trainer"]["step"] == step > 0
 
 
-def test_info_shows_rank_size_and_threads():
-    out = mpirun(2, *NETSPEC, "info", "--json")
+def rank_infos(tmp_path, env=None):
+    """`netspec info --json` of each of 2 ranks (each rank writes its own file: stdout would interleave)."""
+    for old in tmp_path.glob("info.*.json"):
+        old.unlink()
+    out = mpirun(2, sys.executable, WORKER, "info", str(tmp_path), env=env)
     assert out.returncode == 0, out.stderr
-    infos = [json.loads(chunk) for chunk in out.stdout.replace("}\n{", "}\x00{").split("\x00")]
-    assert sorted(i["mpi_rank"] for i in infos) == [0, 1]
+    return [json.loads(p.read_text()) for p in sorted(tmp_path.glob("info.*.json"))]
+
+
+def test_info_shows_rank_size_and_threads(tmp_path):
+    infos = rank_infos(tmp_path)
+    assert [i["mpi_rank"] for i in infos] == [0, 1]
     cores = len(os.sched_getaffinity(0))
     for i in infos:
         assert i["mpi_size"] == 2 and i["mpi_omp_num_threads"] == str(max(1, cores // 2))
         if "openmp_max_threads" in i:   # the compiled kernels (the numpy fallback has no OpenMP)
             assert i["openmp_max_threads"] == max(1, cores // 2)
-    out = mpirun(2, *NETSPEC, "info", "--json", env={"OMP_NUM_THREADS": "3"})   # the user's choice wins
-    assert out.returncode == 0, out.stderr
-    assert all(json.loads(chunk)["mpi_omp_num_threads"] == "3"
-               for chunk in out.stdout.replace("}\n{", "}\x00{").split("\x00"))
+    # the user's choice wins
+    assert [i["mpi_omp_num_threads"] for i in rank_infos(tmp_path, env={"OMP_NUM_THREADS": "3"})] == ["3", "3"]
 
 
 @pytest.mark.slow

@@ -207,8 +207,8 @@ def _chain_text(chain):
 
 # --- expansion -------------------------------------------------------------------
 
-class _Names:
-    """Generated names (conv1, relu2, ...) that avoid every explicit name of a list."""
+class Names:
+    """Generated names (conv1, relu2, ...) that avoid every explicit name of a list and each other."""
 
     def __init__(self, explicit):
         self.explicit, self.taken, self.counters = set(explicit), set(), {}
@@ -268,7 +268,7 @@ class _Expander:
         """
         body = block_input is not None
         explicit = [e.get("name") for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)]
-        names = _Names(explicit)
+        names = Names(explicit)
         alias = {}   # local name -> flat name of its output
         prev = block_input
         for idx, raw in enumerate(entries):

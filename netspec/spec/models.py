@@ -14,7 +14,7 @@ from ..errors import did_you_mean
 from ..layers import LAYERS, LOSSES, layer_spec_union
 from ..layers.base import Name
 from . import blocks
-from .blocks import BlockDef
+from .blocks import BlockDef, Names
 from .loader import Positions
 from ..optim import OptimizerSpec, ScheduleSpec
 
@@ -163,7 +163,7 @@ def _name_and_wire(layers):
     """(names, inputs per layer, issues); each issue is (loc, message, offending value)."""
     issues, names, inputs, seen = [], [], [], {}
     explicit = {l.name for l in layers if l.name}
-    counters = {}
+    generated = Names(explicit)
     for i, layer in enumerate(layers):
         if layer.name:
             name = layer.name
@@ -172,12 +172,7 @@ def _name_and_wire(layers):
             elif name in seen:
                 issues.append((("layers", i, "name"), f"duplicate layer name '{name}' (also layers[{seen[name]}])", name))
         else:
-            prefix = LAYERS[layer.type].prefix
-            while True:
-                counters[prefix] = counters.get(prefix, 0) + 1
-                name = f"{prefix}{counters[prefix]}"
-                if name not in explicit and name not in seen:
-                    break
+            name = generated.new(LAYERS[layer.type].prefix)
         seen.setdefault(name, i)
         if layer.inputs:
             n_in = LAYERS[layer.type].n_inputs

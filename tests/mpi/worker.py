@@ -3,6 +3,8 @@
     python worker.py train SPEC OUT.npz [--steps N] [--dtype D] [--stop-on-rank R]
         train without a run directory; rank 0 writes the parameters and the history to OUT.npz;
         with --stop-on-rank, a callback on rank R alone asks to stop after the first epoch
+    python worker.py info DIR
+        `netspec info --json` of each rank, written to DIR/info.<rank>.json (no interleaved output)
     python worker.py cli FAULT STEP RANK -- NETSPEC ARGS...
         run the command line, after arranging for RANK to fail at STEP:
         FAULT is 'raise' (an exception) or 'kill' (SIGKILL, as the OOM killer would)
@@ -51,7 +53,21 @@ def cli(fault, step, rank, argv):
     return main(argv)
 
 
+def info(out_dir):
+    import contextlib
+    import io
+    from netspec.cli import main
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(["info", "--json"])
+    with open(os.path.join(out_dir, f"info.{world().rank}.json"), "w") as f:
+        f.write(buf.getvalue())
+    return rc
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "info":
+        sys.exit(info(sys.argv[2]))
     if sys.argv[1] == "train":
         args = sys.argv[2:]
         steps = int(args[args.index("--steps") + 1]) if "--steps" in args else None
