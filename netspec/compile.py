@@ -21,8 +21,9 @@ def seed_streams(seed):
 def _where(spec, i):
     file, line, col = spec.locate(("layers", i))
     label = spec.label(("layers", i))
-    if spec.uses(i):
-        label += f" (in {spec.uses(i)})"
+    uses = spec.uses(i)
+    if uses:
+        label += f" (in {uses})"
     if file and line:
         return f"{file}:{line}:{col}: {label}"
     return label

@@ -95,14 +95,12 @@ class MPIWorld:
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.local_size = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
         self.allreduce_seconds = 0.0
-        self.allreduce_calls = 0
 
     def allreduce(self, buf):
         """Sum a contiguous array over all ranks, in place."""
         t0 = time.perf_counter()
         self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
         self.allreduce_seconds += time.perf_counter() - t0
-        self.allreduce_calls += 1
         return buf
 
     def allgather(self, obj):
