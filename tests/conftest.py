@@ -7,7 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
+import netspec
 import netspec.kernels
 from netspec.threads import blas_info, limit_blas_threads
 
@@ -17,15 +19,36 @@ from netspec.threads import blas_info, limit_blas_threads
 # already made idle OpenMP threads sleep instead of spin (netspec/threads.py).
 limit_blas_threads(1)
 
+
+def _cache_database():
+    from hypothesis.database import DirectoryBasedExampleDatabase
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return DirectoryBasedExampleDatabase(cache / "netspec" / "hypothesis")
+
+
 REPO = Path(__file__).resolve().parent.parent
 SPECS_DIR = REPO / "specs"
+
+# Hypothesis: no example database inside the checkout (CI: none at all, so every run draws
+# afresh), and a failing example always printed with the blob that replays it
+# (@reproduce_failure). HYPOTHESIS_PROFILE picks one; CI=true picks "ci".
+settings.register_profile("ci", database=None, print_blob=True)
+settings.register_profile("dev", print_blob=True, database=_cache_database())
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
 
 def pytest_report_header(config):
     note = f" ({netspec.kernels.BACKEND_ERROR})" if netspec.kernels.BACKEND_ERROR else ""
-    return (f"netspec kernel backend: {netspec.kernels.BACKEND}{note}; "
+    return (f"netspec {Path(netspec.__file__).parent}, kernel backend: {netspec.kernels.BACKEND}{note}; "
             f"BLAS threads {[pool['threads'] for pool in blas_info()]}, "
             f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+
+
+@pytest.fixture(autouse=True)
+def _outside_the_checkout(tmp_path, monkeypatch):
+    """Every test runs in its own empty folder, so a `python -m netspec` child imports the
+    installed package, never a checkout that happens to be the current directory."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture

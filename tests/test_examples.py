@@ -16,21 +16,24 @@ from types import SimpleNamespace
 
 import pytest
 
+from extras import has
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 
 
 def run_example(name, out, *args, extra_path=(), timeout=180):
     env = dict(os.environ, MPLBACKEND="Agg")
-    env["PYTHONPATH"] = os.pathsep.join([*map(str, extra_path), str(REPO), env.get("PYTHONPATH", "")])
+    if extra_path:
+        env["PYTHONPATH"] = os.pathsep.join([*map(str, extra_path), env.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py"), "--quick", "--out", str(out), *args],
-                          capture_output=True, text=True, env=env, timeout=timeout, cwd=str(REPO))
+                          capture_output=True, text=True, env=env, timeout=timeout, cwd=str(out.parent))
     assert proc.returncode == 0, f"{name} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc.stdout
 
 
 def has_matplotlib():
-    return importlib.util.find_spec("matplotlib") is not None
+    return has("matplotlib")
 
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from extras import need
+
 import netspec
 from netspec.cli import build_parser
 from netspec.export import (
@@ -32,12 +34,12 @@ SHIPPED_SPECS = sorted(SPECS_DIR.glob("*.yaml"))
 
 @pytest.fixture(scope="module")
 def onnx():
-    return pytest.importorskip("onnx")
+    return need("onnx")
 
 
 @pytest.fixture(scope="module")
 def ort(onnx):
-    return pytest.importorskip("onnxruntime")
+    return need("onnxruntime")
 
 
 # ------------------------------------------------------------------ helpers
@@ -378,7 +380,7 @@ def test_every_shipped_spec(onnx, ort, path):
 
 
 def test_simple_convnet_graph_is_the_plain_onnx_one():
-    pytest.importorskip("onnx")
+    need("onnx")
     proto = export_onnx(netspec.compile(SPECS_DIR / "simple_convnet.yaml"))
     assert [(n.op_type, list(n.input), list(n.output)) for n in proto.graph.node] == [
         ("Conv", ["input", "conv1.W", "conv1.b"], ["conv1"]),
@@ -451,7 +453,7 @@ def test_probabilities_output(onnx, ort):
 
 
 def test_probabilities_need_a_vector_of_scores():
-    pytest.importorskip("onnx")
+    need("onnx")
     maps = build([1, 4, 4], [{"type": "conv2d", "name": "last_conv", "filters": 2, "kernel": 3}])
     with pytest.raises(ExportError, match=r"layer 'last_conv' \(conv2d\): probabilities=True .* outputs \[2, 2, 2\]"):
         export_onnx(maps, probabilities=True)
@@ -502,7 +504,7 @@ def test_float16_model_exports_as_half(onnx, ort, name):
 
 
 def test_unsupported_dtype_is_an_error():
-    pytest.importorskip("onnx")
+    need("onnx")
     if np.dtype(np.longdouble).itemsize <= 8:
         pytest.skip("long double is float64 on this platform")
     model = netspec.compile({"input": {"shape": [2]}, "loss": "mse", "layers": [{"type": "dense", "units": 1}]},
@@ -527,7 +529,7 @@ def test_opset_out_of_range(onnx):
 
 def test_unknown_layer_type_names_the_layer(monkeypatch):
     """A layer type added to netspec later, with no emitter yet, is refused, not skipped."""
-    pytest.importorskip("onnx")
+    need("onnx")
     model = netspec.compile(SPECS_DIR / "two_layer_net.yaml")
     graph = model.graph()
     graph["nodes"][1] = {**graph["nodes"][1], "name": "gelu1", "op": "gelu"}
@@ -539,7 +541,7 @@ def test_unknown_layer_type_names_the_layer(monkeypatch):
 
 def test_unknown_attribute_names_the_layer(monkeypatch):
     """An attribute added to a layer later (here a dilation) is refused, never silently dropped."""
-    pytest.importorskip("onnx")
+    need("onnx")
     model = netspec.compile(SPECS_DIR / "simple_convnet.yaml")
     graph = model.graph()
     graph["nodes"][0]["attrs"]["dilation"] = 2
@@ -550,7 +552,7 @@ def test_unknown_attribute_names_the_layer(monkeypatch):
 
 
 def test_unwritable_path(tmp_path):
-    pytest.importorskip("onnx")
+    need("onnx")
     model = netspec.compile(SPECS_DIR / "two_layer_net.yaml")
     with pytest.raises(ExportError, match=r"cannot write .*missing.*model\.onnx: No such file or directory"):
         export_onnx(model, tmp_path / "missing" / "model.onnx")
@@ -617,7 +619,7 @@ def test_cli_default_output_and_dtype(onnx, checkpoint, capsys):
 
 
 def test_cli_user_errors(checkpoint, tmp_path):
-    pytest.importorskip("onnx")
+    need("onnx")
     path, _ = checkpoint
     with pytest.raises(netspec.CheckpointError):
         export_cli(["export", str(tmp_path / "nope.npz"), "-o", str(tmp_path / "x.onnx")])

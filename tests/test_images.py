@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 import yaml
 
-pytest.importorskip("PIL")
+from extras import need
+
+need("PIL")
 from PIL import Image  # noqa: E402
 
 import netspec  # noqa: E402

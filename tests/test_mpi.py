@@ -6,7 +6,6 @@ the ``netspec`` command; they skip where mpi4py or mpiexec is missing
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,15 +14,15 @@ import numpy as np
 import pytest
 import yaml
 
+from extras import need, need_program
+
 import netspec
 from netspec.checkpoint import read_checkpoint
 from netspec.distributed import Serial, share, world
 from netspec.runner import trainer_for
 
-pytest.importorskip("mpi4py")
-MPIEXEC = shutil.which("mpiexec") or (shutil.which("mpiexec", path=os.path.dirname(sys.executable)))
-if MPIEXEC is None:
-    pytest.skip("mpiexec not found (pip install \".[mpi]\" brings mpich)", allow_module_level=True)
+need("mpi4py")
+MPIEXEC = need_program("mpiexec", "pip install \".[mpi]\" brings mpich")
 
 WORKER = str(Path(__file__).resolve().parent / "mpi" / "worker.py")
 NETSPEC = [sys.executable, "-m", "netspec.cli"]

@@ -4,6 +4,8 @@ import os
 
 import pytest
 
+from extras import need
+
 import netspec
 from netspec.cli import main
 from netspec.train_cli import resolve_spec_path
@@ -19,7 +21,7 @@ def tiny_conv():
 
 
 def test_pictures_are_written_with_matplotlib(tmp_path):
-    pytest.importorskip("matplotlib")
+    need("matplotlib")
     netspec.train(tiny_conv(), out=tmp_path)
     for name in ("curves.png", "misclassified.png", "filters.png"):
         data = (tmp_path / name).read_bytes()

@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from extras import need
+
+torch = need("torch")
 F = torch.nn.functional
 
 import netspec  # noqa: E402
