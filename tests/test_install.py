@@ -3,6 +3,8 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
+from pathlib import Path
 
 import pytest
 
@@ -24,8 +26,14 @@ def clean_copy(dest):
 def test_install_with_a_broken_compiler_falls_back(tmp_path):
     src = clean_copy(tmp_path / "src")
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
+    # the new venv sees this environment's packages (numpy, Cython, pydantic...) through a
+    # path file; the .pth hooks in there, such as an editable netspec's, do not run
+    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    parent = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    Path(site, "_parent_env.pth").write_text("".join(f"{p}\n" for p in sorted(parent)))
     env = {k: v for k, v in os.environ.items() if not k.startswith("NETSPEC_")}
     # the build requirements of pyproject.toml (an SPDX license string needs setuptools 77),
     # installed before the compiler is broken: only the extension build should fail

@@ -184,16 +184,23 @@ def test_ctrl_c_to_mpiexec_stops_every_rank_at_one_step_and_saves(tmp_path):
     """mpiexec forwards SIGINT; the ranks agree on the step (the stop flag rides in the Allreduce)."""
     import signal
     import time
-    path = write_spec(tmp_path, base_spec(steps=10**6, steps_per_epoch=50))
-    run = tmp_path / "r"
+    # log_every: 1 prints "step 1: ..." from inside the training loop, after the signal
+    # handlers are installed (metrics.jsonl is written before): the signal goes only then.
+    path = write_spec(tmp_path, base_spec(steps=10**6, steps_per_epoch=50, log_every=1))
+    run, log = tmp_path / "r", tmp_path / "stdout.txt"
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    proc = subprocess.Popen([MPIEXEC, "-n", "2", *NETSPEC, "run", str(path), "--out", str(run), "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 60
-    while not (run / "metrics.jsonl").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    with open(log, "w") as stdout:
+        proc = subprocess.Popen([MPIEXEC, "-n", "2", *NETSPEC, "run", str(path), "--out", str(run), "--no-progress"],
+                                stdout=stdout, stderr=subprocess.PIPE, text=True, env=env)
+        deadline = time.monotonic() + 60
+        while "step 1: loss" not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"the run did not start training: {proc.communicate()}")
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    out = log.read_text()
     assert proc.returncode == 130, err
     assert out.count("SIGINT: stopped at step") == 1 and "continue with: netspec run --resume" in out
     step = int(out.split("SIGINT: stopped at step ")[1].split(";")[0])

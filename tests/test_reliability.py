@@ -25,8 +25,9 @@ from netspec.errors import RunDirError
 from netspec.rundir import RunDir
 
 
-def spec_dict(epochs=12, **train):
-    """A conv net whose steps take tens of milliseconds, so signals can land inside one."""
+def spec_dict(epochs=24, **train):
+    """A conv net whose steps take tens of milliseconds, so signals can land inside one; 48 steps
+    leave over a second between the second epoch (when the signal tests signal) and the end."""
     cfg = {"data": {"source": "mnist-5k", "limit_train": 400, "limit_test": 100},
            "optimizer": {"type": "adam", "lr": 0.002}, "epochs": epochs, "batch_size": 200}
     cfg.update(train)
@@ -97,7 +98,7 @@ def test_two_ctrl_c_save_a_consistent_checkpoint(tmp_path, uninterrupted, gap):
     assert "Traceback" not in stderr
     assert f"saved {out / 'model.npz'}; continue with: netspec run --resume {out}" in stdout + stderr
     meta, _ = read_checkpoint(out / "model.npz")
-    assert 0 < meta["trainer"]["step"] < 24
+    assert 0 < meta["trainer"]["step"] < 48
     assert main(["run", "--resume", str(out), "--quiet"]) == 0
     assert_same(uninterrupted, arrays_of(out))
 

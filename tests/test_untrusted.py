@@ -137,19 +137,19 @@ def bombs(tmp_path_factory):
 @pytest.mark.parametrize("kind", ["stream", "members"])
 def test_gzip_bomb_is_refused_after_the_declared_size(bombs, kind):
     assert bombs[kind].stat().st_size < 3.5e6  # ~3 MB on disk, 3 GiB inflated
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: other processes on the host do not count
     with pytest.raises(DataError, match=rf"inflates to more than the {IMAGES_SIZE} bytes its IDX header "
                                         r"declares \(shape \(10, 28, 28\) of uint8\).*decompression bomb"):
         read_idx(bombs[kind])
-    assert time.perf_counter() - start < 0.5
+    assert time.process_time() - start < 0.5
 
 
 def test_gzip_bomb_in_a_download_is_refused_without_inflating(bombs):
     data = bombs["stream"].read_bytes()  # fetch verifies downloads with decompress(); same bound
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: other processes on the host do not count
     with pytest.raises(DataError, match="decompression bomb"):
         decompress(data, source="mirror/train-images-idx3-ubyte.gz")
-    assert time.perf_counter() - start < 0.5
+    assert time.process_time() - start < 0.5
 
 
 def test_gzip_bomb_under_a_memory_limit_gives_a_clean_error(bombs):
@@ -280,10 +280,10 @@ def test_npz_compressed_member_is_inflated_no_further_than_declared(tmp_path):
     stored = first + block * 1024 + deflate.flush()
     path = tmp_path / "bomb.npz"
     path.write_bytes(zip_bytes([("x.npy", stored, zipfile.ZIP_DEFLATED, zlib.crc32(member) ^ 1, len(member))]))
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: other processes on the host do not count
     with pytest.raises(DataError, match=r"entry 'x': corrupt or truncated .npz file \(BadZipFile: Bad CRC-32"):
         load_npz(path)
-    assert time.perf_counter() - start < 0.5
+    assert time.process_time() - start < 0.5
 
 
 def test_npz_entries_are_checked_for_overlap_and_duplicates(tmp_path):
