@@ -344,7 +344,16 @@ def test_label_smoothing_trains_on_smoothed_targets_and_evaluates_on_labels():
     tr.model.set_rng(np.random.default_rng(0))
     assert tr.train_step(idx) == pytest.approx(want, rel=1e-6)
     h = tr.run()
-    assert 0 <= h.test_acc <= 1
+    # evaluation uses the true labels: the accuracy and loss recomputed from them, not from smoothed targets
+    x, labels = tr.x_test, tr.t_test
+    assert labels.shape == (200,) and labels.dtype.kind == "i"
+    pred = h.model.predict(x).argmax(axis=1)
+    assert h.test_acc == np.count_nonzero(pred == labels) / 200 == h[-1]["test_acc"]
+    train_pred = h.model.predict(tr.x_train).argmax(axis=1)
+    assert h[-1]["train_acc"] == np.count_nonzero(train_pred == tr.t_train) / 400
+    assert h.test_loss == pytest.approx(h.model.loss(x, labels), rel=1e-6)
+    assert h[-1]["test_loss"] == h.test_loss  # the epoch's evaluation: the same model, set and labels
+    assert h.test_loss != pytest.approx(h.model.loss(x, tr._smoothed(labels)), rel=1e-3)
     bad = small_conv(epochs=1, label_smoothing=0.1)
     bad["loss"], bad["layers"][-1]["units"] = "mse", 10
     with pytest.raises(netspec.SpecError, match=r"train\.label_smoothing: label smoothing needs loss "
