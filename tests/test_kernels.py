@@ -5,6 +5,7 @@ inputs; results must agree to a per-dtype tolerance (float64 to ~1e-12
 relative, float32 to ~1e-5). Skipped as a module when the extension is not
 built; tests/test_backend.py is what fails when a build was required.
 """
+import importlib
 import os
 
 import numpy as np
@@ -383,3 +384,37 @@ def test_conv2d_direct_kernels_on_many_shapes(C, F, kh, kw, stride, pad, H, W, N
                                       ref.conv2d_backward(dout, x, Wt, stride, pad),
                                       (F * kh * kw, N * out[0, 0].size, N * out[0, 0].size)):
         close(got, want, np.float32, scale)
+
+
+def _isa_variants():
+    """The compiled instruction-set variants built and runnable here (e.g. avx2 and baseline)."""
+    return netspec.kernels.usable_variants() or [pytest.param("none", marks=pytest.mark.skip("nothing built"))]
+
+
+@pytest.mark.parametrize("isa", _isa_variants())
+@pytest.mark.parametrize("dtype", DTYPES)
+@SETTINGS
+@given(C=st.integers(1, 20), F=st.integers(1, 20), kh=st.integers(1, 5), kw=st.integers(1, 5),
+       stride=st.integers(1, 3), pad=st.integers(0, 3), H=st.integers(1, 12), W=st.integers(1, 12),
+       N=st.integers(1, 3), x_size=st.sampled_from([1e-3, 1.0, 1e3]), dout_size=st.sampled_from([1e-3, 1.0, 1e3]),
+       seed=st.integers(0, 2**16))
+def test_every_isa_variant_conv2d_matches_the_reference(isa, dtype, C, F, kh, kw, stride, pad, H, W, N,
+                                                       x_size, dout_size, seed):
+    """Each variant's conv2d forward and backward against the reference, on any channel count (the
+    direct kernels from 8 up) and data of any magnitude: the tolerance scales with the largest sum
+    of |terms| of each output (the same sums over absolute values), so a missing or extra term fails."""
+    if H + 2 * pad < kh or W + 2 * pad < kw:
+        return
+    mod = importlib.import_module("netspec.kernels._compiled" + netspec.kernels.VARIANTS[isa][0])
+    rng = np.random.default_rng(seed)
+    x = data(rng, (N, C, H, W), dtype) * dtype(x_size)
+    Wt = data(rng, (F, C, kh, kw), dtype)
+    b = data(rng, (F,), dtype) * dtype(x_size)
+    out = mod.conv2d_forward(x, Wt, b, stride, pad)
+    magnitude = ref.conv2d_forward(np.abs(x), np.abs(Wt), np.abs(b), stride, pad)
+    close(out, ref.conv2d_forward(x, Wt, b, stride, pad), dtype, magnitude.max())
+    dout = data(rng, out.shape, dtype) * dtype(dout_size)
+    magnitudes = ref.conv2d_backward(np.abs(dout), np.abs(x), np.abs(Wt), stride, pad)
+    for got, want, size in zip(mod.conv2d_backward(dout, x, Wt, stride, pad),
+                               ref.conv2d_backward(dout, x, Wt, stride, pad), magnitudes):
+        close(got, want, dtype, size.max())
