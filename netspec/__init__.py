@@ -3,7 +3,7 @@
     import netspec
     spec = netspec.load_spec("specs/simple_convnet.yaml")
     model = netspec.compile(spec)            # float32 unless the spec or dtype= says otherwise
-    model.predict(x); model.gradient(x, t); model.params["conv1.W"]
+    model.predict(x); loss, grads = model.gradient(x, t); model.params["conv1.W"]
 """
 from ._version import __version__
 from .compile import compile

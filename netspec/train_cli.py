@@ -108,15 +108,10 @@ def cmd_evaluate(args):
         raise DataError(f"{where}: the inputs hold NaN or infinite values ({int((~np.isfinite(x)).sum())} "
                         "of them); netspec evaluates only finite inputs")
     t = model.prepare_targets(data.t_test, where)
-    loss, acc = model.evaluate(x, t, args.batch_size)
+    loss, acc, cm = model.evaluate(x, t, args.batch_size, confusion=True)
     result = {"model": args.model, "data": data.name, "samples": int(len(x)), "dtype": str(model.dtype),
               "loss": float(loss), "accuracy": acc}
-    if model.loss_fn.classification:
-        k = model.output_shape[0]
-        pred = model.predict(x, batch_size=args.batch_size).argmax(axis=1)
-        labels = t if t.ndim == 1 else t.argmax(axis=1)
-        cm = np.zeros((k, k), dtype=np.int64)
-        np.add.at(cm, (labels, pred), 1)
+    if cm is not None:
         result["confusion_matrix"] = cm.tolist()
     if args.json:
         print(jsonout.dumps(result, indent=2))

@@ -4,6 +4,7 @@ from typing import Literal
 import numpy as np
 
 from .. import kernels
+from ..numerics import softmax
 from .base import Layer, LayerSpec, register
 
 
@@ -61,12 +62,6 @@ class Tanh(Layer):
 
     def backward(self, dout, need_dx=True):
         return dout * (1.0 - self.out * self.out)
-
-
-def softmax(x):
-    """Softmax over the last axis, max subtracted first so exp cannot overflow."""
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 @register
