@@ -13,7 +13,7 @@ from .errors import NetspecError
 def _spec_and_model(path, dtype=None):
     from .compile import compile
     from .spec import load_spec
-    from .train_cli import resolve_spec_path
+    from .specs_dir import resolve_spec_path
     spec = load_spec(resolve_spec_path(path))
     return spec, compile(spec, dtype=dtype)
 

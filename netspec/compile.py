@@ -1,8 +1,6 @@
 """Compile a validated spec into a Model: registry lookup, shape inference, seeded init.
 
-Random streams: ``SeedSequence(spec.seed)`` spawns three children — parameter
-initialisation, training (batches, augmentation), and dropout masks — so each
-is reproducible on its own. Names and the graph (``inputs`` references, unused
+Random streams come from ``netspec.seeds``. Names and the graph (``inputs`` references, unused
 outputs) were already checked when the spec was validated.
 """
 import numpy as np
@@ -10,12 +8,8 @@ import numpy as np
 from .errors import ShapeError
 from .layers import LAYERS, LOSSES
 from .model import Model
+from .seeds import seed_streams
 from .spec import load_spec
-
-
-def seed_streams(seed):
-    """(init, train, dropout) SeedSequences derived from one spec seed."""
-    return np.random.SeedSequence(seed).spawn(3)
 
 
 def _where(spec, i):

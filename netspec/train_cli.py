@@ -8,21 +8,8 @@ import numpy as np
 
 from . import jsonout
 from .errors import DataError, SpecError
+from .specs_dir import DEFAULT_SPEC, resolve_spec_path
 
-DEFAULT_SPEC = "simple_convnet"
-
-
-def resolve_spec_path(arg):
-    """A spec path as given, or the name of a spec shipped with netspec (e.g. 'simple_convnet')."""
-    if arg is None:
-        arg = DEFAULT_SPEC
-    if os.path.exists(arg):
-        return arg
-    from .specs_dir import shipped_spec
-    found = shipped_spec(arg)
-    if found:
-        return found
-    raise SpecError(f"spec file not found: {arg}", file=arg)
 
 
 def cmd_run(args):

@@ -17,13 +17,13 @@ import time
 import numpy as np
 
 from .checkpoint import optimizer_state, save_checkpoint
-from .compile import seed_streams
 from .errors import CheckpointError, DataError, OutOfMemory, SpecError, TrainingDiverged
 from .distributed import GradientReducer, average_buffers, share, world
 from .interrupt import Interrupted, StopSignals
 from .optim import make_optimizer, scheduled_lr
 from .rundir import RunDir, os_errors
 from .sampler import Sampler
+from .seeds import seed_streams
 
 
 class History(list):

@@ -185,6 +185,6 @@ def test_json_and_yaml_specs_are_the_same_format(write_spec):
 
 
 def test_train_section_without_optimizer_gets_plain_sgd():
-    from netspec.optim import SGDSpec
+    from netspec.optim_spec import SGDSpec
     spec = netspec.load_spec({**TINY, "train": {"data": {"source": "mnist-5k"}, "epochs": 1}})
     assert isinstance(spec.train.optimizer, SGDSpec)

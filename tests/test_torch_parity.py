@@ -25,8 +25,9 @@ import netspec  # noqa: E402
 from netspec.data import load_data  # noqa: E402
 from layer_cases import LAYER_CASES  # noqa: E402
 from netspec.layers import LAYERS, LOSSES, MultiInputLayer  # noqa: E402
-from netspec.optim import (AdaGradSpec, AdamSpec, MomentumSpec, NesterovSpec, RMSpropSpec,  # noqa: E402
-                           SGDSpec, make_optimizer)
+from netspec.optim import make_optimizer  # noqa: E402
+from netspec.optim_spec import (AdaGradSpec, AdamSpec, MomentumSpec, NesterovSpec, RMSpropSpec,  # noqa: E402
+                                SGDSpec)
 
 pytestmark = pytest.mark.torch
 
