@@ -1,4 +1,7 @@
-"""The run-time environment, in one place: OpenMP's wait policy, BLAS thread limits, malloc.
+"""The run-time environment: OpenMP's wait policy, BLAS thread limits, malloc.
+
+(Under mpiexec, ``netspec.distributed.configure_threads`` also sets each rank's
+``OMP_NUM_THREADS``.)
 
 Design: two thread pools can run netspec's arithmetic — the OpenMP team of the
 compiled kernels (pooling, im2col, optimizer updates) and the BLAS behind
