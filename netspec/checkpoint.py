@@ -89,7 +89,7 @@ def _group(arrays, prefix):
 
 
 def model_from_checkpoint(meta, arrays, path="", dtype=None):
-    from .compile import compile
+    from .compiler import compile
     from .spec import load_spec
     from .errors import NetspecError
     try:

@@ -40,6 +40,9 @@ class Model:
         self.compute_dtype = np.dtype(np.float32) if self.half else self.dtype
         self.input_shape = tuple(spec.input.shape)
         self.output_shape = layers[-1].out_shape
+        kernels.load()  # the backend is chosen, and netspec.runtime applied, when the first model is built
+        for layer in layers:
+            layer.kernels = kernels
         self.set_rng(rng)
         if self.half:
             for p in {**self.params, **self.buffers}.values():

@@ -143,7 +143,7 @@ def test_dtype_float32_by_default_and_float64_on_request():
 
 
 def test_dtype_argument_must_be_floating():
-    with pytest.raises(ValueError, match="dtype must be a floating type, got int32"):
+    with pytest.raises(netspec.SpecError, match=r"dtype must be a floating type \(float16, float32, float64\), got int32"):
         netspec.compile(TINY, dtype="int32")
 
 
