@@ -102,7 +102,7 @@ def simple_net(args):
     x, t = np.array(spec.train.data.x, np.float64), np.array(spec.train.data.t)
     W = model.params["W.W"]
     numeric = numerical_gradient(lambda: model.loss(x, t), W, h=1e-4)
-    diff = float(np.abs(model.gradient(x, t)["W.W"] - numeric).max())
+    diff = float(np.abs(model.gradient(x, t)[1]["W.W"] - numeric).max())
     return {"simple_net": dict(
         spec="simple_net", data="one inline sample", budget="-",
         result=f"max |numerical - backprop| of dL/dW = {diff:.1e}",

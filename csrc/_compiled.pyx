@@ -19,21 +19,22 @@ faster than the im2col path below, which serves float64, kernels wider than
 
 The im2col path is one GEMM per *batch chunk*: a chunk of samples is
 unrolled into a "wide" column buffer (C*kh*kw, nb*OH*OW) of about 4 MB, so
-it stays in the last-level cache, multiplied by numpy's matmul (BLAS, which
-uses every core), and the (FN, nb*OH*OW) product is copied into the NCHW
+it stays in the last-level cache, multiplied by numpy's matmul, and the
+(FN, nb*OH*OW) product is copied into the NCHW
 output together with the bias. Backward recomputes the columns chunk by
 chunk from the forward input instead of keeping the full (N, C*kh*kw, OH*OW)
 array alive. The chunk buffers are thread-local and shared by all layers, so
 they are allocated once and reused across layers and steps (fresh large arrays
 cost page faults comparable to the arithmetic). 1x1 convolutions with stride
-1 and no padding skip im2col.
+1 and no padding skip im2col. BLAS runs on one thread while a compiled model
+runs (``netspec.kernels.blas_scope``: its idle threads would spin against the
+OpenMP kernels), so this path uses one core.
 
 Pooling runs direct loops over windows. Optimizer updates are one fused pass
 over contiguous parameters, with the same operation order as the reference.
 Pooling, standalone im2col/col2im and the optimizer updates split their
 work across OpenMP threads (``prange``) when built with OpenMP and the work
-is large enough; the loops inside a conv chunk stay serial, because the
-GEMMs around them already use every core.
+is large enough; the loops inside a conv chunk stay serial.
 """
 import os
 import threading

@@ -20,9 +20,11 @@
  * accumulates its own partial dW, and the partials are summed once at the end.
  *
  * GCC/clang vector extensions keep this portable: the same source becomes
- * SSE2 in the baseline build and AVX2+FMA in the AVX2 build. Contraction to
- * FMA is allowed in this file only (the rest of the module keeps products and
- * sums separately rounded, as the numpy reference does).
+ * SSE2 in the baseline build and AVX2+FMA in the AVX2 build. With GCC,
+ * contraction to FMA is allowed in this file only (the pragma below; the rest of
+ * the module keeps products and sums separately rounded, as the numpy reference
+ * does). Other compilers build these loops without contraction: separate
+ * multiplies and adds, the same results within the float tolerance, slower.
  */
 #ifndef NETSPEC_CONV_DIRECT_H
 #define NETSPEC_CONV_DIRECT_H

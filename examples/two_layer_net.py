@@ -30,7 +30,7 @@ data = load_data(spec.train.data, seed=spec.seed, dtype=np.float64)
 # -- 1. numerical vs back-propagated gradient on a small batch ------------------------
 model = netspec.compile(spec, dtype="float64")
 x, t = data.x_train[:3], data.t_train[:3]
-grads = {k: g.copy() for k, g in model.gradient(x, t).items()}
+grads = {k: g.copy() for k, g in model.gradient(x, t)[1].items()}
 limit = 100 if args.quick else args.check_elements
 rng = np.random.default_rng(0)
 pairs = {}

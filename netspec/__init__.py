@@ -3,27 +3,39 @@
     import netspec
     spec = netspec.load_spec("specs/simple_convnet.yaml")
     model = netspec.compile(spec)            # float32 unless the spec or dtype= says otherwise
-    model.predict(x); model.gradient(x, t); model.params["conv1.W"]
+    model.predict(x); loss, grads = model.gradient(x, t); model.params["conv1.W"]
+
+Importing netspec changes nothing in the process: the kernel backend is chosen,
+and its process settings applied (netspec.runtime), when the first model is
+built. ``compile``, ``load``, ``train`` and ``BACKEND`` are loaded on first use,
+so validating a spec never loads the kernels.
 """
+import importlib
+
 from ._version import __version__
-from .compile import compile
 from .errors import (CheckpointError, DataError, NetspecError, ShapeError, SpecError,
                      TrainingDiverged)
-from .kernels import BACKEND
 from .spec import load_spec
 
 __all__ = ["__version__", "compile", "load_spec", "load", "train", "BACKEND",
            "NetspecError", "SpecError", "ShapeError", "DataError", "CheckpointError",
            "TrainingDiverged"]
 
+# name -> (module, attribute): compile(spec), load(checkpoint path), train(spec, **options)
+# (see netspec.runner.train), and the kernel backend in use ("cython" or "numpy")
+_LAZY = {"compile": ("compiler", "compile"), "load": ("checkpoint", "load_model"),
+         "train": ("runner", "train"), "BACKEND": ("kernels", "BACKEND")}
 
-def load(path, dtype=None):
-    """A ready model from a checkpoint written by ``netspec run`` (``model.npz``)."""
-    from .checkpoint import load_model
-    return load_model(path, dtype=dtype)
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'netspec' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    value = getattr(importlib.import_module(f".{module}", __name__), attr)
+    if name != "BACKEND":
+        globals()[name] = value
+    return value
 
 
-def train(spec, **kwargs):
-    """Train a spec (path, dict or NetSpec); returns the Trainer's history. See netspec.runner.train."""
-    from .runner import train as _train
-    return _train(spec, **kwargs)
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

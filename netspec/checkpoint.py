@@ -15,24 +15,17 @@ new checkpoint, never a broken one.
 """
 import json
 import os
-import re
-import stat
-import tempfile
 
 import numpy as np
 
 from . import jsonout
 from ._version import __version__
+from .atomic import atomic_write
 from .errors import CheckpointError
 from .safeio import load_npz
 
 FORMAT = "netspec-checkpoint"
 FORMAT_VERSION = 1
-# save_checkpoint's temporaries: mkstemp(prefix=".model-", suffix=".npz.tmp") adds 8 of [a-z0-9_].
-TEMP_PREFIX, TEMP_SUFFIX = ".model-", ".npz.tmp"
-_TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + r"[a-z0-9_]+" + re.escape(TEMP_SUFFIX))
-
-
 def save_checkpoint(path, model, optimizer=None, trainer_state=None, extra_arrays=None):
     """Write model (and training) state to ``path`` atomically."""
     from .spec import spec_to_dict
@@ -53,56 +46,10 @@ def save_checkpoint(path, model, optimizer=None, trainer_state=None, extra_array
     }
     arrays["meta"] = np.array(jsonout.dumps(meta))
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=folder)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is an ordinary file
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write(path, "wb", prefix=".model-", suffix=".npz.tmp") as f:
+        np.savez(f, **arrays)
     return path
-
-
-def remove_stale_temporaries(folder):
-    """Delete the temporaries an interrupted ``save_checkpoint`` left in ``folder``; return their paths.
-
-    A process killed between writing ``.model-XXXXXXXX.npz.tmp`` and renaming it
-    leaves the temporary behind (the checkpoint itself is intact). Only regular
-    files matching that exact pattern are removed, never a symlink or anything
-    else. Call it only while holding the run directory's lock: a save running
-    concurrently in the same folder would lose its temporary.
-    """
-    removed = []
-    try:
-        entries = list(os.scandir(folder))
-    except FileNotFoundError:
-        return removed
-    for entry in sorted(entries, key=lambda e: e.name):
-        if not _TEMP_NAME.fullmatch(entry.name):
-            continue
-        try:
-            if not stat.S_ISREG(entry.stat(follow_symlinks=False).st_mode):
-                continue
-            os.unlink(entry.path)
-        except FileNotFoundError:  # gone already (removed by someone else): nothing to do
-            continue
-        removed.append(entry.path)
-    return removed
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_checkpoint(path):
@@ -142,7 +89,7 @@ def _group(arrays, prefix):
 
 
 def model_from_checkpoint(meta, arrays, path="", dtype=None):
-    from .compile import compile
+    from .compiler import compile
     from .spec import load_spec
     from .errors import NetspecError
     try:

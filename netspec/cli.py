@@ -11,16 +11,19 @@ from .errors import NetspecError
 
 
 def _spec_and_model(path, dtype=None):
-    from .compile import compile
+    from .compiler import compile
     from .spec import load_spec
-    from .train_cli import resolve_spec_path
+    from .specs_dir import resolve_spec_path
     spec = load_spec(resolve_spec_path(path))
     return spec, compile(spec, dtype=dtype)
 
 
 def cmd_validate(args):
+    from .shapes import infer_layers
+    from .spec import load_spec
+    from .specs_dir import resolve_spec_path
     for path in args.specs:
-        _spec_and_model(path)
+        infer_layers(load_spec(resolve_spec_path(path)))
         print(f"{path}: ok")
     return 0
 

@@ -49,22 +49,6 @@ def local_ranks():
     return _env_int(_LOCAL_SIZE_VARS) or launched_size()
 
 
-def configure_threads():
-    """Under an MPI launcher, give each rank cores / ranks-on-this-host OpenMP threads.
-
-    Must run before the compiled kernels load (libgomp reads OMP_NUM_THREADS once);
-    a value the user set is kept. Returns the thread count chosen, or None.
-    """
-    if launched_size() <= 1 or "OMP_NUM_THREADS" in os.environ:
-        return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    n = max(1, cores // max(1, local_ranks()))
-    os.environ["OMP_NUM_THREADS"] = str(n)
-    from .threads import limit_blas_threads
-    limit_blas_threads(n)  # numpy's BLAS pool too: K ranks x all cores would oversubscribe
-    return n
-
-
 class Serial:
     """One process: every collective is the identity."""
     rank, size, local_size = 0, 1, 1

@@ -58,7 +58,7 @@ def add_arguments(s):
 
 
 def cmd_expand(args):
-    from .train_cli import resolve_spec_path
+    from .specs_dir import resolve_spec_path
     path = resolve_spec_path(args.spec)
     flat, origins = expanded(path)
     print(jsonout.dumps(flat, indent=2) if args.json else to_yaml(flat, origins, path), end="" if not args.json else "\n")

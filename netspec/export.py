@@ -43,11 +43,11 @@ supports) up to the newest the installed onnx knows are accepted.
 import json
 import math
 import os
-import secrets
 
 import numpy as np
 
 from ._version import __version__
+from .atomic import atomic_write
 from .errors import NetspecError
 
 DEFAULT_OPSET = 17
@@ -403,19 +403,11 @@ def _model_proto(model, graph, g, onnx, opset, in_shape, output, out_shape):
 
 
 def _write(proto, path):
-    """Write to a temporary file in the same folder, then rename: never a half-written model."""
-    path = os.fspath(path)
-    folder, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{base}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    """Write atomically (see netspec.atomic): never a half-written model."""
     try:
-        with open(tmp, "xb") as f:
+        with atomic_write(path, "wb") as f:
             f.write(proto.SerializeToString())
-        os.replace(tmp, path)
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 

@@ -84,10 +84,11 @@ def check_model(model, x, t, *, h=1e-5, max_elements=40, seed=0):
         return all(np.array_equal(a, b) for a, b in zip(base, kink_states(model)))
 
     model.set_rng(np.random.default_rng(seed))
-    analytic = {k: v.copy() for k, v in model.gradient(x, t).items()}
+    loss0, grads = model.gradient(x, t)
+    analytic = {k: v.copy() for k, v in grads.items()}
     base = [s.copy() for s in kink_states(model)]
     # Below this, a central difference is round-off of the loss divided by 2h, not a slope.
-    resolution = 100 * np.finfo(np.float64).eps * max(abs(model.last_loss), 1.0) / h
+    resolution = 100 * np.finfo(np.float64).eps * max(abs(loss0), 1.0) / h
     rng = np.random.default_rng(seed + 1)
     report = {}
     for name, p in model.params.items():

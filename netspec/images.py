@@ -26,6 +26,7 @@ import sys
 import numpy as np
 
 from .errors import DataError
+from .numerics import softmax
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 PIL_FORMATS = ("PNG", "JPEG", "BMP")  # Pillow decoders we allow: no surprises from exotic formats
@@ -325,8 +326,7 @@ def _probabilities(model, y):
     if last == "softmax":
         return y
     with np.errstate(invalid="ignore", over="ignore"):
-        e = np.exp(y - y.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
+        return softmax(y, axis=1)
 
 
 def _top(p, k=TOP_K):

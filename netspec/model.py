@@ -12,12 +12,21 @@ arrays (float16 -> float32 is exact), so the float32 kernels of either backend
 run them at float32 speed; ``predict`` returns float16.
 """
 import math
+from typing import NamedTuple, Optional
 
 import numpy as np
 
 from . import kernels
 from .errors import DataError
 from .layers import MultiInputLayer
+from .numerics import class_labels
+
+
+class Evaluation(NamedTuple):
+    """What ``Model.evaluate`` measured over a data set."""
+    loss: float
+    accuracy: Optional[float]            # None unless the loss is a classification loss
+    confusion: Optional[np.ndarray]      # (K, K) int64, rows label, columns prediction; when asked for
 
 
 class Model:
@@ -31,6 +40,9 @@ class Model:
         self.compute_dtype = np.dtype(np.float32) if self.half else self.dtype
         self.input_shape = tuple(spec.input.shape)
         self.output_shape = layers[-1].out_shape
+        kernels.load()  # the backend is chosen, and netspec.runtime applied, when the first model is built
+        for layer in layers:
+            layer.kernels = kernels
         self.set_rng(rng)
         if self.half:
             for p in {**self.params, **self.buffers}.values():
@@ -168,38 +180,43 @@ class Model:
         return self.loss_fn.forward(y, self._batch_targets(t, len(y)))
 
     def gradient(self, x, t):
-        """Loss and back-propagation in train mode; returns {"layer.param": gradient}.
+        """Loss and back-propagation in train mode: returns ``(loss, {"layer.param": gradient})``.
 
-        The arrays belong to the layers and are overwritten by the next call.
+        The gradient arrays belong to the layers and are overwritten by the next call.
         """
-        self.last_loss = self.loss(x, t, train=True)
+        loss = self.loss(x, t, train=True)
         self.backward(self.loss_fn.backward(), need_input_grad=False)
-        return self.grads
+        return loss, self.grads
 
     def accuracy(self, x, t, batch_size=1000):
-        """Fraction of samples whose arg-max output equals the label (or the one-hot arg-max)."""
-        t = np.asarray(t)
-        labels = t if t.ndim == 1 else t.argmax(axis=1)
-        correct = 0
-        for i in range(0, len(labels), batch_size):
-            y = self.predict(x[i:i + batch_size])
-            correct += int((y.argmax(axis=1) == labels[i:i + batch_size]).sum())
-        return correct / max(len(labels), 1)
+        """Fraction of samples whose arg-max output equals the label (or the one-hot arg-max);
+        None for a model whose loss is not a classification loss. See ``evaluate``."""
+        return self.evaluate(x, t, batch_size).accuracy
 
-    def evaluate(self, x, t, batch_size=1000):
-        """(mean loss, accuracy or None) over a whole set, in test mode, in batches."""
+    def evaluate(self, x, t, batch_size=1000, *, confusion=False):
+        """Loss and accuracy over a whole set, in test mode, in batches: one forward pass.
+
+        Returns ``Evaluation(loss, accuracy, confusion)``: the mean loss; for a
+        classification loss the accuracy (else None) and, with ``confusion=True``,
+        the confusion matrix (rows: label, columns: prediction; else None).
+        """
         x = self.as_input(x)
         t = self._batch_targets(t, len(x))
+        classify = self.loss_fn.classification
+        k = self.output_shape[0] if classify else 0
+        cm = np.zeros((k, k), dtype=np.int64) if classify and confusion else None
         total, correct, n = 0.0, 0, len(t)
         for i in range(0, n, batch_size):
             xb, tb = x[i:i + batch_size], t[i:i + batch_size]
             y = self.forward(xb, train=False)
             total += self.loss_fn.forward(y, tb) * len(tb)
-            if self.loss_fn.classification:
-                labels = tb if tb.ndim == 1 else tb.argmax(axis=1)
-                correct += int((y.argmax(axis=1) == labels).sum())
-        acc = correct / max(n, 1) if self.loss_fn.classification else None
-        return total / max(n, 1), acc
+            if classify:
+                labels, pred = class_labels(tb), y.argmax(axis=1)
+                correct += int((pred == labels).sum())
+                if cm is not None:
+                    np.add.at(cm, (labels, pred), 1)
+        acc = correct / max(n, 1) if classify else None
+        return Evaluation(total / max(n, 1), acc, cm)
 
     def graph(self):
         """The model as plain data (ops, shapes, attributes, named arrays), e.g. for export.

@@ -5,6 +5,8 @@ import os
 
 import numpy as np
 
+from .numerics import class_labels
+
 
 def _pyplot():
     try:
@@ -57,7 +59,7 @@ def plot_curves(plt, history, path):
 
 def plot_misclassified(plt, model, x, t, path, count=20):
     y = model.predict(x, batch_size=1000).argmax(axis=1)
-    labels = t if t.ndim == 1 else t.argmax(axis=1)
+    labels = class_labels(t)
     wrong = np.flatnonzero(y != labels)[:count]
     fig, axes = plt.subplots(4, 5, figsize=(7, 6))
     for ax in axes.ravel():

@@ -23,7 +23,7 @@ import os
 import time
 
 from . import jsonout
-from .checkpoint import remove_stale_temporaries
+from .atomic import atomic_write, remove_stale_temporaries
 from .errors import RunDirError
 from .spec import spec_to_dict
 
@@ -56,16 +56,8 @@ def os_errors(what):
 
 def atomic_text(path, text):
     """Replace ``path`` by ``text`` so that a crash leaves the old or the new file, never a mix."""
-    tmp = path + ".tmp"
-    with os_errors(f"write {path}"):
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+    with os_errors(f"write {path}"), atomic_write(path, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 class RunDir:

@@ -10,7 +10,7 @@ import math
 import os
 
 from .checkpoint import model_from_checkpoint, read_checkpoint
-from .compile import compile
+from .compiler import compile
 from .distributed import agree, world
 from .errors import RunDirError, SpecError
 from .rundir import RunDir, default_run_dir

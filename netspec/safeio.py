@@ -144,15 +144,24 @@ def _check_dtype_and_shape(shape, dtype, source, error):
         raise error(f"{source}: invalid .npy header: negative size in shape {shape}")
 
 
-def _read_exactly(stream, array, source, error, declared):
-    """Fill ``array`` (C-contiguous) from ``stream``; ``error`` if the stream ends early."""
-    view = memoryview(array.reshape(-1).view(np.uint8))
+def read_into(stream, buffer):
+    """Fill ``buffer`` (bytes-like, writable) from ``stream`` in chunks; return how many bytes
+    arrived (fewer than ``len(buffer)`` only if the stream ended first)."""
+    view = memoryview(buffer).cast("B")
     done = 0
     while done < len(view):
         n = stream.readinto(view[done:done + _CHUNK])
         if not n:
-            raise error(f"{source}: truncated: its header declares {declared} bytes of data, found {done} bytes")
+            break
         done += n
+    return done
+
+
+def _read_exactly(stream, array, source, error, declared):
+    """Fill ``array`` (C-contiguous) from ``stream``; ``error`` if the stream ends early."""
+    done = read_into(stream, array.reshape(-1).view(np.uint8))
+    if done < array.nbytes:
+        raise error(f"{source}: truncated: its header declares {declared} bytes of data, found {done} bytes")
 
 
 def read_npy_stream(stream, available, source, error=DataError, max_bytes=None):

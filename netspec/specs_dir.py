@@ -1,6 +1,10 @@
 """Find the specs shipped with netspec (installed as netspec/specs, or specs/ in a checkout)."""
 import os
 
+from .errors import SpecError
+
+DEFAULT_SPEC = "simple_convnet"   # what `netspec run` trains when no spec is named
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -17,3 +21,15 @@ def shipped_spec(name):
             if os.path.exists(p):
                 return p
     return None
+
+
+def resolve_spec_path(arg):
+    """A spec path as given, or the name of a spec shipped with netspec (e.g. 'simple_convnet')."""
+    if arg is None:
+        arg = DEFAULT_SPEC
+    if os.path.exists(arg):
+        return arg
+    found = shipped_spec(arg)
+    if found:
+        return found
+    raise SpecError(f"spec file not found: {arg}", file=arg)

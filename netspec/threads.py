@@ -1,50 +1,17 @@
-"""The run-time environment, in one place: OpenMP's wait policy, BLAS thread limits, malloc.
+"""Thread pools at run time: BLAS thread limits, and dense products split over threads.
 
 Design: two thread pools can run netspec's arithmetic — the OpenMP team of the
-compiled kernels (pooling, im2col, optimizer updates) and the BLAS behind
-numpy's matmul. By default libgomp's idle threads spin for milliseconds after
-each parallel loop; on a 2-core machine that spinning starves the BLAS threads
-of the very next matrix product (measured: conv steps 10-100x slower).
-``OMP_WAIT_POLICY=PASSIVE`` makes idle threads sleep; it is read once, when
-libgomp loads, so ``netspec.kernels`` calls ``configure_openmp()`` before it
-imports the compiled module. A value the user set is kept.
+compiled kernels (convolutions, pooling, optimizer updates) and the BLAS behind
+numpy's matmul. Their settings at load time (OpenMP's wait policy, threads per
+MPI rank) are netspec.runtime's; this module changes BLAS limits while running.
 
 ``limit_blas_threads(n)`` caps the BLAS pool at run time through threadpoolctl
 (no environment variable has to be set before numpy is imported). Scripts that
 run many tiny matrix products (tests, examples) call it with 1.
 """
 import contextlib
-import os
-import sys
 
 import numpy as np
-
-
-def configure_openmp():
-    """Default OMP_WAIT_POLICY to PASSIVE unless the user chose a policy; returns the policy."""
-    return os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def configure_allocator():
-    """Keep large arrays in the malloc heap instead of fresh mmap'd pages (glibc only).
-
-    By default glibc serves every allocation above 128 KB-32 MB with mmap and returns
-    it with munmap on free, so each activation array of a training step (5 MB for
-    deep_convnet's first layers) comes back as fresh pages that fault in on first touch.
-    Raising the mmap threshold to 32 MB (glibc's maximum) and the trim threshold to
-    128 MB lets freed blocks be reused: measured, a deep_convnet train step at 2
-    threads went from 50-54 ms to 45.5-47 ms. Set NETSPEC_MALLOC=0 to leave malloc
-    alone; returns True when the setting was applied.
-    """
-    if os.environ.get("NETSPEC_MALLOC", "") == "0" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None)
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 128 << 20))
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        return False
 
 
 def limit_blas_threads(n):

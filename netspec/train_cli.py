@@ -8,21 +8,8 @@ import numpy as np
 
 from . import jsonout
 from .errors import DataError, SpecError
+from .specs_dir import DEFAULT_SPEC, resolve_spec_path
 
-DEFAULT_SPEC = "simple_convnet"
-
-
-def resolve_spec_path(arg):
-    """A spec path as given, or the name of a spec shipped with netspec (e.g. 'simple_convnet')."""
-    if arg is None:
-        arg = DEFAULT_SPEC
-    if os.path.exists(arg):
-        return arg
-    from .specs_dir import shipped_spec
-    found = shipped_spec(arg)
-    if found:
-        return found
-    raise SpecError(f"spec file not found: {arg}", file=arg)
 
 
 def cmd_run(args):
@@ -108,15 +95,10 @@ def cmd_evaluate(args):
         raise DataError(f"{where}: the inputs hold NaN or infinite values ({int((~np.isfinite(x)).sum())} "
                         "of them); netspec evaluates only finite inputs")
     t = model.prepare_targets(data.t_test, where)
-    loss, acc = model.evaluate(x, t, args.batch_size)
+    loss, acc, cm = model.evaluate(x, t, args.batch_size, confusion=True)
     result = {"model": args.model, "data": data.name, "samples": int(len(x)), "dtype": str(model.dtype),
               "loss": float(loss), "accuracy": acc}
-    if model.loss_fn.classification:
-        k = model.output_shape[0]
-        pred = model.predict(x, batch_size=args.batch_size).argmax(axis=1)
-        labels = t if t.ndim == 1 else t.argmax(axis=1)
-        cm = np.zeros((k, k), dtype=np.int64)
-        np.add.at(cm, (labels, pred), 1)
+    if cm is not None:
         result["confusion_matrix"] = cm.tolist()
     if args.json:
         print(jsonout.dumps(result, indent=2))

@@ -17,13 +17,13 @@ import time
 import numpy as np
 
 from .checkpoint import optimizer_state, save_checkpoint
-from .compile import seed_streams
 from .errors import CheckpointError, DataError, OutOfMemory, SpecError, TrainingDiverged
 from .distributed import GradientReducer, average_buffers, share, world
 from .interrupt import Interrupted, StopSignals
 from .optim import make_optimizer, scheduled_lr
 from .rundir import RunDir, os_errors
 from .sampler import Sampler
+from .seeds import seed_streams
 
 
 class History(list):
@@ -156,8 +156,7 @@ class Trainer:
             grads, loss = None, 0.0
             if len(mine):
                 with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported below, by step
-                    grads = self.model.gradient(x, t)
-                loss = self.model.last_loss
+                    loss, grads = self.model.gradient(x, t)
             if shared:
                 stop = self._signals is not None and self._signals.pending
                 grads, loss, self._stop_all = self.reducer.reduce(grads, len(mine) / len(idx), loss, stop)
@@ -195,10 +194,10 @@ class Trainer:
         """(mean loss, accuracy) of x, t; data-parallel: each rank evaluates its share, counts are summed."""
         bs, comm = self.cfg.eval_batch_size, self.comm
         if comm.size == 1:
-            return self.model.evaluate(x, t, bs)
+            return self.model.evaluate(x, t, bs)[:2]
         lo, hi = share(len(x), comm.size, comm.rank)
         n = hi - lo
-        loss, acc = self.model.evaluate(x[lo:hi], t[lo:hi], bs) if n else (0.0, 0.0)
+        loss, acc, _ = self.model.evaluate(x[lo:hi], t[lo:hi], bs) if n else (0.0, 0.0, None)
         sums = comm.allreduce(np.array([loss * n, (acc or 0.0) * n, n], dtype=np.float64))
         total = max(sums[2], 1.0)
         return float(sums[0] / total), (float(sums[1] / total) if acc is not None else None)

@@ -1,6 +1,5 @@
 """The command line: user errors print one message and exit 2, never a traceback."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -12,6 +12,7 @@ a pooling winner; the checker asserts that none did rather than skipping.
 import numpy as np
 import pytest
 
+import netspec.kernels
 from netspec.gradcheck import numerical_gradient, relative_error
 from netspec.layers import LAYERS, LOSSES, MultiInputLayer
 from netspec.layers.activations import ReLU
@@ -42,6 +43,7 @@ def make_layer(type_, in_shapes, seed=0, name=None, **fields):
     spec = cls.Spec.model_validate({"type": type_, **fields})
     layer = cls(spec, name or f"{cls.prefix}1", spec.inputs or ["input"], in_shapes)
     layer.build(np.random.default_rng(seed), np.float64)
+    layer.kernels = netspec.kernels.load()  # what a Model gives each of its layers
     rng = np.random.default_rng(seed)
     for p in layer.params.values():
         p[...] = rng.standard_normal(p.shape)

@@ -26,7 +26,7 @@ def test_param_and_gradient_keys_and_shapes():
     assert {k: v.shape for k, v in model.params.items()} == {
         "conv1.W": (4, 3, 2, 3), "conv1.b": (4,), "dense1.W": (36, 5), "dense1.b": (5,)}
     x = np.random.default_rng(0).standard_normal((2, 3, 6, 7))
-    grads = model.gradient(x, np.array([1, 4]))
+    _, grads = model.gradient(x, np.array([1, 4]))
     assert grads.keys() == model.params.keys()
     assert all(grads[k].shape == p.shape and grads[k].dtype == np.float32 for k, p in model.params.items())
     assert model.predict(x).shape == (2, 5)
@@ -298,7 +298,7 @@ def test_read_only_inputs_work(method):
     if method == "predict":
         assert model.predict(x).shape == (4, 5)
     elif method == "evaluate":
-        loss, acc = model.evaluate(x, t)
+        loss, acc, _ = model.evaluate(x, t)
         assert np.isfinite(loss) and 0 <= acc <= 1
     else:
         getattr(model, method)(x, t)
@@ -327,5 +327,5 @@ def test_float16_models_round_like_half_precision_hardware():
     full = netspec.compile(spec, dtype="float32")
     full.load_arrays({**half.params, **half.buffers})
     assert np.abs(y - full.predict(x)).max() < 5e-3        # float16 is close to float32
-    loss, acc = half.evaluate(x, np.array([0, 1, 2, 3]))
+    loss, acc, _ = half.evaluate(x, np.array([0, 1, 2, 3]))
     assert np.isfinite(loss) and isinstance(loss, float)

@@ -6,7 +6,8 @@ import pytest
 from pydantic import TypeAdapter
 
 import netspec
-from netspec.optim import OptimizerSpec, ScheduleSpec, make_optimizer, scheduled_lr
+from netspec.optim import make_optimizer, scheduled_lr
+from netspec.optim_spec import OptimizerSpec, ScheduleSpec
 
 spec_of = TypeAdapter(OptimizerSpec).validate_python
 
@@ -113,7 +114,7 @@ def test_schedules():
 
 
 def test_warmup_then_the_schedule_on_the_remaining_epochs():
-    from netspec.optim import CosineSchedule, ConstantSchedule, StepSchedule
+    from netspec.optim_spec import CosineSchedule, ConstantSchedule, StepSchedule
     cos = CosineSchedule.model_validate({"type": "cosine", "warmup_epochs": 2, "min_lr": 0.0})
     lrs = [scheduled_lr(0.3, cos, e, 10) for e in range(10)]
     assert lrs[:2] == pytest.approx([0.1, 0.2])                     # lr * (e + 1) / (w + 1)

@@ -2,13 +2,11 @@
 import builtins
 import os
 
-import pytest
-
 from extras import need
 
 import netspec
 from netspec.cli import main
-from netspec.train_cli import resolve_spec_path
+from netspec.specs_dir import resolve_spec_path
 
 
 def tiny_conv():

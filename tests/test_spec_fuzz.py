@@ -173,7 +173,7 @@ def _run(model):
         return False
     x, t = random_batch(model, n=2, seed=0)
     assert model.predict(x).shape == (2,) + model.output_shape
-    grads = model.gradient(x, t)
+    _, grads = model.gradient(x, t)
     assert {k: g.shape for k, g in grads.items()} == {k: p.shape for k, p in model.params.items()}
     return True
 

@@ -143,7 +143,7 @@ def test_dtype_float32_by_default_and_float64_on_request():
 
 
 def test_dtype_argument_must_be_floating():
-    with pytest.raises(ValueError, match="dtype must be a floating type, got int32"):
+    with pytest.raises(netspec.SpecError, match=r"dtype must be a floating type \(float16, float32, float64\), got int32"):
         netspec.compile(TINY, dtype="int32")
 
 
@@ -185,6 +185,6 @@ def test_json_and_yaml_specs_are_the_same_format(write_spec):
 
 
 def test_train_section_without_optimizer_gets_plain_sgd():
-    from netspec.optim import SGDSpec
+    from netspec.optim_spec import SGDSpec
     spec = netspec.load_spec({**TINY, "train": {"data": {"source": "mnist-5k"}, "epochs": 1}})
     assert isinstance(spec.train.optimizer, SGDSpec)

@@ -25,8 +25,9 @@ import netspec  # noqa: E402
 from netspec.data import load_data  # noqa: E402
 from layer_cases import LAYER_CASES  # noqa: E402
 from netspec.layers import LAYERS, LOSSES, MultiInputLayer  # noqa: E402
-from netspec.optim import (AdaGradSpec, AdamSpec, MomentumSpec, NesterovSpec, RMSpropSpec,  # noqa: E402
-                           SGDSpec, make_optimizer)
+from netspec.optim import make_optimizer  # noqa: E402
+from netspec.optim_spec import (AdaGradSpec, AdamSpec, MomentumSpec, NesterovSpec, RMSpropSpec,  # noqa: E402
+                                SGDSpec)
 
 pytestmark = pytest.mark.torch
 
@@ -566,8 +567,7 @@ def test_simple_convnet_training_step_matches_torch(optimizer, mnist_batch):
         opt_t = torch.optim.SGD(net.parameters(), lr=0.1)
     start = {k: v.copy() for k, v in model.params.items()}
 
-    grads = model.gradient(x, t)
-    loss = model.last_loss
+    loss, grads = model.gradient(x, t)
     opt_t.zero_grad()
     loss_t = F.cross_entropy(net(t64(x)), torch.tensor(t))
     loss_t.backward()

@@ -29,7 +29,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import netspec
-from netspec.checkpoint import read_checkpoint, remove_stale_temporaries, save_checkpoint
+from netspec.atomic import remove_stale_temporaries
+from netspec.checkpoint import read_checkpoint, save_checkpoint
 from netspec.data import load_data
 from netspec.data.idx import decompress, idx_bytes, parse_idx, read_idx
 from netspec.errors import CheckpointError, DataError
@@ -501,11 +502,12 @@ def test_read_input_file_npy(tmp_path):
 # --------------------------------------------------- 6. stale temporaries
 
 def test_remove_stale_temporaries_only_touches_its_own(tmp_path):
-    own = [tmp_path / ".model-abc_1234.npz.tmp", tmp_path / ".model-zz9.npz.tmp"]
+    own = [tmp_path / ".model-abc_1234.npz.tmp", tmp_path / ".model-zz9.npz.tmp", tmp_path / ".netspec-k1ll3d_x.tmp"]
     for p in own:
         p.write_bytes(b"partial")
     keep = [tmp_path / "model.npz", tmp_path / "model-abc.npz.tmp", tmp_path / ".model-abc.npz",
-            tmp_path / ".model-a.b.npz.tmp", tmp_path / "notes.tmp", tmp_path / ".model-UPPER.npz.tmp"]
+            tmp_path / ".model-a.b.npz.tmp", tmp_path / "notes.tmp", tmp_path / ".model-UPPER.npz.tmp",
+            tmp_path / ".netspec-abc.npz.tmp", tmp_path / ".netspec-.tmp"]
     for p in keep:
         p.write_bytes(b"keep")
     (tmp_path / ".model-dir00000.npz.tmp").mkdir()

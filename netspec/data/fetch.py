@@ -28,6 +28,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from netspec.atomic import replace
 from netspec.data.idx import GZIP_MAGIC, decompress, parse_idx
 from netspec.data.sources import default_data_root
 from netspec.errors import DataError
@@ -145,7 +146,7 @@ def download(url, dest, *, digests=None, progress=True, timeout=TIMEOUT):
     except DataError:
         _discard(part)
         raise
-    os.replace(part, dest)
+    replace(part, dest)
     return dest
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from netspec.errors import DataError
-from netspec.safeio import DEFLATE_MAX_RATIO, open_regular
+from netspec.safeio import DEFLATE_MAX_RATIO, open_regular, read_into
 
 # IDX type code -> numpy dtype (big-endian where it matters)
 IDX_DTYPES = {
@@ -91,12 +91,9 @@ def parse_idx(data, source="data"):
 
 def _fill(stream, payload, source, dims, dtype, header):
     """Read exactly ``len(payload)`` bytes into ``payload``; DataError if the stream ends first."""
-    view, done = memoryview(payload), 0
-    while done < len(payload):
-        n = stream.readinto(view[done:done + 2**20])
-        if not n:
-            raise _size_error(source, dims, dtype, header + len(payload), header + done)
-        done += n
+    done = read_into(stream, payload)
+    if done < len(payload):
+        raise _size_error(source, dims, dtype, header + len(payload), header + done)
 
 
 def _inflate_idx(stream, compressed_size, source, max_bytes):

@@ -117,7 +117,7 @@ class NpzKeys(Strict):
 
 
 class NpzData(ImageOptions):
-    """Arrays from a .npz file (loaded with allow_pickle=False)."""
+    """Arrays from a .npz file (read by netspec.safeio: plain arrays only, never unpickled)."""
 
     source: Literal["npz"]
     path: str = Field(..., min_length=1, description="path of the .npz file (relative to the spec file's folder)")

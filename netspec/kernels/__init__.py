@@ -1,4 +1,4 @@
-"""The kernel seam: one place chooses the backend, once, at import.
+"""The kernel seam: one place chooses the backend, once, when the first kernel is needed.
 
 Design: ``_numpy`` is the reference and defines the full list of kernel names.
 The compiled module (built from csrc/) overrides them name for name. It is built
@@ -7,22 +7,24 @@ and the baseline ``_compiled`` (an ``_avx512`` entry is recognised when a build
 provides one); the best one this CPU supports is loaded. ``NETSPEC_ISA=baseline|avx2|avx512``
 caps the choice (for tests and comparisons). ``NETSPEC_PUREPYTHON=1`` forces numpy;
 ``NETSPEC_REQUIRE_CYTHON=1`` turns a missing or broken build into an ImportError
-instead of a silent fallback. Layers and optimizers call ``netspec.kernels.<name>``
+instead of a silent fallback. Layers and optimizers call ``<kernels>.<name>``
 and never a backend directly.
+
+Importing this module does nothing but define names: ``load()`` chooses the
+backend and applies netspec.runtime's process settings (which must precede the
+compiled module's import). A Model calls it when it is built; reading a kernel
+or ``BACKEND``, ``BACKEND_ERROR``, ``ISA`` from this module calls it too.
 """
 import contextlib
 import importlib
 import importlib.util
 import os
+import sys
 import warnings
 
 from . import _numpy
-from ..distributed import configure_threads
-from ..threads import configure_allocator, configure_openmp, row_parallel_matmul, single_threaded_blas
-
-BACKEND = "numpy"
-BACKEND_ERROR = None  # why the compiled backend is not in use, if it is not
-ISA = None            # the compiled variant in use: "avx512", "avx2" or "baseline"
+from .. import runtime
+from ..threads import row_parallel_matmul, single_threaded_blas
 
 # variant -> (module suffix, CPU features it needs, as numpy names them)
 VARIANTS = {
@@ -30,6 +32,18 @@ VARIANTS = {
     "avx2": ("_avx2", ("AVX2", "FMA3", "F16C")),
     "baseline": ("", ()),
 }
+# set by load(): the backend ("cython" or "numpy"), why the compiled one is not in use
+# (None if it is), and the compiled variant in use ("avx512", "avx2", "baseline" or None)
+_STATE_NAMES = ("BACKEND", "BACKEND_ERROR", "ISA")
+_impl = None   # the module in use, once load() has run
+_state = {}    # BACKEND, BACKEND_ERROR, ISA, once load() has run
+
+__all__ = list(_numpy.__all__) + list(_STATE_NAMES) + [
+    "load", "numpy_kernels", "compiled_module", "out_size", "backend_info", "usable_variants",
+    "blas_scope", "matmul"]
+
+numpy_kernels = _numpy
+out_size = _numpy.out_size   # netspec.numerics.out_size, re-exported for the compiled module
 
 
 def cpu_features():
@@ -57,63 +71,76 @@ def usable_variants():
     return out
 
 
-_impl = _numpy
-configure_threads()  # under mpiexec: cores / ranks-on-this-host threads per rank (before libgomp loads)
-if os.environ.get("NETSPEC_PUREPYTHON", "") not in ("", "0"):
-    BACKEND_ERROR = "disabled by NETSPEC_PUREPYTHON"
-else:
+def _choose():
+    """(module, backend, error, isa): the compiled variant to use, or numpy and why."""
+    if os.environ.get("NETSPEC_PUREPYTHON", "") not in ("", "0"):
+        runtime.configure(compiled=False)
+        return _numpy, "numpy", "disabled by NETSPEC_PUREPYTHON", None
     try:
         variants = usable_variants()
         if not variants:
             raise ModuleNotFoundError("the compiled kernels are not built (reinstall with a C "
                                       "compiler; `pip install -v .` shows why the build failed)")
-        configure_openmp()  # before libgomp loads with the compiled module
-        configure_allocator()
-        ISA = variants[0]
-        _impl = importlib.import_module(f"{__name__}._compiled{VARIANTS[ISA][0]}")
-        BACKEND = "cython"
+        runtime.configure(compiled=True)  # before libgomp loads with the compiled module
+        module = importlib.import_module(f"{__name__}._compiled{VARIANTS[variants[0]][0]}")
+        return module, "cython", None, variants[0]
     except ImportError as exc:
-        ISA = None
         if os.environ.get("NETSPEC_REQUIRE_CYTHON", "") not in ("", "0"):
             raise ImportError(f"NETSPEC_REQUIRE_CYTHON is set but {exc}") from exc
-        BACKEND_ERROR = (str(exc) if isinstance(exc, ModuleNotFoundError) and "not built" in str(exc)
-                         else f"the compiled kernels failed to import ({exc})")
-        warnings.warn(f"netspec: {BACKEND_ERROR}; using the numpy fallback kernels, which give the "
+        error = (str(exc) if isinstance(exc, ModuleNotFoundError) and "not built" in str(exc)
+                 else f"the compiled kernels failed to import ({exc})")
+        warnings.warn(f"netspec: {error}; using the numpy fallback kernels, which give the "
                       "same results more slowly. Set NETSPEC_PUREPYTHON=1 to choose them silently.",
-                      RuntimeWarning, stacklevel=2)
+                      RuntimeWarning, stacklevel=3)
+        runtime.configure(compiled=False)
+        return _numpy, "numpy", error, None
 
-__all__ = list(_numpy.__all__) + ["BACKEND", "BACKEND_ERROR", "ISA", "numpy_kernels", "compiled_module",
-                                  "out_size", "backend_info", "usable_variants", "blas_scope", "matmul"]
 
-numpy_kernels = _numpy
-out_size = _numpy.out_size
+def load():
+    """Choose the backend (once) and bind every kernel name here; returns this module."""
+    global _impl
+    if _impl is None:
+        module, backend, error, isa = _choose()
+        _state.update(zip(_STATE_NAMES, (backend, error, isa)))
+        globals().update(_state)
+        globals().update({name: getattr(module, name, getattr(_numpy, name)) for name in _numpy.__all__})
+        _impl = module
+    return sys.modules[__name__]
+
+
+def _is_compiled():
+    load()
+    return _state["BACKEND"] == "cython"
+
+
+def __getattr__(name):
+    """Kernel names and the backend state are bound by ``load()`` on first use."""
+    if name in _STATE_NAMES or name in _numpy.__all__:
+        load()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def blas_scope():
     """Context for running a model: with the compiled backend, numpy's BLAS uses one thread
     (the kernels bring their own OpenMP threads; see netspec.threads); with numpy, BLAS keeps
     all its threads, since it is the only parallel part."""
-    return single_threaded_blas() if BACKEND == "cython" else contextlib.nullcontext()
+    return single_threaded_blas() if _is_compiled() else contextlib.nullcontext()
 
 
 def matmul(a, b):
     """a @ b for the dense layers: with the compiled backend, rows split over its threads
     (each a one-thread BLAS call, see blas_scope); with numpy, numpy's own BLAS threads."""
-    if BACKEND == "cython":
+    if _is_compiled():
         return row_parallel_matmul(a, b, _impl.backend_info()["openmp_max_threads"])
     return a @ b
 
 
 def compiled_module():
     """The compiled module in use, or None on the numpy backend."""
-    return _impl if BACKEND == "cython" else None
+    return _impl if _is_compiled() else None
 
 
 def backend_info():
     """What the compiled backend was built with (OpenMP, threads, Cython, ISA variant), or {} on numpy."""
-    return {**_impl.backend_info(), "isa": ISA} if BACKEND == "cython" else {}
-
-
-for _name in _numpy.__all__:
-    globals()[_name] = getattr(_impl, _name, getattr(_numpy, _name))
-del _name
+    return {**_impl.backend_info(), "isa": _state["ISA"]} if _is_compiled() else {}

@@ -21,6 +21,8 @@ conventions shared by both backends:
 """
 import numpy as np
 
+from ..numerics import out_size
+
 __all__ = [
     "im2col", "col2im", "conv2d_forward", "conv2d_backward",
     "maxpool2d_forward", "maxpool2d_backward",
@@ -29,14 +31,6 @@ __all__ = [
     "sgd_update", "momentum_update", "nesterov_update",
     "adagrad_update", "rmsprop_update", "adam_update",
 ]
-
-
-def out_size(size, k, stride, pad):
-    """Output length of a sliding window: (size + 2*pad - k) // stride + 1 (floor mode).
-
-    The one definition netspec uses: layers call it through ``netspec.kernels.out_size``.
-    """
-    return (size + 2 * pad - k) // stride + 1
 
 
 def _windows(xp, kh, kw, stride, OH, OW):

@@ -3,7 +3,7 @@ from typing import Literal
 
 import numpy as np
 
-from .. import kernels
+from ..numerics import softmax
 from .base import Layer, LayerSpec, register
 
 
@@ -17,11 +17,11 @@ class ReLU(Layer):
     prefix = "relu"
 
     def forward(self, x, train=False):
-        self.out = kernels.relu_forward(x)
+        self.out = self.kernels.relu_forward(x)
         return self.out
 
     def backward(self, dout, need_dx=True):
-        return kernels.relu_backward(dout, self.out)
+        return self.kernels.relu_backward(dout, self.out)
 
     def kink_state(self):
         """Which side of the kink at 0 each input was on (for gradient checks)."""
@@ -61,12 +61,6 @@ class Tanh(Layer):
 
     def backward(self, dout, need_dx=True):
         return dout * (1.0 - self.out * self.out)
-
-
-def softmax(x):
-    """Softmax over the last axis, max subtracted first so exp cannot overflow."""
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 @register

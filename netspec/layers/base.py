@@ -78,6 +78,8 @@ class Layer:
 
     Spec = LayerSpec
     prefix = "layer"      # used for generated names: conv1, relu2, ...
+    kernels = None        # the kernel seam (netspec.kernels), given by the Model that runs the layer:
+                          # layer modules never import it, so validating a spec loads no kernels
     n_inputs = 1          # how many inputs it takes (None: two or more); forward/backward take lists if not 1
 
     def __init__(self, spec, name, input_names, in_shapes):

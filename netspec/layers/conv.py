@@ -3,8 +3,8 @@ from typing import Literal, Optional
 
 from pydantic import Field, StrictInt
 
-from .. import kernels
 from ..init import InitSpec
+from ..numerics import out_size
 from .base import Layer, LayerSpec, PositivePair, register
 
 
@@ -41,7 +41,7 @@ class Conv2D(Layer):
                 raise self.shape_error(
                     f"kernel {kh}x{kw} is larger than the padded input {H + 2 * p}x{W + 2 * p} "
                     f"({formula} = {(size + 2 * p - k) / s + 1:g} < 1)")
-            out.append(kernels.out_size(size, k, s, p))
+            out.append(out_size(size, k, s, p))
         self.fan_in = C * kh * kw
         return (self.spec.filters, out[0], out[1])
 
@@ -58,11 +58,11 @@ class Conv2D(Layer):
 
     def forward(self, x, train=False):
         self.x = x
-        return kernels.conv2d_forward(x, self.params["W"], self.params.get("b"),
+        return self.kernels.conv2d_forward(x, self.params["W"], self.params.get("b"),
                                       self.spec.stride, self.spec.pad)
 
     def backward(self, dout, need_dx=True):
-        dx, dW, db = kernels.conv2d_backward(dout, self.x, self.params["W"],
+        dx, dW, db = self.kernels.conv2d_backward(dout, self.x, self.params["W"],
                                              self.spec.stride, self.spec.pad, need_dx)
         self.grads["W"] = dW
         if "b" in self.params:

@@ -4,7 +4,6 @@ from typing import Literal, Optional
 
 from pydantic import Field, StrictInt
 
-from .. import kernels
 from ..init import InitSpec
 from .base import Layer, LayerSpec, register
 
@@ -38,18 +37,18 @@ class Dense(Layer):
     def forward(self, x, train=False):
         self.x_shape = x.shape
         self.x = x.reshape(x.shape[0], -1)
-        out = kernels.matmul(self.x, self.params["W"])
+        out = self.kernels.matmul(self.x, self.params["W"])
         if "b" in self.params:
             out += self.params["b"]
         return out
 
     def backward(self, dout, need_dx=True):
-        self.grads["W"] = kernels.matmul(self.x.T, dout)
+        self.grads["W"] = self.kernels.matmul(self.x.T, dout)
         if "b" in self.params:
             self.grads["b"] = dout.sum(axis=0)
         if not need_dx:
             return None
-        return kernels.matmul(dout, self.params["W"].T).reshape(self.x_shape)
+        return self.kernels.matmul(dout, self.params["W"].T).reshape(self.x_shape)
 
 
 @register

@@ -12,7 +12,6 @@ import numpy as np
 from pydantic import Field
 
 from ..init import ConstantInit, ZerosInit
-from .. import kernels
 from .base import Layer, LayerSpec, register
 
 
@@ -55,7 +54,7 @@ class BatchNorm(Layer):
     def forward(self, x, train=False):
         x3 = x.reshape(x.shape[0], x.shape[1], -1)   # (N, C, H*W), or (N, features, 1)
         if train:
-            mean, var = kernels.batchnorm_stats(x3)
+            mean, var = self.kernels.batchnorm_stats(x3)
             m = self.spec.momentum
             self.running_mean *= m
             self.running_mean += (1 - m) * mean
@@ -64,13 +63,13 @@ class BatchNorm(Layer):
         else:
             mean, var = self.running_mean, self.running_var
         self.inv_std = (1.0 / np.sqrt(var + self.spec.eps)).astype(x.dtype, copy=False)
-        out, self.xhat = kernels.batchnorm_forward(x3, self.params["gamma"], self.params["beta"],
+        out, self.xhat = self.kernels.batchnorm_forward(x3, self.params["gamma"], self.params["beta"],
                                                    mean.astype(x.dtype, copy=False), self.inv_std)
         self.train = train
         return out.reshape(x.shape)
 
     def backward(self, dout, need_dx=True):
         d3 = dout.reshape(dout.shape[0], dout.shape[1], -1)
-        dx, self.grads["gamma"], self.grads["beta"] = kernels.batchnorm_backward(
+        dx, self.grads["gamma"], self.grads["beta"] = self.kernels.batchnorm_backward(
             d3, self.xhat, self.params["gamma"], self.inv_std, self.train)
         return dx.reshape(dout.shape)

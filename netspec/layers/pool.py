@@ -5,7 +5,7 @@ from typing import Literal, Optional
 import numpy as np
 from pydantic import Field, StrictInt, model_validator
 
-from .. import kernels
+from ..numerics import out_size
 from .base import Layer, LayerSpec, PositivePair, register
 
 
@@ -36,7 +36,7 @@ class _Pool(Layer):
             raise self.shape_error(f"window {kh}x{kw} is larger than the padded input "
                                    f"{H + 2 * p}x{W + 2 * p} (input {list(self.in_shape)})")
         # Like the book and PyTorch (floor mode), a ragged last row/column is dropped.
-        return (C, kernels.out_size(H, kh, s, p), kernels.out_size(W, kw, s, p))
+        return (C, out_size(H, kh, s, p), out_size(W, kw, s, p))
 
     def attrs(self):
         return {**super().attrs(), "stride": self.stride}
@@ -59,12 +59,12 @@ class MaxPool2D(_Pool):
     def forward(self, x, train=False):
         kh, kw = self.spec.size
         self.x_shape = x.shape
-        out, self.argmax = kernels.maxpool2d_forward(x, kh, kw, self.stride, self.spec.pad)
+        out, self.argmax = self.kernels.maxpool2d_forward(x, kh, kw, self.stride, self.spec.pad)
         return out
 
     def backward(self, dout, need_dx=True):
         kh, kw = self.spec.size
-        return kernels.maxpool2d_backward(dout, self.argmax, self.x_shape, kh, kw,
+        return self.kernels.maxpool2d_backward(dout, self.argmax, self.x_shape, kh, kw,
                                           self.stride, self.spec.pad)
 
     def kink_state(self):
@@ -84,11 +84,11 @@ class AvgPool2D(_Pool):
     def forward(self, x, train=False):
         kh, kw = self.spec.size
         self.x_shape = x.shape
-        return kernels.avgpool2d_forward(x, kh, kw, self.stride, self.spec.pad)
+        return self.kernels.avgpool2d_forward(x, kh, kw, self.stride, self.spec.pad)
 
     def backward(self, dout, need_dx=True):
         kh, kw = self.spec.size
-        return kernels.avgpool2d_backward(dout, self.x_shape, kh, kw, self.stride, self.spec.pad)
+        return self.kernels.avgpool2d_backward(dout, self.x_shape, kh, kw, self.stride, self.spec.pad)
 
 
 @register

@@ -16,7 +16,7 @@ from ..layers.base import Name
 from . import blocks
 from .blocks import BlockDef, Names
 from .loader import Positions
-from ..optim import OptimizerSpec, ScheduleSpec
+from ..optim_spec import OptimizerSpec, ScheduleSpec
 
 FORMAT_VERSION = 1
 
