@@ -80,13 +80,7 @@ def test_every_built_variant_matches_the_reference(isa):
     mod = importlib.import_module("netspec.kernels._compiled" + kernels.VARIANTS[isa][0])
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 4, 9, 8)).astype(np.float32)
-    W = rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
-    b = rng.standard_normal(5).astype(np.float32)
-    out = mod.conv2d_forward(x, W, b, 1, 1)
-    np.testing.assert_allclose(out, _numpy.conv2d_forward(x, W, b, 1, 1), rtol=1e-5, atol=1e-4)
-    dout = rng.standard_normal(out.shape).astype(np.float32)
-    for got, want in zip(mod.conv2d_backward(dout, x, W, 1, 1), _numpy.conv2d_backward(dout, x, W, 1, 1)):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+    # (conv forward and backward of every variant: test_kernels.py, with tolerances scaled by the terms summed)
     for a, r in zip(mod.maxpool2d_forward(x, 2, 2, 2, 0), _numpy.maxpool2d_forward(x, 2, 2, 2, 0)):
         np.testing.assert_array_equal(a, r)
     p, m, v = (rng.standard_normal(1000).astype(np.float32) for _ in range(3))

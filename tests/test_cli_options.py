@@ -123,7 +123,7 @@ def test_evaluate_data_file_text_output_with_a_batch_size_not_dividing_the_sampl
     sizes = forward_sizes(monkeypatch)
     rc, out, err = run(capsys, "evaluate", checkpoint, "--data", data_file, "--batch-size", 4)
     assert (rc, err) == (0, "")
-    assert sizes == [4, 4, 4, 1] * 2  # the loss and accuracy pass, then the predictions for the matrix
+    assert sizes == [4, 4, 4, 1]  # one pass gives the loss, the accuracy and the confusion matrix
     loss, correct, cm = expected_classification(checkpoint, x, labels)
     assert out.splitlines() == [
         f"{checkpoint} on npz:eval.npz test set (13 samples, float64):",

@@ -255,8 +255,6 @@ def test_absurd_input_shape_is_an_error():
         netspec.compile(spec)
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="known bug: a stride of 2**63 or more compiles, then the kernels raise OverflowError")
 @pytest.mark.parametrize("layer", [
     {"type": "conv2d", "filters": 2, "kernel": 2, "stride": 2**63},
     {"type": "maxpool2d", "size": 2, "stride": 10**30},

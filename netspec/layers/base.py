@@ -33,6 +33,10 @@ def _pair(v):
     return v
 
 
+# Strides and paddings beyond any input a CPU network sees; larger values overflowed the
+# kernels' 64-bit index arithmetic (a stride of 2**63 compiled, then failed at forward).
+MAX_STRIDE_OR_PAD = 65536
+
 PositivePair = Annotated[tuple[Annotated[StrictInt, Field(gt=0)], Annotated[StrictInt, Field(gt=0)]],
                          BeforeValidator(_pair)]
 

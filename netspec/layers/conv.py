@@ -5,7 +5,7 @@ from pydantic import Field, StrictInt
 
 from ..init import InitSpec
 from ..numerics import out_size
-from .base import Layer, LayerSpec, PositivePair, register
+from .base import MAX_STRIDE_OR_PAD, Layer, LayerSpec, PositivePair, register
 
 
 @register
@@ -20,8 +20,8 @@ class Conv2D(Layer):
         type: Literal["conv2d"]
         filters: StrictInt = Field(gt=0, description="output channels")
         kernel: PositivePair = Field(description="kernel size: int or [kh, kw]")
-        stride: StrictInt = Field(1, gt=0)
-        pad: StrictInt = Field(0, ge=0, description="zero padding on each side")
+        stride: StrictInt = Field(1, gt=0, le=MAX_STRIDE_OR_PAD)
+        pad: StrictInt = Field(0, ge=0, le=MAX_STRIDE_OR_PAD, description="zero padding on each side")
         bias: bool = True
         init: Optional[InitSpec] = Field(None, description="weight init (default: he)")
         bias_init: Optional[InitSpec] = Field(None, description="bias init (default: zeros)")

@@ -6,13 +6,14 @@ import numpy as np
 from pydantic import Field, StrictInt, model_validator
 
 from ..numerics import out_size
-from .base import Layer, LayerSpec, PositivePair, register
+from .base import MAX_STRIDE_OR_PAD, Layer, LayerSpec, PositivePair, register
 
 
 class PoolSpec(LayerSpec):
     size: PositivePair = Field(description="window: int or [kh, kw]")
-    stride: Optional[StrictInt] = Field(None, gt=0, description="default: the window size (square windows only)")
-    pad: StrictInt = Field(0, ge=0)
+    stride: Optional[StrictInt] = Field(None, gt=0, le=MAX_STRIDE_OR_PAD,
+                                        description="default: the window size (square windows only)")
+    pad: StrictInt = Field(0, ge=0, le=MAX_STRIDE_OR_PAD)
 
     @model_validator(mode="after")
     def _pad_fits(self):
