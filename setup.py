@@ -34,6 +34,7 @@ ISA_VARIANTS = {
     "_avx2": ["-mavx2", "-mfma", "-mf16c"],
 }
 GENERATED = os.path.join("build", "isa_sources")
+FLOAT16_PROBE = "float f(float x) { return (float)(_Float16)x; }\nint main(void) { return (int)f(1.5f); }\n"
 
 
 def _warn(msg):
@@ -94,13 +95,16 @@ def _extensions():
 class OptionalBuildExt(build_ext):
     """build_ext that adds -O3/OpenMP/ISA flags when supported and tolerates failure."""
 
-    def _accepts(self, *flags):
+    def _accepts(self, *flags, source="int main(void){return 0;}\n", link=False):
+        """Whether the compiler builds ``source`` with ``flags`` (and links it, with ``link``)."""
         with tempfile.TemporaryDirectory() as tmp:
             src = os.path.join(tmp, "t.c")
             with open(src, "w") as f:
-                f.write("int main(void){return 0;}\n")
+                f.write(source)
             try:
-                self.compiler.compile([src], output_dir=tmp, extra_postargs=list(flags))
+                objects = self.compiler.compile([src], output_dir=tmp, extra_postargs=list(flags))
+                if link:
+                    self.compiler.link_executable(objects, "t", output_dir=tmp)
                 return True
             except Exception:
                 return False
@@ -120,6 +124,12 @@ class OptionalBuildExt(build_ext):
                 cflags.append("-march=native")
         except Exception:
             pass
+        # half.h's float16 rounding needs C's _Float16 (GCC 12+, clang 15+): tested on its
+        # own, so an older compiler loses that one kernel (numpy rounds instead), not all
+        macros = []
+        if not self._accepts(*cflags, source=FLOAT16_PROBE, link=True):
+            sys.stderr.write("netspec: the C compiler has no _Float16; float16 rounding uses the numpy reference\n")
+            macros.append(("NETSPEC_NO_FLOAT16", "1"))
         keep = []
         for ext in self.extensions:
             suffix = ext.name[len(BASE):] if ext.name.startswith(BASE) else ""
@@ -128,6 +138,7 @@ class OptionalBuildExt(build_ext):
                 sys.stderr.write(f"netspec: the compiler does not accept {' '.join(isa)}; skipping {ext.name}\n")
                 continue
             ext.extra_compile_args = list(ext.extra_compile_args or []) + cflags + isa
+            ext.define_macros = list(ext.define_macros or []) + macros
             ext.extra_link_args = list(ext.extra_link_args or []) + lflags
             keep.append(ext)
         self.extensions = keep

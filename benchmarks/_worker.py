@@ -375,7 +375,8 @@ def main():
         info = {}
     else:  # netspec, compiled or numpy fallback (chosen by the environment)
         sys.path.insert(0, ROOT)
-        import netspec.kernels  # noqa: F401  (loads numpy's BLAS and the OpenMP runtime)
+        import netspec.kernels
+        netspec.kernels.load()  # the backend: numpy's BLAS and, compiled, the OpenMP runtime
         pools = limit_threads(threads)
         if case == "kernels":
             rows, extra = run_kernel_cases(netspec_kernel_cases(args["quick"]), args), {}

@@ -73,7 +73,8 @@ cdef extern from "conv_direct.h" nogil:
                                  int s, int ph, int pw, int OH, int OW, int nthreads)
 
 cdef extern from "half.h" nogil:
-    void ns_round_half(float* x, Py_ssize_t n, int nthreads)
+    int NS_HAS_FLOAT16
+    int ns_round_half(float* x, Py_ssize_t n, int nthreads)
 
 __all__ = list(_ref.__all__) + ["backend_info", "chunk_samples"]
 
@@ -102,6 +103,7 @@ def backend_info():
         "openmp_max_threads": int(netspec_max_threads()),
         "compiled_with": f"Cython {v >> 24}.{(v >> 16) & 0xff}.{(v >> 8) & 0xff}",
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        "float16_kernel": bool(NS_HAS_FLOAT16),   # False: round_half uses the numpy reference
     }
 
 
@@ -649,13 +651,14 @@ def batchnorm_backward(dout, xhat, gamma, inv_std, train):
 def round_half(x):
     """Round a float32 array to float16 precision in place (numpy's astype(float16) rule)."""
     cdef float[::1] v
-    if x.dtype != np.float32 or not x.flags.c_contiguous or not x.flags.writeable:
+    cdef int done = 1
+    if not NS_HAS_FLOAT16 or x.dtype != np.float32 or not x.flags.c_contiguous or not x.flags.writeable:
         return _ref.round_half(x)
     v = x.reshape(-1)
     if v.shape[0]:
         with nogil:
-            ns_round_half(&v[0], v.shape[0], netspec_max_threads())
-    return x
+            done = ns_round_half(&v[0], v.shape[0], netspec_max_threads())
+    return x if done else _ref.round_half(x)
 
 
 # --- ReLU ----------------------------------------------------------------------

@@ -21,14 +21,15 @@ import numpy as np
 from . import jsonout
 from ._version import __version__
 from .atomic import atomic_write
-from .errors import CheckpointError
+from .compiler import compile
+from .errors import CheckpointError, DataError, NetspecError
 from .safeio import load_npz
+from .spec import load_spec, spec_to_dict
 
 FORMAT = "netspec-checkpoint"
 FORMAT_VERSION = 1
 def save_checkpoint(path, model, optimizer=None, trainer_state=None, extra_arrays=None):
     """Write model (and training) state to ``path`` atomically."""
-    from .spec import spec_to_dict
     arrays = {f"param/{k}": v for k, v in model.params.items()}
     arrays.update({f"buffer/{k}": v for k, v in model.buffers.items()})
     if optimizer is not None:
@@ -89,22 +90,18 @@ def _group(arrays, prefix):
 
 
 def model_from_checkpoint(meta, arrays, path="", dtype=None):
-    from .compiler import compile
-    from .spec import load_spec
-    from .errors import NetspecError
+    if not isinstance(meta.get("spec"), dict):  # never a path: a checkpoint names no file to read
+        raise CheckpointError(f"{path}: the checkpoint holds no embedded spec (a mapping under meta.spec)")
     try:
         spec = load_spec(meta["spec"], source=f"{path} (embedded spec)")
         model = compile(spec, dtype=dtype or meta.get("dtype"))
-    except (NetspecError, KeyError, TypeError) as exc:
+    except NetspecError as exc:
         raise CheckpointError(f"{path}: the embedded spec is invalid: {exc}") from None
     weights = {**_group(arrays, "param/"), **_group(arrays, "buffer/")}
     try:
         model.load_arrays(weights)
-    except ValueError as exc:
+    except DataError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    for k, v in weights.items():
-        if not np.all(np.isfinite(v)):
-            raise CheckpointError(f"{path}: parameter {k} holds NaN or infinite values")
     return model
 
 

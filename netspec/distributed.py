@@ -22,8 +22,12 @@ import contextlib
 import os
 import sys
 import time
+import traceback
 
 import numpy as np
+
+from . import errors
+from .errors import NetspecError
 
 # What MPI launchers put in the environment: MPICH/Intel MPI (Hydra), Open MPI, MVAPICH.
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
@@ -116,7 +120,6 @@ def world():
             try:
                 from mpi4py import MPI
             except ImportError:
-                from .errors import NetspecError
                 raise NetspecError(f"started by an MPI launcher with {launched_size()} processes, but mpi4py "
                                    "is not installed: pip install \"netspec[mpi]\" (brings mpi4py and mpich)") from None
             comm = MPI.COMM_WORLD
@@ -145,7 +148,6 @@ def agree(comm, fn):
     For setup steps (spec, data, run directory) where a failure on one rank would
     otherwise leave the others waiting in the first collective of training.
     """
-    from .errors import NetspecError
     if comm.size == 1:
         return fn()
     try:
@@ -162,7 +164,6 @@ def agree(comm, fn):
 
 
 def _remote(kind, message, rank):
-    from . import errors
     cls = getattr(errors, kind, errors.NetspecError)
     try:
         exc = cls(message)
@@ -193,7 +194,6 @@ def guard(comm, code=1):
         print(f"netspec: rank {comm.rank} of {comm.size} failed: {type(exc).__name__}: {exc}; "
               "ending every rank (MPI Abort)", file=sys.stderr, flush=True)
         if not isinstance(exc, Exception) or os.environ.get("NETSPEC_DEBUG"):
-            import traceback
             traceback.print_exc()
         exit_code = getattr(exc, "exit_code", None)
         comm.abort(exit_code if isinstance(exit_code, int) else code)

@@ -4,6 +4,7 @@ Every user-facing failure is a ``NetspecError``; each also inherits the builtin
 that best describes it, so ``except ValueError`` keeps working for callers who
 do not know netspec. The CLI prints ``str(err)`` and exits 2, no traceback.
 """
+import difflib
 
 
 class NetspecError(Exception):
@@ -23,6 +24,10 @@ class SpecError(NetspecError, ValueError):
         self.issues = list(issues)
         self.file = file
         super().__init__("\n".join(format_issue(i) for i in self.issues))
+
+
+class UsageError(NetspecError, ValueError):
+    """Command-line options that do not go together (the CLI exits 2, as for any user error)."""
 
 
 class ShapeError(NetspecError, ValueError):
@@ -52,7 +57,6 @@ class OutOfMemory(NetspecError, MemoryError):
 
 def did_you_mean(word, options):
     """'; did you mean 'x'?' for the closest option, or '' when none is close."""
-    import difflib
     match = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
     return f"; did you mean '{match[0]}'?" if match else ""
 

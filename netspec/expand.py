@@ -1,4 +1,4 @@
-"""``netspec expand``: the flat spec that gets compiled, with blocks expanded and every default filled.
+"""The flat spec that gets compiled (``netspec expand``): blocks expanded, every default filled.
 
 The YAML form notes, above each layer that came from a block, where its body was
 written and the uses it came through; the JSON form is the same data without
@@ -7,11 +7,7 @@ data.
 """
 import yaml
 
-from . import jsonout
 from .spec import expand, read_spec_file, spec_to_dict
-
-HELP = "print the flat spec that gets compiled: blocks expanded, every default filled"
-
 
 def expanded(path):
     """(flat spec data, origins) of the spec file at ``path``; see ``netspec.spec.expand``."""
@@ -50,16 +46,3 @@ def to_yaml(flat, origins, source):
             first = {k: layer[k] for k in ("type", "name") if k in layer}
             lines.append(f"  - {_flow({**first, **layer})}")
     return "\n".join(lines) + "\n"
-
-
-def add_arguments(s):
-    s.add_argument("spec")
-    s.add_argument("--json", action="store_true", help="JSON instead of YAML (no origin comments)")
-
-
-def cmd_expand(args):
-    from .specs_dir import resolve_spec_path
-    path = resolve_spec_path(args.spec)
-    flat, origins = expanded(path)
-    print(jsonout.dumps(flat, indent=2) if args.json else to_yaml(flat, origins, path), end="" if not args.json else "\n")
-    return 0

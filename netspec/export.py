@@ -42,13 +42,13 @@ supports) up to the newest the installed onnx knows are accepted.
 """
 import json
 import math
-import os
 
 import numpy as np
 
 from ._version import __version__
 from .atomic import atomic_write
 from .errors import NetspecError
+from .spec import spec_to_dict
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 7  # AveragePool's count_include_pad and Gemm's broadcast bias need it; ONNX Runtime's oldest
@@ -379,7 +379,6 @@ def _check_probabilities(out_node, out_shape):
 
 
 def _model_proto(model, graph, g, onnx, opset, in_shape, output, out_shape):
-    from .spec import spec_to_dict
     helper = onnx.helper
     kind = "probabilities (softmax of the scores)" if output == PROBABILITIES else "the last layer's output"
     onnx_graph = helper.make_graph(
@@ -409,36 +408,3 @@ def _write(proto, path):
             f.write(proto.SerializeToString())
     except OSError as exc:
         raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
-# --------------------------------------------------------------------- CLI
-
-HELP = "write a checkpoint as an ONNX model (checked by onnx's checker)"
-
-
-def add_arguments(s):
-    """Arguments of ``netspec export MODEL.npz [-o FILE.onnx] [--opset N] [--probabilities] [--dtype D]``."""
-    s.add_argument("model", metavar="MODEL.npz", help="a checkpoint written by netspec run")
-    s.add_argument("-o", "--output", metavar="FILE.onnx",
-                   help="where to write (default: MODEL with the suffix .onnx)")
-    s.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                   help=f"ONNX opset version (default {DEFAULT_OPSET}, at least {MIN_OPSET})")
-    s.add_argument("--probabilities", action="store_true",
-                   help="append a Softmax so the output is class probabilities instead of raw scores")
-    s.add_argument("--dtype", choices=["float16", "float32", "float64"],
-                   help="cast the model to this precision first (default: the checkpoint's; "
-                        "ONNX Runtime's CPU provider has no float64 Conv or AveragePool)")
-
-
-def cmd_export(args):
-    """Handler of ``netspec export``: load, export, print one line."""
-    from .checkpoint import load_model
-    out = args.output or os.path.splitext(args.model)[0] + ".onnx"
-    if os.path.abspath(out) == os.path.abspath(args.model):
-        raise ExportError(f"the output {out} is the checkpoint itself; pick another name with -o")
-    model = load_model(args.model, dtype=args.dtype)
-    proto = export_onnx(model, out, opset=args.opset, probabilities=args.probabilities)
-    output = proto.graph.output[0].name
-    print(f"wrote {out}: ONNX opset {args.opset}, {len(proto.graph.node)} nodes, "
-          f"{os.path.getsize(out):,} bytes ({model.name}, {model.dtype}, output '{output}')")
-    return 0

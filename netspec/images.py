@@ -2,8 +2,8 @@
 
 ``load_images`` turns files (and folders of them) into a float array shaped
 like the model's input; ``predict_images`` runs a model on them and prints one
-line (or JSON document, or CSV row) per image. ``add_arguments`` adds the
-``--invert``, ``--fit`` and ``--csv`` options of ``netspec predict``.
+line (or JSON document, or CSV row) per image (``netspec predict``; its
+options are in netspec.cli.train).
 
 Design: each file goes through the same short pipeline, one function per step:
 read it with Pillow (imported lazily: it is an optional dependency), flatten
@@ -352,10 +352,7 @@ def predict_images(model, paths, *, invert="auto", fit=DEFAULT_FIT, fmt="text", 
                                          invert=invert, fit=fit, white=white)
     rows = []
     if len(x):
-        try:
-            probs = _probabilities(model, model.predict(x, batch_size=1000))
-        except ValueError as exc:
-            raise DataError(str(exc)) from None
+        probs = _probabilities(model, model.predict(x, batch_size=1000))
         for path, note, p in zip(ok, notes, probs):
             if not np.all(np.isfinite(p)):
                 failures.append((path, "the model's output is NaN or infinite"))
@@ -404,26 +401,3 @@ def _write_csv(out, rows, *_):
 
 
 _WRITERS = {"text": _write_text, "json": _write_json, "csv": _write_csv}
-
-
-# ---------------------------------------------------------------- the CLI
-
-def add_arguments(parser):
-    """Add --invert, --fit and --csv (image inputs of ``netspec predict``) to an argparse parser."""
-    parser.add_argument("--invert", choices=INVERT_CHOICES, default="auto",
-                        help="image files: make ink white on black as in MNIST; auto inverts images "
-                             "with a light border (default auto)")
-    parser.add_argument("--fit", choices=FIT_CHOICES, default=DEFAULT_FIT,
-                        help="image files: center crops the ink, scales it to 20/28 of the frame and centres it "
-                             "by centre of mass as MNIST did; resize scales the whole image "
-                             f"(default {DEFAULT_FIT})")
-    parser.add_argument("--csv", action="store_true", help="image files: CSV, a header and a row per image")
-    return parser
-
-
-def output_format(args):
-    """'json', 'csv' or 'text' from parsed --json / --csv flags."""
-    use_json, use_csv = getattr(args, "json", False), getattr(args, "csv", False)
-    if use_json and use_csv:
-        raise DataError("give --json or --csv, not both")
-    return "json" if use_json else "csv" if use_csv else "text"

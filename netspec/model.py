@@ -18,6 +18,7 @@ import numpy as np
 
 from . import kernels
 from .errors import DataError
+from .export import export_onnx
 from .layers import MultiInputLayer
 from .numerics import class_labels
 
@@ -74,17 +75,28 @@ class Model:
             l.set_rng(rng)
 
     def load_arrays(self, arrays):
-        """Copy params and buffers from a {"layer.param": array} mapping, checking names and shapes."""
+        """Copy params and buffers from a {"layer.param": array} mapping.
+
+        Every array is checked first (names, shapes, real finite numbers), so a call
+        that raises DataError leaves the model as it was.
+        """
         own = {**self.params, **self.buffers}
         missing = sorted(set(own) - set(arrays))
         extra = sorted(set(arrays) - set(own))
         if missing or extra:
-            raise ValueError(f"parameter names do not match the model (missing {missing}, unexpected {extra})")
+            raise DataError(f"parameter names do not match the model (missing {missing}, unexpected {extra})")
+        checked = {}
         for k, dst in own.items():
             src = np.asarray(arrays[k])
+            if src.dtype.kind not in "biuf":
+                raise DataError(f"parameter {k} holds {src.dtype} values; expected real numbers")
             if src.shape != dst.shape:
-                raise ValueError(f"parameter {k} is shaped {list(src.shape)}, the model expects {list(dst.shape)}")
-            np.copyto(dst, src.astype(np.float16) if self.half else src, casting="unsafe")
+                raise DataError(f"parameter {k} is shaped {list(src.shape)}, the model expects {list(dst.shape)}")
+            if not np.all(np.isfinite(src)):
+                raise DataError(f"parameter {k} holds NaN or infinite values")
+            checked[k] = src
+        for k, src in checked.items():
+            np.copyto(own[k], src.astype(np.float16) if self.half else src, casting="unsafe")
 
     # -- data: the one place inputs and targets are checked --------------------
     def as_input(self, x, where="input"):
@@ -238,7 +250,6 @@ class Model:
 
     def to_onnx(self, path=None, *, opset=17, probabilities=False):
         """The model as an onnx.ModelProto (written to ``path`` when given); see netspec.export."""
-        from .export import export_onnx
         return export_onnx(self, path, opset=opset, probabilities=probabilities)
 
     def __repr__(self):

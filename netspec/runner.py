@@ -11,6 +11,8 @@ import os
 
 from .checkpoint import model_from_checkpoint, read_checkpoint
 from .compiler import compile
+from .data import load_data
+from .data.sources import pin_paths
 from .distributed import agree, world
 from .errors import RunDirError, SpecError
 from .rundir import RunDir, default_run_dir
@@ -25,7 +27,6 @@ def _spec_dir(spec):
 
 def pin_data(spec):
     """The spec with its train.data paths absolute and checksummed (a NetSpec copy)."""
-    from .data.sources import pin_paths
     data = pin_paths(spec.train.data, _spec_dir(spec))
     if data is spec.train.data:
         return spec
@@ -34,7 +35,6 @@ def pin_data(spec):
 
 def load_spec_data(spec, dtype):
     """The spec's train.data as a Dataset in ``dtype``; relative paths start at the spec's folder."""
-    from .data import load_data
     return load_data(spec.train.data, seed=spec.seed, dtype=dtype, base_dir=_spec_dir(spec))
 
 

@@ -17,6 +17,7 @@ the schema changes nothing in the process. While a compiled model runs, BLAS
 is held at one thread (``netspec.kernels.blas_scope``) and given back after
 each call; see netspec.threads.
 """
+import ctypes
 import os
 import sys
 
@@ -76,7 +77,6 @@ def configure_allocator():
     if os.environ.get("NETSPEC_MALLOC", "") == "0" or not sys.platform.startswith("linux"):
         return False
     try:
-        import ctypes
         libc = ctypes.CDLL(None)
         m_trim_threshold, m_mmap_threshold = -1, -3
         return bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 128 << 20))

@@ -9,21 +9,18 @@ MPI rank) are netspec.runtime's; this module changes BLAS limits while running.
 (no environment variable has to be set before numpy is imported). Scripts that
 run many tiny matrix products (tests, examples) call it with 1.
 """
-import contextlib
+
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from threadpoolctl import ThreadpoolController, threadpool_info, threadpool_limits
 
 
 def limit_blas_threads(n):
     """Cap the BLAS thread pools of this process at ``n`` threads (for the rest of the process).
 
-    Returns the threadpoolctl limiter (``.restore_original_limits()`` undoes it), or None
-    when threadpoolctl is not installed.
+    Returns the threadpoolctl limiter (``.restore_original_limits()`` undoes it).
     """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return None
     return threadpool_limits(limits=n, user_api="blas")
 
 
@@ -31,7 +28,7 @@ _controller = None
 
 
 def single_threaded_blas():
-    """Context in which numpy's BLAS uses one thread; a no-op without threadpoolctl.
+    """Context in which numpy's BLAS uses one thread.
 
     The compiled backend runs its own OpenMP threads (convolutions, pooling,
     updates). A multi-threaded OpenBLAS call leaves its worker threads spinning
@@ -39,21 +36,13 @@ def single_threaded_blas():
     dense layers' small products lose little by running on one thread.
     """
     global _controller
-    if _controller is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:
-            return contextlib.nullcontext()
+    if _controller is None:  # it lists the loaded libraries once: not at import
         _controller = ThreadpoolController()
     return _controller.limit(limits=1, user_api="blas")
 
 
 def blas_info():
-    """[{library, version, threads}] of the BLAS pools loaded in this process (empty without threadpoolctl)."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return []
+    """[{library, version, threads}] of the BLAS pools loaded in this process."""
     return [{"library": i.get("internal_api"), "version": i.get("version"), "threads": i.get("num_threads")}
             for i in threadpool_info() if i.get("user_api") == "blas"]
 
@@ -72,7 +61,6 @@ def row_parallel_matmul(a, b, threads):
     if threads < 2 or rows < 2 * threads or 2 * a.shape[0] * a.shape[1] * b.shape[1] < 4_000_000:
         return a @ b
     if _pool is None:
-        from concurrent.futures import ThreadPoolExecutor
         _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="netspec-matmul")
     out = np.empty((rows, b.shape[1]), dtype=np.result_type(a, b))
     cuts = [rows * k // threads for k in range(threads + 1)]

@@ -15,12 +15,15 @@ import sys
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 from .checkpoint import optimizer_state, save_checkpoint
+from .data import augment
 from .errors import CheckpointError, DataError, OutOfMemory, SpecError, TrainingDiverged
 from .distributed import GradientReducer, average_buffers, share, world
 from .interrupt import Interrupted, StopSignals
 from .optim import make_optimizer, scheduled_lr
+from .plots import save_plots
 from .rundir import RunDir, os_errors
 from .sampler import Sampler
 from .seeds import seed_streams
@@ -148,7 +151,6 @@ class Trainer:
         x, t = self.x_train[mine], self.t_train[mine]
         aug = self.cfg.augment
         if aug is not None and aug.enabled and len(mine):
-            from .data import augment
             x = augment(x, aug, rng)
         if self.cfg.label_smoothing:
             t = self._smoothed(t)
@@ -327,7 +329,6 @@ class Trainer:
     def _progress_bar(self):
         if not self.progress:
             return None
-        from tqdm import tqdm
         return tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
                     file=sys.stderr, leave=False)
 
@@ -356,7 +357,6 @@ class Trainer:
         if not self.quiet:
             self.log(self.result_line())
         if self.run_dir:
-            from .plots import save_plots
             save_plots(self)
         return h
 

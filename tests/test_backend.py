@@ -27,6 +27,7 @@ def test_compiled_backend_is_in_use():
     assert compiled.__name__ == "netspec.kernels._compiled" + kernels.VARIANTS[kernels.ISA][0]
     assert kernels.ISA == kernels.usable_variants()[0], "the best variant this CPU runs is the one loaded"
     assert kernels.BACKEND_ERROR is None
+    assert kernels.backend_info()["float16_kernel"]  # this CI's compiler has _Float16
     for name in _numpy.__all__:
         assert getattr(kernels, name) is getattr(compiled, name), (
             f"netspec.kernels.{name} is not the compiled kernel")

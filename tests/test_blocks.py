@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 import yaml
 
 import netspec
@@ -167,12 +168,16 @@ loss: mse
     assert [l.type for l in spec.layers] == ["dense", "relu", "dense", "tanh"]
 
 
-def test_netspec_model_validate_expands_blocks_too():
+def test_a_dict_with_blocks_expands_through_load_spec():
+    """load_spec is the one way in: a dict gets its blocks expanded like a file; NetSpec itself
+    validates flat specs only, and names the block use it cannot read as a layer."""
     data = yaml.safe_load("input: {shape: [2, 6, 6]}\n" + BASIC +
                           "layers:\n  - {type: basic, filters: 2}\nloss: mse\n")
-    spec = NetSpec.model_validate(data)
+    spec = netspec.load_spec(data)
     assert spec.layer_names == ["basic1.conv1", "basic1.relu1", "basic1.conv2", "basic1.add1"]
     assert netspec.compile(spec).output_shape == (2, 6, 6)
+    with pytest.raises(ValidationError, match="'basic'"):
+        NetSpec.model_validate(data)
 
 
 def test_includes_are_relative_to_the_including_file_and_a_diamond_is_read_once(write, tmp_path):

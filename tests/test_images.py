@@ -23,15 +23,14 @@ from PIL import Image  # noqa: E402
 
 import netspec  # noqa: E402
 from netspec.data import load_data  # noqa: E402
-from netspec.errors import DataError  # noqa: E402
+from netspec.errors import DataError, UsageError  # noqa: E402
+from netspec.cli.train import add_image_arguments, output_format  # noqa: E402
 from netspec.images import (  # noqa: E402
     DEFAULT_FIT,
-    add_arguments,
     expand_paths,
     input_scaling,
     is_image_path,
     load_images,
-    output_format,
     predict_images,
 )
 
@@ -431,7 +430,7 @@ def test_scaling_follows_the_training_data(write_spec):
 
 def test_cli_helpers():
     import argparse
-    parser = add_arguments(argparse.ArgumentParser())
+    parser = add_image_arguments(argparse.ArgumentParser())
     args = parser.parse_args([])
     assert (args.invert, args.fit, args.csv) == ("auto", DEFAULT_FIT, False)
     args = parser.parse_args(["--invert", "no", "--fit", "resize", "--csv"])
@@ -439,7 +438,7 @@ def test_cli_helpers():
     with pytest.raises(SystemExit):
         parser.parse_args(["--fit", "crop"])
     args.json = True
-    with pytest.raises(DataError, match="not both"):
+    with pytest.raises(UsageError, match="not both"):
         output_format(args)
     assert [is_image_path(p) for p in ("a.PNG", "b.jpeg", "c.JPG", "d.bmp", "e.npy", "f.json", "[1, 2]")] == \
         [True, True, True, True, False, False, False]

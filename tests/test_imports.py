@@ -1,4 +1,4 @@
-"""Importing netspec changes nothing in the process, and the package's imports form no cycle.
+"""Importing netspec changes nothing in the process; the package's imports form no cycle; spec code stays readable.
 
 The process settings of the compiled kernels (OpenMP wait policy, threads per
 MPI rank, malloc thresholds: netspec.runtime) are applied when the first model
@@ -115,6 +115,26 @@ def find_cycle(graph):
     return None
 
 
+# imported where they are used, because netspec works without them (or off Linux, fcntl)
+OPTIONAL = {"onnx", "PIL", "mpi4py", "matplotlib", "sklearn", "fcntl"}
+
+
+def test_only_optional_dependencies_are_imported_inside_functions():
+    late = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for stmt in ast.parse(path.read_text(encoding="utf-8")).body:
+            for node in ast.walk(stmt) if isinstance(stmt, (ast.FunctionDef, ast.ClassDef)) else ():
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    names = ["." * node.level + (node.module or "")]
+                else:
+                    continue
+                late += [f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {n}" for n in names
+                         if n.split(".")[0] not in OPTIONAL]
+    assert late == []
+
+
 def test_the_cycle_finder_finds_cycles():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
@@ -124,3 +144,16 @@ def test_module_level_imports_have_no_cycle():
     graph = module_level_imports()
     assert "netspec.compiler" in graph["netspec.runner"]  # the parser sees relative imports
     assert find_cycle(graph) is None
+
+
+def test_spec_functions_take_at_most_six_parameters():
+    """The block expander passes a context (what one layer list shares) instead of long argument lists."""
+    long = []
+    for path in sorted((PACKAGE / "spec").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                n = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs) + bool(a.vararg) + bool(a.kwarg)
+                if n > 6:
+                    long.append(f"{path.name}:{node.lineno} {node.name}: {n} parameters")
+    assert long == []

@@ -28,6 +28,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tqdm import tqdm
+
 from netspec.atomic import replace
 from netspec.data.idx import GZIP_MAGIC, decompress, parse_idx
 from netspec.data.sources import default_data_root
@@ -194,8 +196,6 @@ def _range_start(content_range):
 
 
 def _progress_bar(total, initial, desc, enabled):
-    from tqdm import tqdm
-
     return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True,
                 unit_divisor=1024, disable=not enabled, leave=False)
 

@@ -26,6 +26,7 @@ from netspec.data.spec import (
     Mnist5kData,
     MnistData,
     NpzData,
+    data_spec_adapter,
 )
 from netspec.errors import DataError
 from netspec.safeio import file_kind, load_npz
@@ -298,8 +299,6 @@ def load_data(spec, *, seed=0, dtype="float32", base_dir=None):
     if dtype.kind != "f":
         raise DataError(f"dtype must be a float type such as float32, found {dtype}")
     if isinstance(spec, dict):
-        from netspec.data.spec import data_spec_adapter
-
         spec = data_spec_adapter().validate_python(spec)
 
     if isinstance(spec, Mnist5kData):

@@ -16,6 +16,7 @@ from pydantic import (
     NonNegativeFloat,
     NonNegativeInt,
     PositiveInt,
+    TypeAdapter,
     field_validator,
     model_validator,
 )
@@ -181,8 +182,6 @@ class AugmentSpec(Strict):
 
 def data_spec_adapter():
     """A pydantic TypeAdapter for DataSpec (validate dicts, emit JSON Schema)."""
-    from pydantic import TypeAdapter
-
     return TypeAdapter(DataSpec)
 
 

@@ -33,7 +33,7 @@ for everything else.
 """
 import os
 import re
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, NamedTuple, Optional, Union
 
 from pydantic import Field, StrictInt, ValidationError
 
@@ -41,6 +41,7 @@ from .._strict import Strict
 from ..errors import SpecError, did_you_mean
 from ..layers import LAYERS
 from ..layers.base import Name
+from .issues import issues_from, message
 from .loader import Positions, format_path, read_spec_file
 
 PARAM_TYPES = ("int", "float", "bool", "str", "list")
@@ -100,8 +101,7 @@ class _Block:
         self.path = ("blocks", name)
 
     def where(self, *rest, prefer_key=False):
-        line, col = self.pos.lookup(self.path + rest, prefer_key)
-        return (self.file, line, col)
+        return self.pos.locate(self.path + rest, self.file, prefer_key)
 
     def params(self):
         """name -> (type, default or _MISSING, where the default was written)."""
@@ -116,13 +116,13 @@ class _Block:
 
 
 def _error(where, path, message):
-    file, line, col = where
-    return SpecError([dict(file=file, line=line, column=col, path=path, message=message)], file=file)
+    """A SpecError at ``where`` (a loader.Where) about the key ``path``."""
+    return SpecError([dict(file=where.file, line=where.line, column=where.col, path=path, message=message)],
+                     file=where.file)
 
 
 def _fmt_where(where):
-    file, line, _ = where
-    return f"{file}:{line}" if line else str(file)
+    return f"{where.file}:{where.line}" if where.line else str(where.file)
 
 
 def _type_ok(kind, v):
@@ -140,15 +140,14 @@ _WANTED = {"int": "an integer", "float": "a number", "bool": "true or false", "s
 
 def _validate_library(data, pos, source, root):
     """Validate block definitions (a spec's head, or an included file) with positioned errors."""
-    from . import _issues_from
     if not isinstance(data, dict):
-        line, col = pos.lookup(())
+        _, line, col = pos.locate((), source)
         raise SpecError([dict(file=source, line=line, column=col, path="",
                               message="an included file must be a mapping with a 'blocks' key")], file=source)
     try:
         return BlockLibrary.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(_issues_from(exc, data, pos, source, root=root), file=source) from None
+        raise SpecError(issues_from(exc, data, pos, source, root), file=source) from None
 
 
 def _base_dir(source):
@@ -159,11 +158,11 @@ def _base_dir(source):
 def _collect(lib, pos, source, chain, blocks, loaded):
     """Read ``lib``'s includes (depth first), then register its own blocks."""
     if len(chain) > MAX_INCLUDE_DEPTH:
-        raise _error((source, *pos.lookup(("include",))), "include",
+        raise _error(pos.locate(("include",), source), "include",
                      f"includes nested more than {MAX_INCLUDE_DEPTH} files deep")
     here = [os.path.realpath(s) for s in chain]
     for k, rel in enumerate(lib.include):
-        where = (source, *pos.lookup(("include", k)))
+        where = pos.locate(("include", k), source)
         path = os.path.join(_base_dir(source), rel)
         real = os.path.realpath(path)
         if real in here:
@@ -225,6 +224,41 @@ class Names:
                 return name
 
 
+class _Body(NamedTuple):
+    """What stays the same while one layer list is expanded: the spec's top-level layers or a
+    block body (one copy of one use)."""
+    file: str                 # the file the list was written in
+    pos: Positions            # that file's positions
+    base: tuple               # the list's key path in that file: ("layers",) or ("blocks", name, "layers")
+    scope: str                # prefix of the flat names ("stage1.block2."; "" at the top level)
+    block_input: Optional[str]  # the flat name "input" means in a body; None at the top level
+    args: dict                # parameter -> (value, Where it was written)
+    stack: list               # the blocks being expanded, outermost first
+    origin: list              # the uses this body came through: [(file, line, block), ...], innermost first
+
+    def where(self, path, prefer_key=False):
+        return self.pos.locate(path, self.file, prefer_key)
+
+
+class _Entry(NamedTuple):
+    """One layer entry being expanded: its data ($params substituted), where each substituted
+    value was written, its key path, and its ``inputs`` resolved to flat names (or as written)."""
+    data: dict
+    subs: dict
+    path: tuple
+    inputs: object
+
+
+class _Locals:
+    """The names one layer list has seen so far, and the output of its latest layer."""
+
+    def __init__(self, entries, block_input):
+        self.explicit = [e.get("name") for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)]
+        self.names = Names(self.explicit)
+        self.alias = {}   # local name -> flat name of its output
+        self.prev = block_input
+
+
 class _Expander:
     def __init__(self, blocks):
         self.blocks, self._index = blocks, {}
@@ -246,161 +280,154 @@ class _Expander:
             self._index[key] = groups
         return self._index[key].get(idx, [])
 
-    def _copy_positions(self, j, file, pos, path, subs):
-        """Entries of ``pos`` under ``path`` become entries of flat layer j, tagged with their file;
-        a substituted value is placed where its argument was written."""
+    def _copy_positions(self, j, body, path, subs):
+        """Entries under ``path`` become entries of flat layer j, naming their file; a
+        substituted value is placed where its argument was written."""
         tables = {"values": self.pos.values, "keys": self.pos.keys}
-        for kind, rest, v in self._entries(pos, path):
+        for kind, rest, v in self._entries(body.pos, path):
             if any(rest[:len(sub)] == sub and len(rest) > len(sub) for sub in subs):
                 continue  # inside a substituted value: the argument's position replaces it
-            tables[kind][("layers", j) + rest] = (v[0], v[1], file)
+            tables[kind][("layers", j) + rest] = v._replace(file=v.file or body.file)
         for sub, where in subs.items():
-            if where and where[1]:
-                self.pos.values[("layers", j) + sub] = (where[1], where[2], where[0])
+            if where and where.line:
+                self.pos.values[("layers", j) + sub] = where
 
     # -- the walk --
-    def expand_list(self, entries, scope, block_input, file, pos, base, args, stack, origin):
+    def expand_list(self, entries, body):
         """Expand ``entries`` (the spec's layers or a block body); returns the flat name of its output.
-
-        ``block_input`` is the flat name that ``input`` means inside a body (None at the
-        top level, where ``input`` is the network input). ``args`` maps a parameter to
-        (value, where written). Every emitted layer gets its name filled in.
-        """
-        body = block_input is not None
-        explicit = [e.get("name") for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)]
-        names = Names(explicit)
-        alias = {}   # local name -> flat name of its output
-        prev = block_input
+        Every emitted layer gets its name filled in."""
+        inside = body.block_input is not None
+        seen = _Locals(entries, body.block_input)
         for idx, raw in enumerate(entries):
-            path = base + (idx,)
+            path = body.base + (idx,)
             if not isinstance(raw, dict):
-                if body:
-                    raise _error((file, *pos.lookup(path)), format_path(path), "a layer must be a mapping of keys")
-                self._emit(raw, None, file, pos, path, origin, {})  # validation reports it
-                prev = None
+                if inside:
+                    raise _error(body.where(path), format_path(path), "a layer must be a mapping of keys")
+                self._emit(raw, None, body, path, {})  # validation reports it
+                seen.prev = None
                 continue
-            entry, subs = _substitute(raw, args, file, pos, path, stack) if body else (dict(raw), {})
+            entry, subs = _substitute(raw, body, path) if inside else (dict(raw), {})
             local = entry.get("name") if isinstance(entry.get("name"), str) else None
             kind = entry.get("type")
             in_names = entry.get("inputs")
             if isinstance(in_names, list) and all(isinstance(r, str) for r in in_names):
-                in_names = [self._resolve(ref, j, alias, explicit, block_input, file, pos, path, stack)
-                            for j, ref in enumerate(in_names)]
+                in_names = [self._resolve(ref, seen, body, path + ("inputs", j)) for j, ref in enumerate(in_names)]
             if isinstance(kind, str) and kind in self.blocks:
-                out, copies = self._use(entry, subs, kind, local, names, in_names, prev, scope, file, pos, path,
-                                        stack, origin)
-                alias.update(copies)
+                out, copies = self._use(_Entry(entry, subs, path, in_names), seen, body)
+                seen.alias.update(copies)
             else:
                 if local is None:
-                    local = names.new(LAYERS[kind].prefix if isinstance(kind, str) and kind in LAYERS else "layer")
+                    local = seen.names.new(LAYERS[kind].prefix if isinstance(kind, str) and kind in LAYERS else "layer")
                 else:
-                    names.take(local)
-                out = entry["name"] = scope + local
+                    seen.names.take(local)
+                out = entry["name"] = body.scope + local
                 if in_names is not None:
                     entry["inputs"] = in_names
-                elif prev is not None and self.layers and self._last_name() != prev:
-                    entry["inputs"] = [prev]
-                self._emit(entry, out if body else format_path(path), file, pos, path, origin, subs)
+                elif seen.prev is not None and self.layers and self._last_name() != seen.prev:
+                    entry["inputs"] = [seen.prev]
+                self._emit(entry, out if inside else format_path(path), body, path, subs)
             if local is not None:
-                alias[local] = out
-            prev = out
-        return prev
+                seen.alias[local] = out
+            seen.prev = out
+        return seen.prev
 
-    def _resolve(self, ref, j, alias, explicit, block_input, file, pos, path, stack):
-        """A name in ``inputs`` -> the flat name it means here."""
+    def _resolve(self, ref, seen, body, path):
+        """A name in ``inputs`` (at ``path``) -> the flat name it means here."""
         if ref == "input":
-            return block_input or "input"
-        if ref in alias:
-            return alias[ref]
-        if block_input is None:
+            return body.block_input or "input"
+        if ref in seen.alias:
+            return seen.alias[ref]
+        if body.block_input is None:
             return ref  # a top-level name the graph check will judge
-        later = " (it comes later: layers run in order)" if ref in explicit else ""
-        known = list(alias) + ["input"]
-        raise _error((file, *pos.lookup(path + ("inputs", j))), format_path(path + ("inputs", j)),
-                     f"unknown input '{ref}' inside block '{stack[-1]}'{later}{did_you_mean(ref, known)} "
+        later = " (it comes later: layers run in order)" if ref in seen.explicit else ""
+        known = list(seen.alias) + ["input"]
+        raise _error(body.where(path), format_path(path),
+                     f"unknown input '{ref}' inside block '{body.stack[-1]}'{later}{did_you_mean(ref, known)} "
                      f"(known here: {', '.join(known)})")
 
     def _last_name(self):
         last = self.layers[-1]
         return last.get("name") if isinstance(last, dict) else None
 
-    def _emit(self, entry, label, file, pos, path, origin, subs):
+    def _emit(self, entry, label, body, path, subs):
         j = len(self.layers)
         if j >= MAX_LAYERS:
-            raise _error((file, *pos.lookup(path)), format_path(path),
-                         f"the spec expands to more than {MAX_LAYERS:,} layers")
+            raise _error(body.where(path), format_path(path), f"the spec expands to more than {MAX_LAYERS:,} layers")
         self.layers.append(entry)
-        self._copy_positions(j, file, pos, path, subs)
+        self._copy_positions(j, body, path, subs)
         if label:
             self.pos.labels[("layers", j)] = label
-        self.origins.append([(file, pos.lookup(path)[0], None)] + origin)
+        self.origins.append([(body.file, body.where(path).line, None)] + body.origin)
         return j
 
-    def _use(self, entry, subs, kind, local, names, in_names, prev, scope, file, pos, path, stack, origin):
+    def _use(self, item, seen, body):
+        """Expand the use of a block; returns (its output, {copy name: output} when repeated)."""
+        entry, subs, path, in_names = item
+        kind = entry["type"]
         block = self.blocks[kind]
-        where = (file, *pos.lookup(path))
-        if kind in stack:
+        where = body.where(path)
+        if kind in body.stack:
             raise _error(where, format_path(path),
-                         f"block '{kind}' uses itself: {' -> '.join(stack[stack.index(kind):] + [kind])}")
+                         f"block '{kind}' uses itself: {' -> '.join(body.stack[body.stack.index(kind):] + [kind])}")
         # the use's own keys
         try:
             use = BlockUse.model_validate({k: v for k, v in entry.items() if k in USE_KEYS})
         except ValidationError as exc:
             err = exc.errors()[0]
             key = err["loc"][0]
-            w = subs.get((key,)) or (file, *pos.lookup(path + tuple(err["loc"])))
-            raise _error(w, format_path(path + (key,)), _use_message(err)) from None
-        params = block.params()
-        args = {}
+            w = subs.get((key,)) or body.where(path + tuple(err["loc"]))
+            raise _error(w, format_path(path + (key,)), message(err, {}, tuple(err["loc"]), BlockUse)) from None
+        args = self._arguments(item, block, body)
+        if isinstance(in_names, list) and len(in_names) == 1:
+            src = in_names[0]
+        else:
+            src = seen.prev if seen.prev is not None else "input"
+        if use.name is None:
+            base = seen.names.new(kind)
+        else:
+            seen.names.take(use.name)
+            base = use.name
+        copies = [base] if use.repeat is None else [f"{base}{use.start + k}" for k in range(use.repeat)]
+        out, outputs = src, {}
+        for copy_name in copies:
+            inner = _Body(block.file, block.pos, block.path + ("layers",), body.scope + copy_name + ".", out, args,
+                          body.stack + [kind], [(body.file, where.line, kind)] + body.origin)
+            out = self.expand_list(block.decl.layers, inner)
+            outputs[copy_name] = out
+        return out, (outputs if use.repeat is not None else {})
+
+    def _arguments(self, item, block, body):
+        """{parameter: (value, Where written)} of a use, defaults filled; errors at the argument."""
+        entry, subs, path, _ = item
+        kind, params, args = entry["type"], block.params(), {}
         for key, value in entry.items():
             if key in USE_KEYS:
                 continue
-            w = subs.get((key,)) or (file, *pos.lookup(path + (key,), prefer_key=True))
+            at = path + (key,)
             if key not in params:
                 hint = did_you_mean(key, list(params) + list(USE_KEYS))
                 known = ", ".join(params) or "none"
-                raise _error(w, format_path(path + (key,)),
+                raise _error(subs.get((key,)) or body.where(at, prefer_key=True), format_path(at),
                              f"unknown parameter '{key}' of block '{kind}'{hint} (its parameters: {known})")
-            kind_p = params[key][0]
-            if not _type_ok(kind_p, value):
-                vw = subs.get((key,)) or (file, *pos.lookup(path + (key,)))
-                raise _error(vw, format_path(path + (key,)),
-                             f"parameter '{key}' of block '{kind}' must be {_WANTED[kind_p]}, got {value!r}")
-            args[key] = (value, subs.get((key,)) or (file, *pos.lookup(path + (key,))))
+            written = subs.get((key,)) or body.where(at)
+            wanted = params[key][0]
+            if not _type_ok(wanted, value):
+                raise _error(written, format_path(at),
+                             f"parameter '{key}' of block '{kind}' must be {_WANTED[wanted]}, got {value!r}")
+            args[key] = (value, written)
         missing = [p for p, (_, d, _) in params.items() if p not in args and d is _MISSING]
         if missing:
-            raise _error(where, format_path(path),
+            raise _error(body.where(path), format_path(path),
                          f"block '{kind}' needs parameter{'s' if len(missing) > 1 else ''} "
                          f"{', '.join(repr(m) for m in missing)}")
         for p, (_, d, dw) in params.items():
             if p not in args:
                 args[p] = (d, dw)
-        if isinstance(in_names, list) and len(in_names) == 1:
-            src = in_names[0]
-        else:
-            src = prev if prev is not None else "input"
-        if local is None:
-            base = names.new(kind)
-        else:
-            names.take(local)
-            base = local
-        copies = [base] if use.repeat is None else [f"{base}{use.start + k}" for k in range(use.repeat)]
-        here = [(file, where[1], kind)]
-        out, outputs = src, {}
-        for copy_name in copies:
-            out = self.expand_list(block.decl.layers, scope + copy_name + ".", out, block.file, block.pos,
-                                   block.path + ("layers",), args, stack + [kind], here + origin)
-            outputs[copy_name] = out
-        return out, (outputs if use.repeat is not None else {})
+        return args
 
 
-def _use_message(err):
-    from . import _message
-    return _message(err, {}, tuple(err["loc"]))
-
-
-def _substitute(raw, args, file, pos, path, stack):
-    """Copy of a body layer with every ``$param`` replaced; also {sub-path: where the value was written}."""
+def _substitute(raw, body, path):
+    """Copy of a body layer with every ``$param`` replaced; also {sub-path: Where the value was written}."""
     subs = {}
 
     def walk(v, sub):
@@ -410,13 +437,13 @@ def _substitute(raw, args, file, pos, path, stack):
             return [walk(x, sub + (i,)) for i, x in enumerate(v)]
         if isinstance(v, str) and v.startswith("$"):
             m = _PARAM.match(v)
-            if not m or m.group(1) not in args:
+            if not m or m.group(1) not in body.args:
                 name = m.group(1) if m else v[1:]
-                known = ", ".join("$" + a for a in args) or "none"
-                raise _error((file, *pos.lookup(path + sub)), format_path(path + sub),
-                             f"unknown parameter '{v}' in block '{stack[-1]}'"
-                             f"{did_you_mean('$' + name, ['$' + a for a in args])} (its parameters: {known})")
-            value, where = args[m.group(1)]
+                known = ", ".join("$" + a for a in body.args) or "none"
+                raise _error(body.where(path + sub), format_path(path + sub),
+                             f"unknown parameter '{v}' in block '{body.stack[-1]}'"
+                             f"{did_you_mean('$' + name, ['$' + a for a in body.args])} (its parameters: {known})")
+            value, where = body.args[m.group(1)]
             subs[sub] = where
             return value
         return v
@@ -424,22 +451,22 @@ def _substitute(raw, args, file, pos, path, stack):
     return walk(raw, ()), subs
 
 
-def expand(data, pos, source):
-    """Flat spec data and its Positions, from data that defines, includes or uses blocks.
+def expand(data, pos, source, root):
+    """Flat spec data and its Positions, from data that defines, includes or uses blocks
+    (``root``: the model the whole spec is validated against, for messages about its keys).
 
     Returns ``(data, positions, origins)``; ``origins[j]`` lists where flat layer j was
     written and the uses it came through, innermost first: ``(file, line, block)``.
     """
-    from .models import NetSpec
     head = {k: data[k] for k in ("include", "blocks") if k in data}
-    lib = _validate_library(head, pos, source, NetSpec)
+    lib = _validate_library(head, pos, source, root)
     blocks = {}
     _collect(lib, pos, source, [source], blocks, set())
     flat = {k: v for k, v in data.items() if k not in ("include", "blocks")}
     layers = data.get("layers")
     ex = _Expander(blocks)
     if isinstance(layers, list):
-        ex.expand_list(layers, "", None, source, pos, ("layers",), {}, [], [])
+        ex.expand_list(layers, _Body(source, pos, ("layers",), "", None, {}, [], []))
         flat["layers"] = ex.layers
     out = Positions()
     for table, new in ((pos.values, out.values), (pos.keys, out.keys)):

@@ -10,18 +10,26 @@ SafeLoader constructs only plain scalars, lists and dicts.
 """
 import json
 import os
+from typing import NamedTuple, Optional
 
 import yaml
 
 from ..errors import SpecError
 
 
-class Positions:
-    """Map a key path to (line, column), 1-based, for its key and its value.
+class Where(NamedTuple):
+    """A place in a spec file: the file (None: the spec's own), 1-based line and column (None if unknown)."""
+    file: Optional[str]
+    line: Optional[int]
+    col: Optional[int]
 
-    Entries are ``(line, column)``, or ``(line, column, file)`` for spec data that
-    came from another file (an expanded block); ``labels`` may name a flat path
-    for messages (``("layers", 7)`` -> ``"stage1.block2.conv1"``) and ``uses`` say
+
+class Positions:
+    """Map a key path to the ``Where`` of its key and of its value.
+
+    Entries of the spec's own file have ``file`` None; data that came from another
+    file (an expanded block) names it. ``labels`` may name a flat path for
+    messages (``("layers", 7)`` -> ``"stage1.block2.conv1"``) and ``uses`` say
     which block uses it came through (``"block 'basic' used at spec.yaml:30"``).
     """
 
@@ -44,17 +52,12 @@ class Positions:
                 return None
             path = path[:-1]
 
-    def lookup(self, path, prefer_key=False):
-        """Position of the deepest known prefix of ``path``."""
-        e = self._entry(path, prefer_key)
-        return (e[0], e[1]) if e else (None, None)
-
     def locate(self, path, source, prefer_key=False):
-        """(file, line, column) of the deepest known prefix of ``path``; ``source`` unless tagged."""
+        """``Where`` of the deepest known prefix of ``path``; its file is ``source`` unless another is named."""
         e = self._entry(path, prefer_key)
         if not e:
-            return (source, None, None)
-        return (e[2] if len(e) > 2 else source, e[0], e[1])
+            return Where(source, None, None)
+        return Where(e.file or source, e.line, e.col)
 
     def label(self, path):
         """How messages name ``path``: the scoped layer name for an expanded layer."""
@@ -73,7 +76,7 @@ _PLAIN_TAGS = frozenset("tag:yaml.org,2002:" + t for t in
 
 
 def _mark(node):
-    return (node.start_mark.line + 1, node.start_mark.column + 1)
+    return Where(None, node.start_mark.line + 1, node.start_mark.column + 1)
 
 
 # Values an alias may make the walker build again. Nested aliases multiply ("billion
@@ -94,7 +97,7 @@ class _Walker:
         if id(node) in self.built:  # reached again through an alias
             self.repeated += 1
             if self.repeated > MAX_ALIAS_VALUES:
-                line, col = _mark(node)
+                _, line, col = _mark(node)
                 raise SpecError([dict(file=self.source, line=line, column=col, path=_fmt(path),
                                       message=f"YAML aliases expand to more than {MAX_ALIAS_VALUES:,} values")],
                                 file=self.source)
@@ -102,7 +105,7 @@ class _Walker:
             self.built.add(id(node))
         self.pos.values[path] = _mark(node)
         if node.tag not in _PLAIN_TAGS:
-            line, col = _mark(node)
+            _, line, col = _mark(node)
             self.issues.append(dict(file=self.source, line=line, column=col, path=_fmt(path),
                                     message=f"YAML tag '{node.tag}' is not allowed: a spec holds "
                                             "only mappings, lists, strings, numbers and booleans"))
@@ -113,13 +116,13 @@ class _Walker:
             for key_node, value_node in node.value:
                 key = self.loader.construct_object(key_node, deep=True)
                 if not isinstance(key, (str, int, float, bool)) or key is None:
-                    line, col = _mark(key_node)
+                    _, line, col = _mark(key_node)
                     self.issues.append(dict(file=self.source, line=line, column=col,
                                             path=_fmt(path), message="keys must be plain strings"))
                     continue
                 if key in out:
-                    line, col = _mark(key_node)
-                    first = self.pos.keys.get(path + (key,), (None, None))[0]
+                    _, line, col = _mark(key_node)
+                    first = self.pos.keys[path + (key,)].line
                     self.issues.append(dict(
                         file=self.source, line=line, column=col, path=_fmt(path + (key,)),
                         message=f"duplicate key '{key}' (first given on line {first})"))

@@ -13,10 +13,9 @@ from ..data.spec import AugmentSpec, DataSpec
 from ..errors import did_you_mean
 from ..layers import LAYERS, LOSSES, layer_spec_union
 from ..layers.base import Name
-from . import blocks
-from .blocks import BlockDef, Names
-from .loader import Positions
 from ..optim_spec import OptimizerSpec, ScheduleSpec
+from .blocks import BlockDef, Names
+from .loader import format_path
 
 FORMAT_VERSION = 1
 
@@ -91,16 +90,6 @@ class NetSpec(Strict):
     _names: list = PrivateAttr(default_factory=list)
     _inputs: list = PrivateAttr(default_factory=list)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _expand_blocks(cls, data, info: ValidationInfo):
-        """Data validated directly (not through load_spec) may still hold blocks: expand them."""
-        if blocks.uses_blocks(data):
-            ctx = info.context if info.context is not None else {}
-            data, pos, _ = blocks.expand(data, ctx.get("positions") or Positions(), ctx.get("source") or "<dict>")
-            ctx["positions"] = pos
-        return data
-
     @model_validator(mode="after")
     def _graph(self, info: ValidationInfo):
         """Name every layer and check the graph: reserved and duplicate names, ``inputs``
@@ -144,19 +133,12 @@ class NetSpec(Strict):
     def label(self, path):
         """How messages name a key path (an expanded layer by its scoped name)."""
         if self._positions is None:
-            from .loader import format_path
             return format_path(path)
         return self._positions.label(path)
 
     def uses(self, i):
         """"block 'x' used at file:line, ..." for layer i when it came from a block, else ''."""
         return self._positions.uses.get(("layers", i), "") if self._positions is not None else ""
-
-    def position(self, path, prefer_key=False):
-        """(line, column) of a key path in the file this spec came from, or (None, None)."""
-        if self._positions is None:
-            return (None, None)
-        return self._positions.lookup(path, prefer_key)
 
 
 def _name_and_wire(layers):

@@ -1,18 +1,12 @@
-"""``netspec data fetch|info``: download datasets and show where data is looked for.
-
-``add_arguments(parser)`` fills the ``data`` command's parser (the main CLI's
-command table creates it); its handler ``run(args)`` returns an exit code and
-raises ``DataError`` for user errors (the main CLI prints them and exits 2).
-"""
-
+"""``netspec data fetch|info``: download datasets and show where data is looked for."""
 import os
 import sys
 
-from netspec.data.fetch import DATASETS, fetch, mirror_for, target_dir
-from netspec.data.sources import IDX_FILES, MNIST5K_PATH, find_idx_files, search_dirs
+from ..data.fetch import DATASETS, fetch, mirror_for, target_dir
+from ..data.sources import IDX_FILES, MNIST5K_PATH, find_idx_files, search_dirs
 
 
-def add_arguments(parser):
+def add_data_arguments(parser):
     """The ``data`` command's sub-commands, ``fetch`` and ``info``."""
     sub = parser.add_subparsers(dest="data_command", metavar="{fetch,info}")
     sub.required = True
@@ -34,20 +28,23 @@ def add_arguments(parser):
                    description="Show where each dataset is looked for and which files are found.")
 
 
-def run(args, out=None):
-    """Handle ``netspec data ...``; returns the exit code."""
-    out = out or sys.stdout
-    if args.data_command == "fetch":
-        directory = fetch(args.name, data_dir=args.dir, mirror=args.mirror,
-                          progress=not args.quiet and out.isatty(), verify=not args.no_verify)
-        print(f"{args.name}: {len(DATASETS[args.name]['files'])} files verified in {directory}", file=out)
-        if args.dir is not None:
-            print(f"use it with: data: {{source: {args.name}, dir: {directory}}}", file=out)
-        return 0
-    if args.data_command == "info":
-        print(info_text(), file=out)
-        return 0
-    raise AssertionError(f"unhandled data command {args.data_command!r}")
+def cmd_data(args, out=None):
+    """Handle ``netspec data fetch|info``; returns the exit code."""
+    return {"fetch": _fetch, "info": _info}[args.data_command](args, out or sys.stdout)
+
+
+def _fetch(args, out):
+    directory = fetch(args.name, data_dir=args.dir, mirror=args.mirror,
+                      progress=not args.quiet and out.isatty(), verify=not args.no_verify)
+    print(f"{args.name}: {len(DATASETS[args.name]['files'])} files verified in {directory}", file=out)
+    if args.dir is not None:
+        print(f"use it with: data: {{source: {args.name}, dir: {directory}}}", file=out)
+    return 0
+
+
+def _info(args, out):
+    print(info_text(), file=out)
+    return 0
 
 
 def info_text():
@@ -79,3 +76,6 @@ def info_text():
     except ImportError:
         lines.append("digits: needs scikit-learn (not installed)")
     return "\n".join(lines)
+
+
+COMMANDS = {"data": (add_data_arguments, cmd_data)}

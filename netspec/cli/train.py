@@ -1,25 +1,30 @@
-"""CLI commands that train and use models: run, evaluate, predict (each an add_*_arguments + cmd_*)."""
-import argparse
+"""Commands that train and use models: run, evaluate, predict."""
 import json
-import math
 import os
 
 import numpy as np
+from pydantic import ValidationError
 
-from . import jsonout
-from .errors import DataError, SpecError
-from .specs_dir import DEFAULT_SPEC, resolve_spec_path
-
+from .. import jsonout
+from ..checkpoint import load_model
+from ..data import data_spec_adapter, load_data
+from ..errors import DataError, UsageError
+from ..images import DEFAULT_FIT, FIT_CHOICES, INVERT_CHOICES, is_image_path, predict_images
+from ..interrupt import Interrupted
+from ..runner import resume_trainer, trainer_for
+from ..safeio import check_samples, parse_json_input, read_input_file
+from ..spec.loader import read_spec_file
+from ..specs_dir import DEFAULT_SPEC, resolve_spec_path
+from .args import positive_int
 
 
 def cmd_run(args):
-    from .runner import resume_trainer, trainer_for
     if args.resume:
         conflicts = [flag for flag, given in (
             ("SPEC", args.spec), ("--dtype", args.dtype), ("--force", args.force),
             ("--out", args.out and os.path.abspath(args.out) != os.path.abspath(args.resume))) if given]
         if conflicts:
-            raise SpecError(f"--resume {args.resume} continues that run with its own spec, dtype and directory; "
+            raise UsageError(f"--resume {args.resume} continues that run with its own spec, dtype and directory; "
                             f"drop {', '.join(conflicts)} (only --epochs, --quiet and --no-progress apply)")
         tr = resume_trainer(args.resume, epochs=args.epochs, quiet=args.quiet,
                             progress=False if args.no_progress else None)
@@ -34,7 +39,6 @@ def cmd_run(args):
             print(f"training {tr.spec.name} ({path}) on {len(tr.x_train)} samples, "
                   f"{tr.total_steps} steps of batch {tr.cfg.batch_size}, {n.dtype}{_ranks(tr)}; "
                   f"run dir {tr.run_dir}", flush=True)
-    from .interrupt import Interrupted
     try:
         tr.run()
     except Interrupted as exc:
@@ -55,15 +59,8 @@ def _ranks(tr):
     return f", data-parallel on {tr.comm.size} ranks x {threads} thread{'' if threads == '1' else 's'}"
 
 
-def _load_model(path, dtype):
-    from .checkpoint import load_model
-    return load_model(path, dtype=dtype)
-
-
 def _data_arg(value, model):
     """--data: a source name ('mnist-5k'), inline JSON, or a YAML/JSON file with a data section."""
-    from .data import data_spec_adapter
-    from pydantic import ValidationError
     if value is None:
         if model.spec.train is None:
             raise DataError("the checkpoint's spec has no data section; pass --data")
@@ -74,7 +71,6 @@ def _data_arg(value, model):
         except ValueError as exc:
             raise DataError(f"--data: invalid JSON ({exc})") from None
     elif os.path.exists(value):
-        from .spec.loader import read_spec_file
         raw, _ = read_spec_file(value)
     else:
         raw = {"source": value}
@@ -86,8 +82,7 @@ def _data_arg(value, model):
 
 
 def cmd_evaluate(args):
-    from .data import load_data
-    model = _load_model(args.model, args.dtype)
+    model = load_model(args.model, dtype=args.dtype)
     data = load_data(_data_arg(args.data, model), seed=model.spec.seed, dtype=model.dtype)
     where = f"data '{data.name}' (test)"
     x = model.as_input(data.x_test, where)
@@ -118,20 +113,18 @@ def cmd_evaluate(args):
 
 def _read_input(value, allow_nonfinite=False):
     """An INPUT that is not an image: a .npy or .json file, or inline JSON; finite numbers unless allowed."""
-    from .safeio import check_samples, parse_json_input, read_input_file
     if value.endswith((".npy", ".json")) or os.path.exists(value):
         return read_input_file(value, allow_nonfinite=allow_nonfinite)
     return check_samples(parse_json_input(value, "INPUT"), "INPUT", allow_nonfinite=allow_nonfinite)
 
 
 def cmd_predict(args):
-    from . import images
-    model = _load_model(args.model, args.dtype)
-    if any(images.is_image_path(p) for p in args.inputs):
-        return images.predict_images(model, args.inputs, invert=args.invert, fit=args.fit,
-                                     fmt=images.output_format(args))
+    model = load_model(args.model, dtype=args.dtype)
+    if any(is_image_path(p) for p in args.inputs):
+        return predict_images(model, args.inputs, invert=args.invert, fit=args.fit,
+                                     fmt=output_format(args))
     if len(args.inputs) != 1 or args.csv:
-        raise DataError("several INPUTs and --csv are for image files and folders; give one .npy or JSON INPUT")
+        raise UsageError("several INPUTs and --csv are for image files and folders; give one .npy or JSON INPUT")
     x = _read_input(args.inputs[0], args.allow_nonfinite)
     y = model.predict(x, batch_size=1000)
     result = {"outputs": y.astype(np.float64).tolist()}
@@ -145,28 +138,6 @@ def cmd_predict(args):
         tail = f"  -> {int(np.argmax(row))}" if model.loss_fn.classification else ""
         print(f"{i}: {vals}{tail}")
     return 0
-
-
-def positive_int(text):
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def positive_float(text):
-    """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
 
 
 def add_run_arguments(s):
@@ -194,10 +165,37 @@ def add_evaluate_arguments(s):
 
 
 def add_predict_arguments(s):
-    from . import images
     _model_arguments(s)
     s.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files (.png .jpg .jpeg .bmp) and folders of them; or one .npy file or JSON list")
     s.add_argument("--allow-nonfinite", action="store_true",
                    help="accept NaN or infinite numbers in a .npy/JSON input (refused by default)")
-    images.add_arguments(s)
+    add_image_arguments(s)
+
+
+def add_image_arguments(parser):
+    """Add --invert, --fit and --csv (image inputs of ``netspec predict``) to an argparse parser."""
+    parser.add_argument("--invert", choices=INVERT_CHOICES, default="auto",
+                        help="image files: make ink white on black as in MNIST; auto inverts images "
+                             "with a light border (default auto)")
+    parser.add_argument("--fit", choices=FIT_CHOICES, default=DEFAULT_FIT,
+                        help="image files: center crops the ink, scales it to 20/28 of the frame and centres it "
+                             "by centre of mass as MNIST did; resize scales the whole image "
+                             f"(default {DEFAULT_FIT})")
+    parser.add_argument("--csv", action="store_true", help="image files: CSV, a header and a row per image")
+    return parser
+
+
+def output_format(args):
+    """'json', 'csv' or 'text' from parsed --json / --csv flags."""
+    use_json, use_csv = getattr(args, "json", False), getattr(args, "csv", False)
+    if use_json and use_csv:
+        raise UsageError("give --json or --csv, not both")
+    return "json" if use_json else "csv" if use_csv else "text"
+
+
+COMMANDS = {
+    "run": (add_run_arguments, cmd_run),
+    "evaluate": (add_evaluate_arguments, cmd_evaluate),
+    "predict": (add_predict_arguments, cmd_predict),
+}
