@@ -5,6 +5,8 @@ layer, in file order, from the init stream. Names and the graph (``inputs``
 references, unused outputs) were already checked when the spec was validated;
 shapes are inferred by ``netspec.shapes``.
 """
+import os
+
 import numpy as np
 
 from .errors import SpecError
@@ -15,8 +17,13 @@ from .shapes import infer_layers, where
 from .spec import load_spec
 
 
-def compile(spec, dtype=None):
-    """Build a Model from a spec (path, dict or NetSpec). dtype overrides the spec's."""
+def compile(spec, dtype=None, optimize=None):
+    """Build a Model from a spec (path, dict or NetSpec). dtype overrides the spec's.
+
+    ``optimize=False`` makes predict and evaluate run the plain graph, layer by layer
+    as the spec lists them (the reference the passes are tested against); the default
+    is True unless the environment sets NETSPEC_OPTIMIZE=0.
+    """
     spec = load_spec(spec)
     dtype = np.dtype(dtype or spec.dtype)
     if dtype.kind != "f":
@@ -27,4 +34,6 @@ def compile(spec, dtype=None):
     layers = infer_layers(spec)
     for i, layer in enumerate(layers):
         layer.build(rng, compute, where=f"{where(spec, i)} ('{layer.name}')")
-    return Model(spec, layers, LOSSES[spec.loss](), dtype, np.random.default_rng(dropout_ss))
+    if optimize is None:
+        optimize = os.environ.get("NETSPEC_OPTIMIZE", "") != "0"
+    return Model(spec, layers, LOSSES[spec.loss](), dtype, np.random.default_rng(dropout_ss), bool(optimize))

@@ -18,9 +18,12 @@ import numpy as np
 
 from . import kernels
 from .errors import DataError
+from .executor import Executor
 from .export import export_onnx
+from .ir import graph_of_model
 from .layers import MultiInputLayer
 from .numerics import class_labels
+from .passes import optimize
 
 
 class Evaluation(NamedTuple):
@@ -31,10 +34,11 @@ class Evaluation(NamedTuple):
 
 
 class Model:
-    def __init__(self, spec, layers, loss, dtype, rng):
+    def __init__(self, spec, layers, loss, dtype, rng, optimize=True):
         self.spec = spec
         self.name = spec.name
         self.layers = layers
+        self.optimize = optimize   # predict/evaluate run the optimized graph (see inference_graph)
         self.loss_fn = loss
         self.dtype = np.dtype(dtype)
         self.half = self.dtype == np.float16
@@ -171,14 +175,37 @@ class Model:
         return dx_input
 
     def predict(self, x, batch_size=None):
-        """Model output in test mode (dropout off, batchnorm running statistics)."""
+        """Model output in test mode (dropout off, batchnorm running statistics).
+
+        With ``optimize`` (the default) the inference graph runs: the passes of
+        netspec.passes applied to the current weights when the call starts.
+        """
         x = self.as_input(x)
+        run = self.inference()
         if batch_size is None or len(x) <= batch_size:
-            y = self.forward(x, train=False)
+            y = run(x)
         else:
-            y = np.concatenate([self.forward(x[i:i + batch_size], train=False)
-                                for i in range(0, len(x), batch_size)])
+            y = np.concatenate([run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
         return y.astype(self.dtype, copy=False)
+
+    def inference_graph(self):
+        """(graph, pass log) that ``predict`` and ``evaluate`` run: the optimized graph of the
+        current weights, or the plain one when the model was compiled with optimize=False."""
+        graph = graph_of_model(self)
+        if not self.optimize:
+            return graph, []
+        return optimize(graph, "predict-float16" if self.half else "predict")
+
+    def inference(self):
+        """A function batch -> output in test mode, for the weights as they are now. It never
+        touches the layers' state, so it may run beside training on the same model."""
+        graph, _ = self.inference_graph()
+        ex = Executor(graph, self.layers, finish=_round_half if self.half else None)
+
+        def run(x):
+            with kernels.blas_scope():
+                return ex.run(x)
+        return run
 
     def _batch_targets(self, t, n):
         t = self.prepare_targets(t)
@@ -218,9 +245,10 @@ class Model:
         k = self.output_shape[0] if classify else 0
         cm = np.zeros((k, k), dtype=np.int64) if classify and confusion else None
         total, correct, n = 0.0, 0, len(t)
+        run = self.inference()
         for i in range(0, n, batch_size):
             xb, tb = x[i:i + batch_size], t[i:i + batch_size]
-            y = self.forward(xb, train=False)
+            y = run(xb)
             total += self.loss_fn.forward(y, tb) * len(tb)
             if classify:
                 labels, pred = class_labels(tb), y.argmax(axis=1)
@@ -235,18 +263,10 @@ class Model:
 
         Returns {"inputs", "nodes", "output", "loss", "dtype"}; each node names its op,
         inputs, attributes (the layer's spec fields), output shape (no batch axis) and
-        the keys of its arrays in ``model.params`` / ``model.buffers``.
+        the keys of its arrays in ``model.params`` / ``model.buffers``. This is the
+        unoptimized IR (netspec.ir) as plain data.
         """
-        nodes = []
-        for l in self.layers:
-            nodes.append({
-                "name": l.name, "op": l.spec.type, "inputs": list(l.input_names), "attrs": l.attrs(),
-                "output_shape": list(l.out_shape),
-                "params": {k: f"{l.name}.{k}" for k in l.params},
-                "buffers": {k: f"{l.name}.{k}" for k in l.buffers()},
-            })
-        return {"inputs": [{"name": "input", "shape": list(self.input_shape)}], "nodes": nodes,
-                "output": self.layers[-1].name, "loss": self.spec.loss, "dtype": str(self.dtype)}
+        return graph_of_model(self).to_dict()
 
     def to_onnx(self, path=None, *, opset=17, probabilities=False):
         """The model as an onnx.ModelProto (written to ``path`` when given); see netspec.export."""

@@ -17,7 +17,7 @@ import netspec.gradcheck
 import netspec.rundir
 from netspec.cli import main
 from netspec.data import load_data
-from netspec.model import Model
+from netspec.executor import Executor
 
 
 def run(capsys, *argv):
@@ -59,16 +59,15 @@ def classifier(tmp_path_factory):
 
 
 def forward_sizes(monkeypatch):
-    """Record len(x) of every test-mode forward pass (evaluation and prediction batches)."""
+    """Record len(x) of every test-mode pass (evaluation and prediction batches run the inference graph)."""
     sizes = []
-    original = Model.forward
+    original = Executor.run
 
-    def forward(self, x, train=False):
-        if not train:
-            sizes.append(len(x))
-        return original(self, x, train)
+    def run(self, x):
+        sizes.append(len(x))
+        return original(self, x)
 
-    monkeypatch.setattr(Model, "forward", forward)
+    monkeypatch.setattr(Executor, "run", run)
     return sizes
 
 

@@ -85,6 +85,7 @@ class Layer:
     kernels = None        # the kernel seam (netspec.kernels), given by the Model that runs the layer:
                           # layer modules never import it, so validating a spec loads no kernels
     n_inputs = 1          # how many inputs it takes (None: two or more); forward/backward take lists if not 1
+    buffer_names = ()     # the names ``buffers()`` returns, known before the layer is built
 
     def __init__(self, spec, name, input_names, in_shapes):
         self.spec = spec

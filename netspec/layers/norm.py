@@ -25,6 +25,7 @@ class BatchNorm(Layer):
         eps: float = Field(1e-5, gt=0, allow_inf_nan=False)
 
     prefix = "bn"
+    buffer_names = ("running_mean", "running_var")
 
     def infer_shape(self):
         if len(self.in_shape) not in (1, 3):

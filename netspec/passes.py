@@ -1,0 +1,118 @@
+"""Graph rewrites, each a small named function Graph -> (Graph, [what it changed]).
+
+``PIPELINES`` lists, per mode, the passes in the order they run; ``optimize``
+runs them and returns the log. Every pass keeps the function the graph
+computes (within float rounding) and leaves the arrays it was given untouched:
+a folded weight is a new array under a new key. docs/compiler.md explains each
+pass and how to add one.
+
+- ``drop_dropout``: inference-time dropout is the identity (netspec scales at
+  training time), so its node goes and its readers read its input.
+- ``fold_batchnorm``: a batchnorm whose input is a conv2d or dense read by
+  nothing else becomes part of that layer's weights, computed in float64 with
+  the layer's own eps: ``s = gamma / sqrt(var + eps)``, ``W' = W * s`` per output
+  channel, ``b' = (b - mean) * s + beta`` (b = 0 without a bias).
+- ``fuse_relu``: a relu whose input is a conv2d, dense, add or batchnorm read by
+  nothing else is applied in place at the end of that node (conv + bias + ReLU,
+  and the residual add + ReLU).
+"""
+import numpy as np
+
+FOLDABLE_INTO = ("conv2d", "dense")
+RELU_HOSTS = ("conv2d", "dense", "add", "batchnorm")
+
+
+def _rewire(graph, removed, replacement):
+    """Nodes reading ``removed`` read ``replacement`` instead; the output moves too."""
+    nodes = tuple(n.replace(inputs=tuple(replacement if i == removed else i for i in n.inputs))
+                  for n in graph.nodes if n.name != removed)
+    return graph.replace(nodes=nodes, output=replacement if graph.output == removed else graph.output)
+
+
+def _sole_reader(graph, name):
+    """The one node that reads ``name``, or None (several readers, or the graph's output)."""
+    readers = graph.consumers().get(name, [])
+    return readers[0] if len(readers) == 1 and readers[0] != "<output>" else None
+
+
+def _named(graph, op):
+    """Names of the nodes doing ``op``: a pass fetches each node again (``graph.node``) when it gets
+    to it, since an earlier rewrite may have changed its inputs."""
+    return [n.name for n in graph.nodes if n.op == op]
+
+
+def drop_dropout(graph):
+    log = []
+    for name in _named(graph, "dropout"):
+        node = graph.node(name)
+        graph = _rewire(graph, node.name, node.inputs[0])
+        log.append(f"dropped {node.name} (identity at inference)")
+    return graph, log
+
+
+def fold_batchnorm(graph):
+    log = []
+    for name in _named(graph, "batchnorm"):
+        bn = graph.node(name)
+        host = next((n for n in graph.nodes if n.name == bn.inputs[0]), None)
+        if host is None or host.op not in FOLDABLE_INTO or host.activation or _sole_reader(graph, host.name) != bn.name:
+            continue
+        # new keys record the history: c.W -> c.W+bn1 (-> c.W+bn1+bn2 for a second fold)
+        key_w = f"{host.params['W']}+{bn.name}"
+        key_b = f"{host.params.get('b', host.name + '.b')}+{bn.name}"
+        # a spec's graph has no arrays: there the fold is only planned
+        arrays = _folded_arrays(graph, host, bn, key_w, key_b) if graph.arrays else {}
+        new_host = host.replace(params={"W": key_w, "b": key_b}, origin=host.origin + bn.origin,
+                                attrs={**host.attrs, "bias": True})
+        graph = graph.replace(nodes=tuple(new_host if n.name == host.name else n for n in graph.nodes),
+                              arrays={**graph.arrays, **arrays})
+        graph = _rewire(graph, bn.name, host.name)
+        log.append(f"folded {bn.name} into {host.name}")
+    return graph, log
+
+
+def _folded_arrays(graph, host, bn, key_w, key_b):
+    a = graph.arrays
+    W = a[host.params["W"]].astype(np.float64)
+    b = a[host.params["b"]].astype(np.float64) if "b" in host.params else 0.0
+    gamma, beta = a[bn.params["gamma"]].astype(np.float64), a[bn.params["beta"]].astype(np.float64)
+    mean, var = a[bn.buffers["running_mean"]].astype(np.float64), a[bn.buffers["running_var"]].astype(np.float64)
+    s = gamma / np.sqrt(var + bn.attrs["eps"])
+    # conv2d W is (F, C, kh, kw): one scale per output channel, the first axis; dense W is
+    # (in, units): one per output unit, the last axis
+    W2 = W * (s[:, None, None, None] if host.op == "conv2d" else s[None, :])
+    b2 = (b - mean) * s + beta
+    dtype = a[host.params["W"]].dtype
+    return {key_w: W2.astype(dtype), key_b: b2.astype(dtype)}
+
+
+def fuse_relu(graph):
+    log = []
+    for name in _named(graph, "relu"):
+        relu = graph.node(name)
+        host = next((n for n in graph.nodes if n.name == relu.inputs[0]), None)
+        if host is None or host.op not in RELU_HOSTS or host.activation or _sole_reader(graph, host.name) != relu.name:
+            continue
+        new_host = host.replace(activation="relu", origin=host.origin + relu.origin)
+        graph = graph.replace(nodes=tuple(new_host if n.name == host.name else n for n in graph.nodes))
+        graph = _rewire(graph, relu.name, host.name)
+        log.append(f"fused {relu.name} into {host.name}")
+    return graph, log
+
+
+# the passes of each mode, in the order they run; float16 models only drop dropout:
+# their every layer output is rounded to float16, which folding or fusing would skip
+PIPELINES = {
+    "predict": (drop_dropout, fold_batchnorm, fuse_relu),
+    "predict-float16": (drop_dropout,),
+    "train": (),
+}
+
+
+def optimize(graph, mode="predict"):
+    """(optimized graph, [(pass name, [changes])]) after the passes of ``mode``."""
+    log = []
+    for fn in PIPELINES[mode]:
+        graph, changes = fn(graph)
+        log.append((fn.__name__, changes))
+    return graph, log

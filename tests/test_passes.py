@@ -1,0 +1,245 @@
+"""The inference graph: each pass keeps the function (checked against the plain graph) and does what it says.
+
+The reference is the same model compiled with ``optimize=False``: its predict runs
+every layer of the spec in order. Batchnorm statistics and scales are randomised
+first, so a wrong fold cannot hide behind gamma = 1, beta = 0, mean 0, var 1.
+"""
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import netspec
+from netspec.ir import graph_of_model, graph_of_spec
+from netspec.passes import optimize
+
+from conftest import SPECS_DIR
+
+SHIPPED = sorted(SPECS_DIR.glob("*.yaml"))
+# relative to the largest output: near-zero outputs carry the rounding of the large ones
+RELATIVE = {"float32": 1e-5, "float64": 1e-12}
+
+
+def assert_close(got, want, dtype):
+    scale = max(float(np.abs(want).max()), 1e-300)
+    assert float(np.abs(got - want).max()) <= RELATIVE[dtype] * scale, (np.abs(got - want).max(), scale)
+
+
+def randomise_norms(model, seed=0):
+    """Running statistics and scales far from their initial values (negative gammas included)."""
+    rng = np.random.default_rng(seed)
+    for k, v in {**model.params, **model.buffers}.items():
+        if k.endswith("running_var"):
+            v[...] = rng.uniform(0.05, 3.0, v.shape)
+        elif k.endswith(("running_mean", "beta", "gamma")):
+            v[...] = rng.standard_normal(v.shape)
+    return model
+
+
+def plain_and_optimized(spec, dtype, seed=0):
+    plain = randomise_norms(netspec.compile(spec, dtype=dtype, optimize=False), seed)
+    fast = netspec.compile(spec, dtype=dtype)
+    fast.load_arrays({**plain.params, **plain.buffers})
+    return plain, fast
+
+
+def sample_input(model, n=4, seed=1):
+    return np.random.default_rng(seed).standard_normal((n, *model.input_shape))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_every_shipped_spec_predicts_the_same_optimized(path, dtype):
+    plain, fast = plain_and_optimized(path, dtype)
+    x = sample_input(plain)
+    assert_close(fast.predict(x), plain.predict(x), dtype)
+
+
+def test_resnet_keeps_no_batchnorm_and_fuses_its_relus():
+    model = netspec.compile(SPECS_DIR / "resnet_fashion.yaml")
+    graph, log = model.inference_graph()
+    ops = [n.op for n in graph.nodes]
+    assert "batchnorm" not in ops and "relu" not in ops
+    changes = dict(log)
+    assert len(changes["fold_batchnorm"]) == sum(l.spec.type == "batchnorm" for l in model.layers) == 19
+    # every residual add is followed by its ReLU, fused into it
+    assert all(n.activation == "relu" for n in graph.nodes if n.op == "add")
+    assert graph.output == model.layers[-1].name  # the last layer was not folded away
+
+
+def test_dropout_goes_and_nothing_else_changes_in_deep_convnet():
+    model = netspec.compile(SPECS_DIR / "deep_convnet.yaml")
+    graph, log = model.inference_graph()
+    assert [n.op for n in graph.nodes].count("dropout") == 0
+    assert dict(log)["drop_dropout"] == ["dropped dropout1 (identity at inference)", "dropped dropout2 (identity at inference)"]
+    # the last layer fed dropout2: the graph's output moved to it
+    assert graph.output == "affine2" and graph.node("affine2").activation is None
+
+
+def spec_with(layers, shape=(3, 6, 6)):
+    return {"name": "t", "seed": 2, "input": {"shape": list(shape)}, "layers": layers,
+            "loss": "softmax_cross_entropy", "dtype": "float64"}
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_batchnorm_folds_into_conv_with_negative_gamma_tiny_var_and_a_bias(bias):
+    spec = spec_with([{"type": "conv2d", "name": "c", "filters": 4, "kernel": 3, "pad": 1, "bias": bias},
+                      {"type": "batchnorm", "name": "bn", "eps": 1e-3}, {"type": "dense", "units": 5}])
+    plain = netspec.compile(spec, optimize=False)
+    rng = np.random.default_rng(5)
+    if bias:
+        plain.params["c.b"][...] = rng.standard_normal(4)
+    plain.params["bn.gamma"][...] = [-2.0, 0.5, -0.1, 3.0]
+    plain.params["bn.beta"][...] = rng.standard_normal(4)
+    plain.buffers["bn.running_mean"][...] = rng.standard_normal(4)
+    plain.buffers["bn.running_var"][...] = [1e-6, 0.5, 2.0, 1e-4]   # tiny variances: eps matters
+    fast = netspec.compile(spec)
+    fast.load_arrays({**plain.params, **plain.buffers})
+    graph, log = fast.inference_graph()
+    assert dict(log)["fold_batchnorm"] == ["folded bn into c"] and graph.node("c").params == {"W": "c.W+bn", "b": "c.b+bn"}
+    x = sample_input(plain)
+    assert_close(fast.predict(x), plain.predict(x), "float64")
+    # the fold made new arrays: the model's own weights are untouched
+    np.testing.assert_array_equal(fast.params["c.W"], plain.params["c.W"])
+
+
+def test_batchnorm_folds_into_dense_per_output_unit():
+    spec = spec_with([{"type": "dense", "name": "d", "units": 6}, {"type": "batchnorm", "name": "bn"},
+                      {"type": "relu"}, {"type": "dense", "units": 3}], shape=(5,))
+    plain, fast = plain_and_optimized(spec, "float64", seed=3)
+    graph, log = fast.inference_graph()
+    assert [n.op for n in graph.nodes] == ["dense", "dense"] and graph.node("d").activation == "relu"
+    x = sample_input(plain)
+    assert_close(fast.predict(x), plain.predict(x), "float64")
+
+
+def test_nothing_fuses_into_an_output_another_layer_reads():
+    """A conv whose output also feeds a second branch keeps its batchnorm and ReLU separate."""
+    spec = spec_with([{"type": "conv2d", "name": "c", "filters": 3, "kernel": 3, "pad": 1},
+                      {"type": "batchnorm", "name": "bn", "inputs": ["c"]},
+                      {"type": "relu", "name": "r", "inputs": ["c"]},
+                      {"type": "add", "name": "a", "inputs": ["bn", "r"]},
+                      {"type": "dense", "units": 2}])
+    plain, fast = plain_and_optimized(spec, "float64")
+    graph, log = fast.inference_graph()
+    assert dict(log)["fold_batchnorm"] == [] and dict(log)["fuse_relu"] == []
+    assert [n.op for n in graph.nodes] == ["conv2d", "batchnorm", "relu", "add", "dense"]
+    x = sample_input(plain)
+    assert_close(fast.predict(x), plain.predict(x), "float64")
+
+
+def test_a_relu_on_the_network_input_or_a_pool_stays():
+    spec = spec_with([{"type": "relu", "name": "r0"}, {"type": "maxpool2d", "size": 2},
+                      {"type": "relu", "name": "r1"}, {"type": "dense", "units": 2}])
+    graph, log = optimize(graph_of_spec(netspec.load_spec(spec)))
+    assert dict(log)["fuse_relu"] == [] and [n.op for n in graph.nodes].count("relu") == 2
+
+
+def test_float16_models_only_drop_dropout_and_keep_their_rounding():
+    spec = SPECS_DIR / "deep_convnet.yaml"
+    half = netspec.compile(spec, dtype="float16")
+    graph, log = half.inference_graph()
+    assert [name for name, _ in log] == ["drop_dropout"]
+    plain = netspec.compile(spec, dtype="float16", optimize=False)
+    x = sample_input(half)
+    np.testing.assert_array_equal(half.predict(x), plain.predict(x))
+
+
+def test_a_spec_graph_plans_the_same_passes_without_weights():
+    spec = netspec.load_spec(SPECS_DIR / "resnet_fashion.yaml")
+    from_spec, spec_log = optimize(graph_of_spec(spec))
+    from_model, model_log = optimize(graph_of_model(netspec.compile(spec)))
+    assert spec_log == model_log
+    assert [(n.name, n.op, n.inputs, n.activation) for n in from_spec.nodes] == \
+        [(n.name, n.op, n.inputs, n.activation) for n in from_model.nodes]
+
+
+def test_predict_leaves_the_layers_state_alone_and_runs_beside_training():
+    """Inference runs private copies of the layers: a gradient computed while predict runs
+    on the same model in another thread is the gradient computed alone."""
+    model = netspec.compile(SPECS_DIR / "resnet_fashion.yaml", dtype="float64")
+    rng = np.random.default_rng(0)
+    x, t = rng.standard_normal((4, 1, 28, 28)), np.array([1, 2, 3, 4])
+    alone = {k: v.copy() for k, v in model.gradient(x, t)[1].items()}
+    caches = {l.name: dict(vars(l)) for l in model.layers}
+    stop = threading.Event()
+
+    def predicting():
+        while not stop.is_set():
+            model.predict(rng.standard_normal((8, 1, 28, 28)))
+
+    worker = threading.Thread(target=predicting)
+    worker.start()
+    try:
+        for _ in range(3):
+            grads = model.gradient(x, t)[1]
+            for k in alone:
+                np.testing.assert_array_equal(grads[k], alone[k])
+    finally:
+        stop.set()
+        worker.join()
+    model.predict(x)
+    for l in model.layers:
+        assert vars(l).keys() == caches[l.name].keys()
+
+
+# --- random DAGs: residual blocks of conv / batchnorm / relu / add / dropout ---------------
+
+@st.composite
+def residual_specs(draw):
+    C = draw(st.integers(1, 4))
+    layers = [{"type": "conv2d", "name": "stem", "filters": C, "kernel": 3, "pad": 1,
+               "bias": draw(st.booleans())}]
+    prev = "stem"
+    for b in range(draw(st.integers(1, 3))):
+        body = []
+        for k in range(draw(st.integers(1, 3))):
+            kind = draw(st.sampled_from(["conv", "bn", "relu", "dropout"]))
+            name = f"b{b}_{k}"
+            entry = {"conv": {"type": "conv2d", "filters": C, "kernel": 3, "pad": 1, "bias": draw(st.booleans())},
+                     "bn": {"type": "batchnorm", "eps": draw(st.sampled_from([1e-5, 1e-2]))},
+                     "relu": {"type": "relu"}, "dropout": {"type": "dropout", "ratio": 0.5}}[kind]
+            body.append({**entry, "name": name, "inputs": [body[-1]["name"] if body else prev]})
+        add = {"type": "add", "name": f"add{b}", "inputs": [prev, body[-1]["name"]]}
+        layers += body + [add]
+        prev = add["name"]
+        if draw(st.booleans()):
+            layers.append({"type": "relu", "name": f"out{b}", "inputs": [prev]})
+            prev = f"out{b}"
+    layers.append({"type": "dense", "units": 3, "inputs": [prev]})
+    return spec_with(layers, shape=(C, 5, 5))
+
+
+@settings(max_examples=40, deadline=None)
+@given(spec=residual_specs(), seed=st.integers(0, 2**16))
+def test_random_residual_graphs_predict_the_same_optimized(spec, seed):
+    plain, fast = plain_and_optimized(spec, "float64", seed)
+    x = sample_input(plain, seed=seed)
+    assert_close(fast.predict(x), plain.predict(x), "float64")
+    graph = fast.inference_graph()[0]
+    readers = graph.consumers()
+    names = {n.name: n for n in graph.nodes}
+    assert not [n.name for n in graph.nodes if n.op == "dropout"]
+    # nothing foldable is left: every batchnorm reads the input, a non-conv/dense node, or a shared one
+    assert not [n.name for n in graph.nodes if n.op == "batchnorm" and n.inputs[0] in names
+                and names[n.inputs[0]].op in ("conv2d", "dense") and not names[n.inputs[0]].activation
+                and readers[n.inputs[0]] == [n.name]]
+
+
+def test_chains_of_the_same_op_rewrite_one_after_another():
+    """Found by the random graphs: the second of two batchnorms (or dropouts) in a row reads
+    a node the first rewrite removed; each pass looks its node up again, and a folded conv
+    takes the second batchnorm too."""
+    spec = spec_with([{"type": "conv2d", "name": "c", "filters": 2, "kernel": 3},
+                      {"type": "batchnorm", "name": "bn1"}, {"type": "batchnorm", "name": "bn2"},
+                      {"type": "dropout", "name": "d1", "ratio": 0.5}, {"type": "dropout", "name": "d2", "ratio": 0.5},
+                      {"type": "dense", "units": 2}])
+    plain, fast = plain_and_optimized(spec, "float64")
+    graph, log = fast.inference_graph()
+    assert [n.name for n in graph.nodes] == ["c", "dense1"] and graph.node("dense1").inputs == ("c",)
+    assert dict(log)["fold_batchnorm"] == ["folded bn1 into c", "folded bn2 into c"]
+    assert graph.node("c").params == {"W": "c.W+bn1+bn2", "b": "c.b+bn1+bn2"}
+    x = sample_input(plain)
+    assert_close(fast.predict(x), plain.predict(x), "float64")
