@@ -93,7 +93,7 @@ def fuse_relu(graph):
         host = next((n for n in graph.nodes if n.name == relu.inputs[0]), None)
         if host is None or host.op not in RELU_HOSTS or host.activation or _sole_reader(graph, host.name) != relu.name:
             continue
-        new_host = host.replace(activation="relu", origin=host.origin + relu.origin)
+        new_host = host.replace(activation="relu", origin=host.origin + relu.origin, flops=host.flops + relu.flops)
         graph = graph.replace(nodes=tuple(new_host if n.name == host.name else n for n in graph.nodes))
         graph = _rewire(graph, relu.name, host.name)
         log.append(f"fused {relu.name} into {host.name}")

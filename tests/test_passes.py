@@ -243,3 +243,30 @@ def test_chains_of_the_same_op_rewrite_one_after_another():
     assert graph.node("c").params == {"W": "c.W+bn1+bn2", "b": "c.b+bn1+bn2"}
     x = sample_input(plain)
     assert_close(fast.predict(x), plain.predict(x), "float64")
+
+
+def test_netspec_plan_of_a_spec_and_of_a_checkpoint(capsys, tmp_path):
+    from netspec.cli import main
+    assert main(["plan", str(SPECS_DIR / "resnet_fashion.yaml"), "--json", "--batch", "10"]) == 0
+    p = __import__("json").loads(capsys.readouterr().out)
+    assert [s["pass"] for s in p["passes"]] == ["drop_dropout", "fold_batchnorm", "fuse_relu"]
+    assert (len(p["passes"][1]["changes"]), p["layers_in_spec"], p["nodes_after"]) == (19, 66, 30)
+    assert p["source"] == "spec" and p["weight_bytes"] is None
+    spec_graph = graph_of_spec(netspec.load_spec(SPECS_DIR / "resnet_fashion.yaml"))
+    assert p["flops"] == sum(n["flops"] for n in p["nodes"]) == 10 * (
+        sum(n.flops for n in spec_graph.nodes if n.op != "batchnorm"))  # folding removes exactly the bn work
+    assert p["peak_activation_bytes"] < p["peak_activation_bytes_unoptimized"] == spec_graph.peak_activation_bytes(10)
+    stem = p["nodes"][0]
+    assert (stem["op"], stem["layers"], stem["output_bytes"]) == ("conv2d+relu", ["stem", "stem_bn", "stem_relu"],
+                                                                  10 * 32 * 28 * 28 * 4)
+    # a checkpoint: the same passes, with the weights counted
+    spec = spec_with([{"type": "conv2d", "filters": 2, "kernel": 3}, {"type": "batchnorm"}, {"type": "relu"},
+                      {"type": "dense", "units": 2}])
+    spec["train"] = {"data": {"source": "inline", "x": np.zeros((4, 3, 6, 6)).tolist(), "t": [0, 1, 0, 1]},
+                     "epochs": 1, "batch_size": 2}
+    netspec.train(spec, out=tmp_path / "run")
+    assert main(["plan", str(tmp_path / "run" / "model.npz")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"plan of {tmp_path / 'run' / 'model.npz'} (checkpoint, float64), mode predict, batch 100"
+    assert "    folded bn1 into conv1" in out and "    fused relu1 into conv1" in out
+    assert out[-2] == f"weights: {(2 * 3 * 9 + 2 + 2 + 2 + 2 + 2 + 2 * 16 * 2 + 2) * 8 / 2**20:.2f} MB"

@@ -25,6 +25,7 @@ COMMANDS = [
     ("export", "export", "write a checkpoint as an ONNX model (checked by onnx's checker)"),
     ("expand", "specs", "print the flat spec that gets compiled: blocks expanded, every default filled"),
     ("validate", "specs", "check spec files (schema, names, shapes)"),
+    ("plan", "plan", "what the compiler does before running: passes, fused nodes, FLOPs, planned memory"),
     ("summary", "models", "layer table: output shapes, parameters, FLOPs"),
     ("gradcheck", "models", "compare back-propagation with central differences (float64)"),
     ("info", "info", "versions and the active kernel backend"),

@@ -1,0 +1,74 @@
+"""``netspec plan``: what the compiler does to a network before it runs."""
+import math
+
+from .. import jsonout
+from ..checkpoint import load_model
+from ..ir import graph_of_model, graph_of_spec
+from ..passes import optimize
+from ..spec import load_spec
+from ..specs_dir import resolve_spec_path
+from .args import positive_int
+
+
+def _graph(path):
+    """(graph, where it came from): a checkpoint's model (with weights) or a spec (shapes only)."""
+    if str(path).endswith(".npz"):
+        return graph_of_model(load_model(path)), "checkpoint"
+    return graph_of_spec(load_spec(resolve_spec_path(path))), "spec"
+
+
+def plan(path, mode="predict", batch=100):
+    """The plan of ``path`` as plain data: passes and their changes, nodes, memory."""
+    graph, source = _graph(path)
+    pipeline = mode if mode == "train" else ("predict-float16" if graph.dtype == "float16" else "predict")
+    optimized, log = optimize(graph, pipeline)
+    sizes = optimized.activation_bytes(batch)
+    nodes = [{"name": n.name, "op": n.op + (f"+{n.activation}" if n.activation else ""), "inputs": list(n.inputs),
+              "output_shape": list(n.shape), "flops": n.flops * batch, "output_bytes": sizes[n.name],
+              "layers": list(n.origin)} for n in optimized.nodes]
+    weights = sum(math.prod(a.shape) * a.itemsize for a in graph.arrays.values()) if graph.arrays else None
+    return {"source": source, "mode": mode, "batch": batch, "dtype": graph.dtype,
+            "passes": [{"pass": name, "changes": changes} for name, changes in log],
+            "nodes": nodes, "layers_in_spec": len(graph.nodes), "nodes_after": len(optimized.nodes),
+            "flops": sum(n["flops"] for n in nodes), "weight_bytes": weights,
+            "peak_activation_bytes": optimized.peak_activation_bytes(batch),
+            "peak_activation_bytes_unoptimized": graph.peak_activation_bytes(batch)}
+
+
+def _mb(n):
+    return f"{n / 2**20:.2f} MB"
+
+
+def cmd_plan(args):
+    p = plan(args.model, args.mode, args.batch)
+    if args.json:
+        print(jsonout.dumps(p, indent=2))
+        return 0
+    print(f"plan of {args.model} ({p['source']}, {p['dtype']}), mode {p['mode']}, batch {p['batch']}")
+    for step in p["passes"]:
+        print(f"  {step['pass']}: {len(step['changes'])} change{'s' if len(step['changes']) != 1 else ''}")
+        for change in step["changes"]:
+            print(f"    {change}")
+    w = max(len(n["name"]) for n in p["nodes"])
+    o = max(len(n["op"]) for n in p["nodes"])
+    print(f"{'node':<{w}}  {'op':<{o}}  {'output shape':<14} {'MFLOP':>10} {'output':>10}  layers")
+    for n in p["nodes"]:
+        shape = "x".join(map(str, n["output_shape"]))
+        print(f"{n['name']:<{w}}  {n['op']:<{o}}  {shape:<14} {n['flops'] / 1e6:>10.1f} {_mb(n['output_bytes']):>10}  "
+              f"{', '.join(n['layers'])}")
+    print(f"{p['layers_in_spec']} layers -> {p['nodes_after']} nodes; {p['flops'] / 1e9:.3f} GFLOP per batch")
+    if p["weight_bytes"] is not None:
+        print(f"weights: {_mb(p['weight_bytes'])}")
+    print(f"planned peak of activations: {_mb(p['peak_activation_bytes'])} "
+          f"(unoptimized graph: {_mb(p['peak_activation_bytes_unoptimized'])})")
+    return 0
+
+
+def add_plan_arguments(s):
+    s.add_argument("model", metavar="SPEC|MODEL.npz", help="a spec (shapes only) or a checkpoint")
+    s.add_argument("--mode", choices=["predict", "train"], default="predict")
+    s.add_argument("--batch", type=positive_int, default=100, help="samples per batch (default 100)")
+    s.add_argument("--json", action="store_true")
+
+
+COMMANDS = {"plan": (add_plan_arguments, cmd_plan)}
