@@ -27,6 +27,8 @@ def resolve_spec_path(arg):
     """A spec path as given, or the name of a spec shipped with netspec (e.g. 'simple_convnet')."""
     if arg is None:
         arg = DEFAULT_SPEC
+    if "\0" in arg:
+        raise SpecError(f"{arg!r}: a file name cannot contain a NUL byte", file=arg)
     if os.path.exists(arg):
         return arg
     found = shipped_spec(arg)

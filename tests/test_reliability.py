@@ -352,3 +352,53 @@ def test_special_files_on_the_command_line_are_refused_quickly(model_path, tmp_p
     done = netspec_cli("predict", model_path, f"{empty}/", timeout=60)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert time.time() - t0 < 60
+
+
+# --- files that are not specs (issue: reliability round 2) --------------------------------
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder", "nul"])
+def test_spec_arguments_that_are_not_regular_files_end_in_one_line_at_once(tmp_path, kind):
+    """A FIFO named like a spec used to hang validate; /dev/zero read until memory ran out;
+    a NUL in a path was a ValueError traceback."""
+    if kind == "fifo":
+        path = tmp_path / "f.yaml"
+        os.mkfifo(path)
+        expected = f"error: {path}: expected a spec file (a regular file), found a FIFO (named pipe)"
+    elif kind == "device":
+        path = "/dev/zero"
+        expected = "error: /dev/zero: expected a spec file (a regular file), found a character device"
+    elif kind == "folder":
+        path = tmp_path
+        expected = f"error: {tmp_path}: expected a spec file (a regular file), found a directory"
+    else:
+        path = "a\0b.yaml"
+        expected = "error: 'a\\x00b.yaml': a file name cannot contain a NUL byte"
+    for command in ("validate", "expand", "summary", "run"):
+        t0 = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "netspec", command, str(path)] if kind != "nul" else
+                              [sys.executable, "-c", f"import sys; from netspec.cli import main; "
+                               f"sys.exit(main([{command!r}, 'a\\0b.yaml']))"],
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert (done.returncode, done.stdout) == (2, ""), (command, done.stderr)
+        assert done.stderr.splitlines()[-1] == expected or done.stderr.strip().endswith(expected[len("error: "):]), \
+            (command, done.stderr)
+        assert len(done.stderr.splitlines()) == 1 and time.monotonic() - t0 < 30
+
+
+def test_an_include_larger_than_any_spec_is_refused_before_it_is_read(tmp_path, capsys):
+    big = tmp_path / "big.yaml"
+    with open(big, "wb") as f:
+        f.truncate(17 * 2**20)   # sparse: 17 MiB of nothing, over the 16 MiB limit
+    spec = tmp_path / "s.yaml"
+    spec.write_text("include: [big.yaml]\ninput: {shape: [2]}\nlayers: [{type: dense, units: 1}]\nloss: mse\n")
+    assert main(["validate", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert f"{big}: the spec file is {17 * 2**20} bytes, more than the limit of {16 * 2**20} bytes" in err
+
+
+def test_an_include_path_with_a_nul_byte_is_a_spec_error(tmp_path, capsys):
+    spec = tmp_path / "s.yaml"
+    spec.write_text('include: ["a\\x00b.yaml"]\ninput: {shape: [2]}\nlayers: [{type: dense, units: 1}]\nloss: mse\n')
+    assert main(["validate", str(spec)]) == 2
+    assert capsys.readouterr().err == (f"error: {spec}:1:11: include[0]: an include path cannot contain "
+                                       "a NUL byte: 'a\\x00b.yaml'\n")

@@ -163,6 +163,8 @@ def _collect(lib, pos, source, chain, blocks, loaded):
     here = [os.path.realpath(s) for s in chain]
     for k, rel in enumerate(lib.include):
         where = pos.locate(("include", k), source)
+        if "\0" in rel:
+            raise _error(where, f"include[{k}]", f"an include path cannot contain a NUL byte: {rel!r}")
         path = os.path.join(_base_dir(source), rel)
         real = os.path.realpath(path)
         if real in here:

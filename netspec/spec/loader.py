@@ -15,6 +15,10 @@ from typing import NamedTuple, Optional
 import yaml
 
 from ..errors import SpecError
+from ..safeio import open_regular
+
+# larger than any spec a person writes (the shipped ones are under 5 KB): the reader stops here
+MAX_SPEC_BYTES = 16 * 2**20
 
 
 class Where(NamedTuple):
@@ -230,13 +234,21 @@ def _parse_text(text, source, fmt):
 
 
 def read_spec_file(path):
-    """Read a spec file from disk; (data, Positions)."""
+    """Read a spec file from disk; (data, Positions).
+
+    Only a regular file of at most MAX_SPEC_BYTES is read: a FIFO, a device or a
+    folder is refused before anything is read (one would hang, another never end).
+    """
     path = os.fspath(path)
+    if "\0" in path:
+        raise SpecError(f"{path!r}: a file name cannot contain a NUL byte", file=path)
+    if not os.path.lexists(path):
+        raise SpecError(f"spec file not found: {path}", file=path)
+    f, _ = open_regular(path, "spec file", MAX_SPEC_BYTES, error=SpecError)
+    with f:
+        data = f.read()
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise SpecError(f"spec file not found: {path}", file=path) from None
-    except (OSError, UnicodeDecodeError) as exc:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise SpecError(f"cannot read spec file {path}: {exc}", file=path) from None
     return parse_text(text, source=path)
