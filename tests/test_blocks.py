@@ -1,12 +1,13 @@
 """Blocks, repeat, include and ``netspec expand``: what a spec expands to, and where its errors point."""
 import json
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from pydantic import ValidationError
 import yaml
+from pydantic import ValidationError
 
 import netspec
 from netspec import SpecError
@@ -409,10 +410,29 @@ def test_typos_in_block_definitions_and_the_default_type(write):
                                 "an integer, got 'two'")
 
 
-def test_a_runaway_repeat_is_refused(write):
+def test_a_runaway_repeat_is_refused_before_anything_is_copied(write):
+    """repeat: 10**7 cost 800 MB and 3 s before the limit was checked, 10**9 a MemoryError."""
+    for repeat in (1_000_000, 10**9):
+        path = write("s.yaml", "input: {shape: [2]}\nblocks:\n  b: {layers: [{type: tanh}]}\n"
+                               f"layers: [{{type: b, repeat: {repeat}}}]\nloss: mse\n")
+        start = time.process_time()
+        assert spec_error(path) == (f"{path}:4:28: layers[0].repeat: repeat {repeat} of block 'b' (1 layers each) "
+                                    "expands to more than 10,000 layers")
+        assert time.process_time() - start < 1
+    # many small uses that add up still stop at the limit, at the layer that crosses it
     path = write("s.yaml", "input: {shape: [2]}\nblocks:\n  b: {layers: [{type: tanh}]}\n"
-                           "layers: [{type: b, repeat: 1000000}]\nloss: mse\n")
-    assert spec_error(path) == f"{path}:3:16: blocks.b.layers[0]: the spec expands to more than 10,000 layers"
+                           "layers: [{type: b, repeat: 9000}, {type: b, repeat: 9000}]\nloss: mse\n")
+    assert spec_error(path) == (f"{path}:4:53: layers[1].repeat: repeat 9000 of block 'b' (1 layers each) "
+                                "expands to more than 10,000 layers")
+
+
+def test_blocks_nested_too_deep_are_refused_without_a_recursion_error(write):
+    """Blocks nested about 330 deep exhausted Python's stack (RecursionError traceback)."""
+    defs = "".join(f"  b{k}: {{layers: [{{type: {'b' + str(k + 1) if k < 399 else 'tanh'}}}]}}\n" for k in range(400))
+    path = write("s.yaml", f"input: {{shape: [2]}}\nblocks:\n{defs}layers: [{{type: b0}}]\nloss: mse\n")
+    chain = " -> ".join(f"b{k}" for k in range(33))
+    assert spec_error(path) == (f"{path}:34:18: blocks.b31.layers[0]: blocks are used inside blocks more than 32 "
+                                f"deep: {chain}")
 
 
 def test_cli_exits_2_without_traceback_for_block_errors(write, capsys):

@@ -49,6 +49,7 @@ ParamType = Literal[PARAM_TYPES]
 USE_KEYS = ("type", "name", "inputs", "repeat", "start")
 MAX_LAYERS = 10_000  # after expansion; a typo'd repeat should not eat the machine
 MAX_INCLUDE_DEPTH = 32
+MAX_BLOCK_DEPTH = 32   # blocks using blocks, this many deep (330 deep exhausted Python's stack)
 
 
 class ParamDecl(Strict):
@@ -371,6 +372,9 @@ class _Expander:
         if kind in body.stack:
             raise _error(where, format_path(path),
                          f"block '{kind}' uses itself: {' -> '.join(body.stack[body.stack.index(kind):] + [kind])}")
+        if len(body.stack) >= MAX_BLOCK_DEPTH:
+            raise _error(where, format_path(path), f"blocks are used inside blocks more than {MAX_BLOCK_DEPTH} "
+                         f"deep: {' -> '.join(body.stack + [kind])}")
         # the use's own keys
         try:
             use = BlockUse.model_validate({k: v for k, v in entry.items() if k in USE_KEYS})
@@ -379,6 +383,11 @@ class _Expander:
             key = err["loc"][0]
             w = subs.get((key,)) or body.where(path + tuple(err["loc"]))
             raise _error(w, format_path(path + (key,)), message(err, {}, tuple(err["loc"]), BlockUse)) from None
+        # the limit on layers, checked before anything is copied (repeat: 10**9 allocated first)
+        if use.repeat is not None and len(self.layers) + use.repeat * len(block.decl.layers) > MAX_LAYERS:
+            raise _error(subs.get(("repeat",)) or body.where(path + ("repeat",)), format_path(path + ("repeat",)),
+                         f"repeat {use.repeat} of block '{kind}' ({len(block.decl.layers)} layers each) expands "
+                         f"to more than {MAX_LAYERS:,} layers")
         args = self._arguments(item, block, body)
         if isinstance(in_names, list) and len(in_names) == 1:
             src = in_names[0]

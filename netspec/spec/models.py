@@ -141,33 +141,50 @@ class NetSpec(Strict):
         return self._positions.uses.get(("layers", i), "") if self._positions is not None else ""
 
 
+# graph problems listed in full; past this many they are only counted (a spec of 10,000 bad
+# references took minutes of "did you mean" look-ups before this limit)
+MAX_GRAPH_ISSUES = 50
+
+
 def _name_and_wire(layers):
     """(names, inputs per layer, issues); each issue is (loc, message, offending value)."""
     issues, names, inputs, seen = [], [], [], {}
     explicit = {l.name for l in layers if l.name}
     generated = Names(explicit)
+    more = 0
+
+    def problem(loc, message, value):
+        nonlocal more
+        if len(issues) < MAX_GRAPH_ISSUES:
+            issues.append((loc, message() if callable(message) else message, value))
+        else:
+            more += 1
+
     for i, layer in enumerate(layers):
         if layer.name:
             name = layer.name
             if name == "input":
-                issues.append((("layers", i, "name"), "'input' is reserved for the network input", name))
+                problem(("layers", i, "name"), "'input' is reserved for the network input", name)
             elif name in seen:
-                issues.append((("layers", i, "name"), f"duplicate layer name '{name}' (also layers[{seen[name]}])", name))
+                problem(("layers", i, "name"), f"duplicate layer name '{name}' (also layers[{seen[name]}])", name)
         else:
             name = generated.new(LAYERS[layer.type].prefix)
         seen.setdefault(name, i)
         if layer.inputs:
             n_in = LAYERS[layer.type].n_inputs
             if n_in is not None and len(layer.inputs) != n_in:
-                issues.append((("layers", i, "inputs"),
-                               f"layer type '{layer.type}' takes {n_in} input, got {len(layer.inputs)}", layer.inputs))
+                problem(("layers", i, "inputs"),
+                        f"layer type '{layer.type}' takes {n_in} input, got {len(layer.inputs)}", layer.inputs)
             for j, ref in enumerate(layer.inputs):
-                if ref != "input" and ref not in names:
+                if ref != "input" and ref not in seen:
                     later = " (it comes later: layers run in file order)" if ref in explicit else ""
-                    issues.append((("layers", i, "inputs", j),
-                                   f"unknown input '{ref}'{later}{did_you_mean(ref, names + ['input'])}", ref))
+                    problem(("layers", i, "inputs", j), lambda ref=ref, later=later:
+                            f"unknown input '{ref}'{later}{did_you_mean(ref, names + ['input'])}", ref)
         inputs.append(list(layer.inputs or [names[-1] if names else "input"]))
         names.append(name)
+    if more:
+        issues.append((("layers",), f"and {more} more problems with names and inputs (only the first "
+                       f"{MAX_GRAPH_ISSUES} are listed)", None))
     if not issues:
         used = {n for ins in inputs for n in ins}
         for i, name in enumerate(names[:-1]):
