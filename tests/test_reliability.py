@@ -416,3 +416,29 @@ def test_thousands_of_bad_references_are_counted_not_each_spelled_out():
     lines = str(exc.value).splitlines()
     assert len(lines) == 51 and lines[0].startswith("<dict>: layers[1].inputs[0]: unknown input 'zz1'")
     assert lines[-1] == "<dict>: layers: and 9949 more problems with names and inputs (only the first 50 are listed)"
+
+
+def test_a_deeply_nested_spec_dict_or_embedded_spec_is_one_error(tmp_path):
+    """Dict specs skipped the depth check files get: a checkpoint whose embedded spec nested
+    a value 900 deep ended in a RecursionError traceback."""
+    deep = v = {}
+    for _ in range(900):
+        v["x"] = {}
+        v = v["x"]
+    spec = {"input": {"shape": [2]}, "layers": [{"type": "dense", "units": 1, "init": deep}], "loss": "mse"}
+    with pytest.raises(netspec.SpecError, match=r"<dict>: nested more than 64 levels deep"):
+        netspec.load_spec(spec)
+    model = netspec.compile({"input": {"shape": [2]}, "layers": [{"type": "dense", "units": 1}], "loss": "mse"})
+    from netspec.checkpoint import save_checkpoint
+    path = tmp_path / "m.npz"
+    save_checkpoint(path, model)
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    meta["spec"]["layers"][0]["init"] = deep
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+    done = netspec_cli("evaluate", path, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [f"error: {path}: the embedded spec is invalid: {path} (embedded spec): "
+                                        "nested more than 64 levels deep; a spec needs only a few (at most 64)"]

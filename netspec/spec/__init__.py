@@ -12,7 +12,7 @@ from ..errors import SpecError
 from ..layers import LAYERS
 from . import blocks
 from .issues import issue, issues_from, kind_of
-from .loader import Positions, parse_text, read_spec_file
+from .loader import Positions, check_depth, parse_text, read_spec_file
 from .models import FORMAT_VERSION, NetSpec
 
 __all__ = ["load_spec", "NetSpec", "FORMAT_VERSION", "json_schema", "spec_to_dict", "expand"]
@@ -25,8 +25,9 @@ def load_spec(spec, *, source=None):
         data, pos = read_spec_file(spec)
         source = os.fspath(spec)
     elif isinstance(spec, dict):
-        data, pos = copy.deepcopy(spec), Positions()
         source = source or "<dict>"
+        check_depth(spec, source)
+        data, pos = copy.deepcopy(spec), Positions()
     else:
         raise TypeError(f"load_spec takes a path, a dict or a NetSpec, not {type(spec).__name__}")
     return validate(data, pos, source)

@@ -189,6 +189,13 @@ def _depth(data):
     return deepest
 
 
+def check_depth(data, source):
+    """SpecError when ``data`` nests lists and mappings deeper than MAX_DEPTH (checked without
+    recursion: copying or validating such data would exhaust Python's recursion limit)."""
+    if _depth(data) > MAX_DEPTH:
+        raise _too_deep(source)
+
+
 def parse_text(text, source="<string>", fmt=None):
     """Parse spec text; returns (data, Positions). Raises SpecError on syntax errors and on
     nesting deeper than MAX_DEPTH (which would otherwise exhaust Python's recursion limit)."""
@@ -196,8 +203,7 @@ def parse_text(text, source="<string>", fmt=None):
         data, pos = _parse_text(text, source, fmt)
     except RecursionError:
         raise _too_deep(source) from None
-    if _depth(data) > MAX_DEPTH:
-        raise _too_deep(source)
+    check_depth(data, source)
     return data, pos
 
 
