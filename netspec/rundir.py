@@ -18,6 +18,7 @@ A directory that already holds a run is refused unless the run is resumed or
 (not a directory, read-only, disk full) becomes one RunDirError naming the file.
 """
 import contextlib
+import errno
 import json
 import os
 import time
@@ -40,6 +41,17 @@ def default_run_dir(spec):
         k += 1
         path = f"{base}-{k}"
     return path
+
+
+def _open_no_follow(path, flags):
+    """os.open that refuses a symlink (ELOOP, reported as "not a regular file: a symlink")."""
+    try:
+        return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RunDirError(f"{path} is a symlink; a run directory holds only its own files "
+                              "(remove the link)") from None
+        raise
 
 
 @contextlib.contextmanager
@@ -94,8 +106,14 @@ class RunDir:
         try:
             existing = self.holds_run()
             if resume and "model.npz" not in existing:
-                raise RunDirError(f"{self.path} holds no checkpoint (model.npz) to resume")
+                stopped = " (its run stopped before the first checkpoint: start it again with --force)" \
+                    if existing else ""
+                raise RunDirError(f"{self.path} holds no checkpoint (model.npz) to resume{stopped}")
             if existing and not resume:
+                if not force and "model.npz" not in existing:
+                    raise RunDirError(
+                        f"{self.path} holds a run that stopped before its first checkpoint ({', '.join(existing)}); "
+                        "nothing to resume: start it again with --force")
                 if not force:
                     raise RunDirError(
                         f"{self.path} already holds a run ({', '.join(existing)}); continue it with "
@@ -113,7 +131,8 @@ class RunDir:
         import fcntl
         path = self.file(".lock")
         with os_errors(f"write in the run directory {self.path}"):
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            # never through a symlink: a run directory from elsewhere could point .lock at any file
+            fd = _open_no_follow(path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -121,8 +140,13 @@ class RunDir:
             os.close(fd)
             raise RunDirError(f"{self.path} is in use by another netspec run (pid {holder}); wait for it "
                               "to finish or choose another --out") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            with os_errors(f"write the lock file {path}"):
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+        except RunDirError:
+            os.close(fd)
+            raise
         self._lock = fd
 
     def release(self):
@@ -150,5 +174,6 @@ class RunDir:
 
     def append_metrics(self, metrics):
         path = self.file("metrics.jsonl")
-        with os_errors(f"append to {path}"), open(path, "a", encoding="utf-8") as f:
+        with os_errors(f"append to {path}"), \
+                os.fdopen(_open_no_follow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a", encoding="utf-8") as f:
             f.write(jsonout.dumps(metrics) + "\n")

@@ -442,3 +442,56 @@ def test_a_deeply_nested_spec_dict_or_embedded_spec_is_one_error(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.splitlines() == [f"error: {path}: the embedded spec is invalid: {path} (embedded spec): "
                                         "nested more than 64 levels deep; a spec needs only a few (at most 64)"]
+
+
+def test_a_symlinked_lock_or_metrics_file_is_refused_and_its_target_untouched(tmp_path, capsys):
+    """A run directory from elsewhere could point .lock (or metrics.jsonl) at any file the
+    user can write: --resume truncated it and wrote a PID into it."""
+    spec = write(tmp_path, spec_dict(epochs=1))
+    out = tmp_path / "r"
+    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 0
+    victim = tmp_path / "victim.txt"
+    victim.write_text("KEEP\n")
+    (out / ".lock").unlink()
+    (out / ".lock").symlink_to(victim)
+    capsys.readouterr()
+    assert main(["run", "--resume", str(out), "--epochs", "2", "--quiet"]) == 2
+    assert capsys.readouterr().err == (f"error: {out / '.lock'} is a symlink; a run directory holds only its own "
+                                       "files (remove the link)\n")
+    assert victim.read_text() == "KEEP\n"
+    (out / ".lock").unlink()
+    (out / "metrics.jsonl").unlink()
+    (out / "metrics.jsonl").symlink_to(victim)
+    assert main(["run", "--resume", str(out), "--epochs", "2", "--quiet"]) == 0
+    assert victim.read_text() == "KEEP\n" and not (out / "metrics.jsonl").is_symlink()
+    assert [json.loads(l)["epoch"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_says_to_use_force(tmp_path, capsys):
+    spec = write(tmp_path, spec_dict(epochs=1))
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "spec.resolved.json").write_text("{}")
+    (out / "metrics.jsonl").write_text("")
+    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 2
+    assert capsys.readouterr().err == (f"error: {out} holds a run that stopped before its first checkpoint "
+                                       "(metrics.jsonl, spec.resolved.json); nothing to resume: start it again "
+                                       "with --force\n")
+    assert main(["run", "--resume", str(out), "--quiet"]) == 2
+    assert capsys.readouterr().err == (f"error: {out} holds no checkpoint (model.npz) to resume (its run stopped "
+                                       "before the first checkpoint: start it again with --force)\n")
+    assert main(["run", str(spec), "--out", str(out), "--quiet", "--force"]) == 0
+
+
+def test_a_full_disk_when_the_lock_is_written_is_one_error_line(tmp_path):
+    """No space for the PID in .lock was an OSError traceback (here: a file size limit of 0)."""
+    spec = write(tmp_path, spec_dict(epochs=1))
+    child = ("import resource, signal, sys\n"
+             "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+             "resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))\n"
+             "from netspec.cli import main\n"
+             f"sys.exit(main(['run', {str(spec)!r}, '--out', {str(tmp_path / 'r')!r}, '--quiet']))\n")
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.splitlines() == [f"error: cannot write the lock file {tmp_path / 'r' / '.lock'}: "
+                                        "File too large"]
