@@ -92,6 +92,9 @@ def _group(arrays, prefix):
 def model_from_checkpoint(meta, arrays, path="", dtype=None):
     if not isinstance(meta.get("spec"), dict):  # never a path: a checkpoint names no file to read
         raise CheckpointError(f"{path}: the checkpoint holds no embedded spec (a mapping under meta.spec)")
+    if dtype is None and meta.get("dtype") not in (None, "float16", "float32", "float64"):
+        raise CheckpointError(f"{path}: meta.dtype is {str(meta.get('dtype'))[:40]!r}; expected float16, "
+                              "float32 or float64")
     try:
         spec = load_spec(meta["spec"], source=f"{path} (embedded spec)")
         model = compile(spec, dtype=dtype or meta.get("dtype"))

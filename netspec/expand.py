@@ -20,18 +20,25 @@ def _flow(value):
     return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10**6).strip()
 
 
+def _printable(name):
+    """A file name as a comment may show it: control characters (a newline would end the comment
+    and inject spec lines) escaped as in a Python string."""
+    name = str(name)
+    return name if name.isprintable() else repr(name)[1:-1]
+
+
 def where_from(chain):
     """'b.yaml:12: block basic, used at a.yaml:30 in block stage, used at a.yaml:41'."""
     f, line, _ = chain[0]
-    text = f"{f}:{line}: block {chain[1][2]}"
+    text = f"{_printable(f)}:{line}: block {chain[1][2]}"
     for k, (uf, ul, _) in enumerate(chain[1:], 1):
-        text += f", used at {uf}:{ul}" + (f" in block {chain[k + 1][2]}" if k + 1 < len(chain) else "")
+        text += f", used at {_printable(uf)}:{ul}" + (f" in block {chain[k + 1][2]}" if k + 1 < len(chain) else "")
     return text
 
 
 def to_yaml(flat, origins, source):
     """The flat spec as YAML: one flow mapping per layer, its origin as a comment above it."""
-    lines = [f"# {source}, expanded by netspec expand: the flat spec that gets compiled, every default filled"]
+    lines = [f"# {_printable(source)}, expanded by netspec expand: the flat spec that gets compiled, every default filled"]
     for key, value in flat.items():
         if key != "layers":
             lines.append(yaml.safe_dump({key: value}, default_flow_style=None if isinstance(value, (dict, list)) else False,

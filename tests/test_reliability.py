@@ -495,3 +495,48 @@ def test_a_full_disk_when_the_lock_is_written_is_one_error_line(tmp_path):
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr.splitlines() == [f"error: cannot write the lock file {tmp_path / 'r' / '.lock'}: "
                                         "File too large"]
+
+
+def _rewrite_meta(path, change):
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    change(meta)
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("case", ["int8", "no spec", "spec is a path"])
+def test_a_checkpoint_with_a_bad_meta_is_one_error_line_and_names_no_file(tmp_path, case):
+    """meta.dtype int8 was a ValueError traceback; meta.spec as a string was read as a path."""
+    model = netspec.compile({"input": {"shape": [2]}, "layers": [{"type": "dense", "units": 1}], "loss": "mse"})
+    from netspec.checkpoint import save_checkpoint
+    path = tmp_path / "m.npz"
+    save_checkpoint(path, model)
+    secret = tmp_path / "secret.yaml"
+    secret.write_text("input: {shape: [2]}\nlayers: [{type: dense, units: 1}]\nloss: mse\n")
+    change = {"int8": lambda m: m.update(dtype="int8"), "no spec": lambda m: m.pop("spec"),
+              "spec is a path": lambda m: m.update(spec=str(secret))}[case]
+    _rewrite_meta(path, change)
+    expected = {"int8": f"error: {path}: meta.dtype is 'int8'; expected float16, float32 or float64",
+                "no spec": f"error: {path}: the checkpoint holds no embedded spec (a mapping under meta.spec)",
+                "spec is a path": f"error: {path}: the checkpoint holds no embedded spec (a mapping under meta.spec)"}
+    for command in (["evaluate", path], ["predict", path, "[1, 2]"], ["export", path]):
+        done = netspec_cli(*command, timeout=60)
+        assert done.returncode == 2 and done.stderr.splitlines() == [expected[case]], (command, done.stderr)
+
+
+def test_expand_escapes_control_characters_in_file_names(tmp_path, capsys):
+    """An include named with a newline printed it raw in an origin comment: the output, itself
+    a spec, gained lines."""
+    lib = tmp_path / "a\nlayers: [{type: relu}]\n#.yaml"
+    lib.write_text("blocks:\n  b: {layers: [{type: tanh}]}\n")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(json.dumps({"include": [lib.name], "input": {"shape": [2]},
+                                "layers": [{"type": "b"}, {"type": "dense", "units": 1}], "loss": "mse"}))
+    assert main(["expand", str(spec)]) == 0
+    out = capsys.readouterr().out
+    comments = [l for l in out.splitlines() if l.lstrip().startswith("#")]
+    assert any("a\\nlayers: [{type: relu}]\\n#.yaml:2: block b" in c for c in comments)
+    flat = yaml.safe_load(out)
+    assert [l["type"] for l in flat["layers"]] == ["tanh", "dense"]
