@@ -421,3 +421,18 @@ def test_a_spec_that_is_not_utf8_is_a_spec_error(tmp_path):
     path.write_bytes('{"name": "caf\xe9"}'.encode("latin-1"))
     with pytest.raises(SpecError, match=r"cannot read spec file .*latin1\.json.*utf-8"):
         netspec.load_spec(path)
+
+
+def test_a_yaml_merge_key_is_overridden_by_keys_written_beside_it(write_spec):
+    """`<<: *D` then `name: b` was reported as a duplicate key; PyYAML's rule is that the key
+    written in the mapping wins over the merged one. A key written twice is still an error."""
+    path = write_spec("input: {shape: [2]}\nlayers:\n  - &D {type: dense, units: 4, name: a}\n"
+                      "  - <<: *D\n    name: b\n  - {type: dense, units: 1}\nloss: mse\n")
+    spec = netspec.load_spec(path)
+    assert spec.layer_names == ["a", "b", "dense1"] and spec.layers[1].units == 4
+    assert spec.locate(("layers", 1, "name"))[1:] == (5, 11)
+    path = write_spec("input: {shape: [2]}\nlayers:\n  - &D {type: dense, units: 4, name: a}\n"
+                      "  - <<: *D\n    name: b\n    name: c\n  - {type: dense, units: 1}\nloss: mse\n")
+    with pytest.raises(SpecError) as exc:
+        netspec.load_spec(path)
+    assert str(exc.value) == f"{path}:6:5: layers[1].name: duplicate key 'name' (first given on line 5)"

@@ -115,8 +115,11 @@ class _Walker:
                                             "only mappings, lists, strings, numbers and booleans"))
             return None
         if isinstance(node, yaml.MappingNode):
-            self.loader.flatten_mapping(node)  # resolve YAML merge keys
-            out = {}
+            # keys written in this mapping itself; flatten_mapping then puts the keys of YAML
+            # merges (<<: *anchor) first, and a key written here overrides a merged one, as in PyYAML
+            own = {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
+            self.loader.flatten_mapping(node)
+            out, first = {}, {}
             for key_node, value_node in node.value:
                 key = self.loader.construct_object(key_node, deep=True)
                 if not isinstance(key, (str, int, float, bool)) or key is None:
@@ -124,13 +127,13 @@ class _Walker:
                     self.issues.append(dict(file=self.source, line=line, column=col,
                                             path=_fmt(path), message="keys must be plain strings"))
                     continue
-                if key in out:
+                if key in out and id(first[key]) in own:
                     _, line, col = _mark(key_node)
-                    first = self.pos.keys[path + (key,)].line
                     self.issues.append(dict(
                         file=self.source, line=line, column=col, path=_fmt(path + (key,)),
-                        message=f"duplicate key '{key}' (first given on line {first})"))
+                        message=f"duplicate key '{key}' (first given on line {_mark(first[key]).line})"))
                     continue
+                first[key] = key_node
                 self.pos.keys[path + (key,)] = _mark(key_node)
                 out[key] = self.build(value_node, path + (key,))
             return out
