@@ -55,6 +55,13 @@ class OutOfMemory(NetspecError, MemoryError):
     """A step needed more memory than the machine has; the last checkpoint is kept."""
 
 
+def printable(name):
+    """A file name as one line of output may show it: control characters (a newline would start a
+    line of its own) escaped as in a Python string literal."""
+    name = str(name)
+    return name if name.isprintable() else repr(name)[1:-1]
+
+
 def did_you_mean(word, options):
     """'; did you mean 'x'?' for the closest option, or '' when none is close."""
     match = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)

@@ -7,7 +7,9 @@ data.
 """
 import yaml
 
+from .errors import printable
 from .spec import expand, read_spec_file, spec_to_dict
+
 
 def expanded(path):
     """(flat spec data, origins) of the spec file at ``path``; see ``netspec.spec.expand``."""
@@ -20,25 +22,18 @@ def _flow(value):
     return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10**6).strip()
 
 
-def _printable(name):
-    """A file name as a comment may show it: control characters (a newline would end the comment
-    and inject spec lines) escaped as in a Python string."""
-    name = str(name)
-    return name if name.isprintable() else repr(name)[1:-1]
-
-
 def where_from(chain):
     """'b.yaml:12: block basic, used at a.yaml:30 in block stage, used at a.yaml:41'."""
     f, line, _ = chain[0]
-    text = f"{_printable(f)}:{line}: block {chain[1][2]}"
+    text = f"{printable(f)}:{line}: block {chain[1][2]}"
     for k, (uf, ul, _) in enumerate(chain[1:], 1):
-        text += f", used at {_printable(uf)}:{ul}" + (f" in block {chain[k + 1][2]}" if k + 1 < len(chain) else "")
+        text += f", used at {printable(uf)}:{ul}" + (f" in block {chain[k + 1][2]}" if k + 1 < len(chain) else "")
     return text
 
 
 def to_yaml(flat, origins, source):
     """The flat spec as YAML: one flow mapping per layer, its origin as a comment above it."""
-    lines = [f"# {_printable(source)}, expanded by netspec expand: the flat spec that gets compiled, every default filled"]
+    lines = [f"# {printable(source)}, expanded by netspec expand: the flat spec that gets compiled, every default filled"]
     for key, value in flat.items():
         if key != "layers":
             lines.append(yaml.safe_dump({key: value}, default_flow_style=None if isinstance(value, (dict, list)) else False,

@@ -21,12 +21,14 @@ import csv
 import json
 import math
 import os
+import stat
 import sys
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, printable
 from .numerics import softmax
+from .safeio import file_kind, open_regular
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 PIL_FORMATS = ("PNG", "JPEG", "BMP")  # Pillow decoders we allow: no surprises from exotic formats
@@ -103,14 +105,21 @@ def expand_paths(paths):
 
 def _read(path, Image, ImageOps):
     """The decoded image, upright (EXIF orientation applied), or _Unreadable."""
-    if os.path.isdir(path):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise _Unreadable("a symlink to a missing file" if os.path.islink(path) else "no such file") from None
+    except OSError as exc:  # a symlink loop, a name too long, no permission on a folder
+        raise _Unreadable(f"cannot be read ({exc.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
         raise _Unreadable("folder holds no .png, .jpg, .jpeg or .bmp files")
-    if not os.path.exists(path):
-        raise _Unreadable("no such file")
-    if os.path.getsize(path) == 0:
+    if not stat.S_ISREG(st.st_mode):
+        raise _Unreadable(f"not a regular file: a {file_kind(st.st_mode)}")
+    if st.st_size == 0:
         raise _Unreadable("empty file (0 bytes)")
     try:
-        with Image.open(path, formats=PIL_FORMATS) as img:
+        stream, _ = open_regular(path, "image file", error=_Unreadable)
+        with stream, Image.open(stream, formats=PIL_FORMATS) as img:
             img.load()  # decode now: Image.open reads only the header
             return ImageOps.exif_transpose(img)
     except Image.UnidentifiedImageError:
@@ -361,9 +370,9 @@ def predict_images(model, paths, *, invert="auto", fit=DEFAULT_FIT, fmt="text", 
             rows.append({"path": path, "label": top[0][0], "probability": top[0][1],
                          "top": [{"label": c, "probability": q} for c, q in top], "notes": note})
     for path, reason in skipped:
-        print(f"skipped: {path}: {reason}", file=err)
+        print(f"skipped: {printable(path)}: {reason}", file=err)
     for path, reason in failures:
-        print(f"error: {path}: {reason}", file=err)
+        print(f"error: {printable(path)}: {reason}", file=err)
     if scaling_note and fmt != "json":
         print(f"note: {scaling_note}", file=err)
     _WRITERS[fmt](out, rows, model, scaling_note, invert, fit, failures, skipped)
@@ -374,7 +383,7 @@ def _write_text(out, rows, *_):
     for r in rows:
         top = " ".join(f"{t['label']}:{t['probability']:.3f}" for t in r["top"])
         tail = f"  ({r['notes']})" if r["notes"] else ""
-        print(f"{r['path']}: {r['label']}  p={r['probability']:.3f}  top{len(r['top'])} {top}{tail}", file=out)
+        print(f"{printable(r['path'])}: {r['label']}  p={r['probability']:.3f}  top{len(r['top'])} {top}{tail}", file=out)
 
 
 def _write_json(out, rows, model, scaling_note, invert, fit, failures, skipped):

@@ -9,6 +9,7 @@ tolerance) and, through a briefly trained SimpleConvNet, the same classes.
 import csv
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -449,3 +450,29 @@ def test_without_pillow_the_error_says_what_to_install(monkeypatch, on_canvas):
     monkeypatch.setitem(sys.modules, "PIL", None)
     with pytest.raises(DataError, match=r'pip install "netspec\[image\]"'):
         load_images(on_canvas[:1], SHAPE)
+
+
+def test_special_files_named_like_images_are_named_for_what_they_are(model, on_canvas, tmp_path):
+    """A FIFO or a /dev/zero symlink named .png was "empty file (0 bytes)", a symlink loop "no such file"."""
+    os.mkfifo(tmp_path / "fifo.png")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    out, err = io.StringIO(), io.StringIO()
+    names = ["fifo.png", "zero.png", "loop.png", "dangling.png"]
+    assert predict_images(model, [on_canvas[0]] + [tmp_path / n for n in names], out=out, err=err) == 2
+    assert len(out.getvalue().splitlines()) == 1
+    assert err.getvalue().splitlines() == [
+        f"error: {tmp_path / 'fifo.png'}: not a regular file: a FIFO (named pipe)",
+        f"error: {tmp_path / 'zero.png'}: not a regular file: a character device",
+        f"error: {tmp_path / 'loop.png'}: cannot be read (Too many levels of symbolic links)",
+        f"error: {tmp_path / 'dangling.png'}: a symlink to a missing file"]
+
+
+def test_a_file_name_with_a_newline_cannot_forge_a_prediction_line(model, on_canvas, tmp_path):
+    forged = tmp_path / "a.png\nfake.png: 7  p=1.000"
+    forged.write_bytes(Path(on_canvas[0]).read_bytes())
+    out, err = io.StringIO(), io.StringIO()
+    assert predict_images(model, [forged], out=out, err=err) == 0
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(str(tmp_path / "a.png\\nfake.png: 7  p=1.000") + ": ")

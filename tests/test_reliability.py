@@ -540,3 +540,13 @@ def test_expand_escapes_control_characters_in_file_names(tmp_path, capsys):
     assert any("a\\nlayers: [{type: relu}]\\n#.yaml:2: block b" in c for c in comments)
     flat = yaml.safe_load(out)
     assert [l["type"] for l in flat["layers"]] == ["tanh", "dense"]
+
+
+def test_predict_names_an_input_type_it_does_not_read(model_path, tmp_path, capsys):
+    """x.gif got "expected UTF-8 JSON text ... arrays go in .npy files"."""
+    gif = tmp_path / "x.gif"
+    gif.write_bytes(b"GIF89a\x01\x00\x01\x00")
+    assert main(["predict", str(model_path), str(gif)]) == 2
+    assert capsys.readouterr().err == (f"error: {gif}: '.gif' files are not an input netspec reads; give image "
+                                       "files (.png, .jpg, .jpeg, .bmp) or folders of them, one .npy array, or a "
+                                       "JSON list (inline or .json)\n")
