@@ -23,6 +23,7 @@ import math
 import os
 import stat
 import sys
+import warnings
 
 import numpy as np
 
@@ -119,9 +120,13 @@ def _read(path, Image, ImageOps):
         raise _Unreadable("empty file (0 bytes)")
     try:
         stream, _ = open_regular(path, "image file", error=_Unreadable)
-        with stream, Image.open(stream, formats=PIL_FORMATS) as img:
-            img.load()  # decode now: Image.open reads only the header
-            return ImageOps.exif_transpose(img)
+        with stream, warnings.catch_warnings():
+            # Pillow warns above 89 Mpixel and refuses above 179: between the two netspec decodes
+            # the image and reduces it at once (_shrunk), so the warning is only noise on stderr
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(stream, formats=PIL_FORMATS) as img:
+                img.load()  # decode now: Image.open reads only the header
+                return ImageOps.exif_transpose(img)
     except Image.UnidentifiedImageError:
         raise _Unreadable("not a PNG, JPEG or BMP image") from None
     except PermissionError:
@@ -135,6 +140,7 @@ def _read(path, Image, ImageOps):
 
 def _pixels(img, channels, Image, notes):
     """Float array (channels, H, W) of 0..255 values: grayscale or RGB, no alpha."""
+    img = _shrunk(img)
     if img.mode.startswith("I"):
         # 16-bit PNG: Pillow's convert("L") would clip at 255 instead of scaling
         wide = np.asarray(img, dtype=np.float64) / 257.0
@@ -144,10 +150,21 @@ def _pixels(img, channels, Image, notes):
     if img.mode not in ("L", "RGB"):
         img = img.convert("RGB")  # palette, bilevel, CMYK
     img = img.convert("L" if channels == 1 else "RGB")
-    if max(img.size) > MAX_SIDE:
-        img = img.reduce(math.ceil(max(img.size) / MAX_SIDE))
     a = np.asarray(img, dtype=np.float64)
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def _shrunk(img):
+    """The image reduced by an integer factor to at most MAX_SIDE pixels a side, before anything
+    widens it to floats (a 4000x4000 grey+alpha PNG of 31 KB cost 1.9 GB as float64 before)."""
+    if max(img.size) <= MAX_SIDE:
+        return img
+    factor = math.ceil(max(img.size) / MAX_SIDE)
+    if img.mode in ("P", "PA", "1"):     # reduce works on pixel values, not palette indices
+        img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+    elif img.mode.startswith("I;16"):
+        img = img.convert("I")           # reduce has no 16-bit mode; 32-bit integers keep the values
+    return img.reduce(factor)
 
 
 def _flatten_alpha(img, Image, notes):

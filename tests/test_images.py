@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -476,3 +477,22 @@ def test_a_file_name_with_a_newline_cannot_forge_a_prediction_line(model, on_can
     assert predict_images(model, [forged], out=out, err=err) == 0
     lines = out.getvalue().splitlines()
     assert len(lines) == 1 and lines[0].startswith(str(tmp_path / "a.png\\nfake.png: 7  p=1.000") + ": ")
+
+
+def test_a_large_grey_alpha_image_is_reduced_before_it_becomes_floats(model, tmp_path):
+    """A 31 KB 4000x4000 LA PNG cost 1.9 GB as float64 before it was shrunk; under a 1 GiB
+    address-space limit it is now predicted, alongside the other images of the call."""
+    big = Image.new("LA", (4000, 4000), (0, 0))
+    big.paste(Image.new("LA", (1500, 2500), (255, 255)), (1200, 700))
+    big.save(tmp_path / "big.png")
+    ckpt = tmp_path / "m.npz"
+    from netspec.checkpoint import save_checkpoint
+    save_checkpoint(ckpt, model)
+    child = ("import resource, sys\n"
+             "resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))\n"
+             "from netspec.cli import main\n"
+             f"sys.exit(main(['predict', {str(ckpt)!r}, {str(tmp_path / 'big.png')!r}]))\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{tmp_path / 'big.png'}: ") and "Traceback" not in done.stderr
