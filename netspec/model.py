@@ -110,6 +110,8 @@ class Model:
         x = np.asarray(x)
         if x.dtype.kind not in "biuf":
             raise DataError(f"{where}: expected numbers, found {x.dtype}")
+        if x.size == 0:
+            raise DataError(f"{where}: no samples (an array shaped {list(x.shape)})")
         x = x.astype(self.dtype, copy=False).astype(self.compute_dtype, copy=False)
         shape = self.input_shape
         if x.shape[1:] == shape:
@@ -180,6 +182,7 @@ class Model:
         With ``optimize`` (the default) the inference graph runs: the passes of
         netspec.passes applied to the current weights when the call starts.
         """
+        _check_batch_size(batch_size, allow_none=True)
         x = self.as_input(x)
         run = self.inference()
         if batch_size is None or len(x) <= batch_size:
@@ -239,6 +242,7 @@ class Model:
         classification loss the accuracy (else None) and, with ``confusion=True``,
         the confusion matrix (rows: label, columns: prediction; else None).
         """
+        _check_batch_size(batch_size)
         x = self.as_input(x)
         t = self._batch_targets(t, len(x))
         classify = self.loss_fn.classification
@@ -274,6 +278,13 @@ class Model:
 
     def __repr__(self):
         return f"<netspec.Model {self.name!r}: {len(self.layers)} layers, {self.dtype}>"
+
+
+def _check_batch_size(batch_size, allow_none=False):
+    if batch_size is None and allow_none:
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise DataError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
 
 
 def _round_half(a):

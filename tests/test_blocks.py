@@ -440,3 +440,17 @@ def test_cli_exits_2_without_traceback_for_block_errors(write, capsys):
     assert main(["expand", str(path)]) == 2
     err = capsys.readouterr().err
     assert "unknown parameter 'filtres'" in err and "Traceback" not in err
+
+
+def test_an_expansion_that_would_copy_millions_of_values_is_refused_first():
+    """A body layer with 100,000 explicit init values at repeat 1,000 needed over 4 GB (and at
+    repeat 50, 1.2 GB and 12 s) before validation saw it."""
+    values = [[0.25]] * 100_000
+    spec = {"blocks": {"b": {"layers": [{"type": "dense", "units": 1, "init": {"values": values}}]}},
+            "input": {"shape": [100_000]}, "layers": [{"type": "b", "repeat": 1000}], "loss": "mse"}
+    start = time.process_time()
+    with pytest.raises(SpecError) as exc:
+        netspec.load_spec(spec)
+    assert time.process_time() - start < 5
+    assert str(exc.value) == ("<dict>: layers[0]: block 'b' (100,002 values) used 1,000 times here takes the "
+                              "expanded spec past 5,000,000 values")

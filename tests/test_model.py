@@ -329,3 +329,21 @@ def test_float16_models_round_like_half_precision_hardware():
     assert np.abs(y - full.predict(x)).max() < 5e-3        # float16 is close to float32
     loss, acc, _ = half.evaluate(x, np.array([0, 1, 2, 3]))
     assert np.isfinite(loss) and isinstance(loss, float)
+
+
+def test_api_mistakes_are_data_errors_that_say_what_is_wrong():
+    """predict on no samples said "cannot reshape array of size 0"; batch_size 0 or -1 ended in
+    numpy's own errors; one-hot targets of the wrong width are refused, not scored 0."""
+    m = netspec.compile({"input": {"shape": [2]}, "layers": [{"type": "dense", "units": 3}],
+                         "loss": "softmax_cross_entropy"})
+    x = np.zeros((4, 2))
+    cases = [(lambda: m.predict(np.zeros((0, 2))), "input: no samples (an array shaped [0, 2])"),
+             (lambda: m.predict(x, batch_size=0), "batch_size must be a whole number >= 1, got 0"),
+             (lambda: m.predict(x, batch_size=-1), "batch_size must be a whole number >= 1, got -1"),
+             (lambda: m.evaluate(x, [0, 1, 2, 0], batch_size=0), "batch_size must be a whole number >= 1, got 0"),
+             (lambda: m.accuracy(x, [0, 1, 2]), "targets: 3 targets for 4 samples"),
+             (lambda: m.accuracy(x, np.eye(5)[:4]), "targets: one-hot targets are [5] wide, the model outputs [3]")]
+    for call, message in cases:
+        with pytest.raises(netspec.DataError) as exc:
+            call()
+        assert str(exc.value) == message

@@ -547,6 +547,6 @@ def test_predict_names_an_input_type_it_does_not_read(model_path, tmp_path, caps
     gif = tmp_path / "x.gif"
     gif.write_bytes(b"GIF89a\x01\x00\x01\x00")
     assert main(["predict", str(model_path), str(gif)]) == 2
-    assert capsys.readouterr().err == (f"error: {gif}: '.gif' files are not an input netspec reads; give image "
+    assert capsys.readouterr().err == (f"error: {gif}: '.gif' images are not an input netspec reads; give image "
                                        "files (.png, .jpg, .jpeg, .bmp) or folders of them, one .npy array, or a "
                                        "JSON list (inline or .json)\n")

@@ -111,13 +111,16 @@ def cmd_evaluate(args):
     return 0
 
 
+# image formats netspec does not decode: named as such, not read as JSON text
+OTHER_IMAGE_SUFFIXES = (".gif", ".tif", ".tiff", ".webp", ".heic", ".heif", ".svg", ".ico", ".psd")
+
+
 def _read_input(value, allow_nonfinite=False):
     """An INPUT that is not an image: a .npy or .json file, or inline JSON; finite numbers unless allowed."""
     suffix = os.path.splitext(value)[1].lower()
-    if os.path.lexists(value) and suffix not in (".npy", ".json"):
-        what = f"'{suffix}' files" if suffix else "files without a suffix"
-        raise DataError(f"{value}: {what} are not an input netspec reads; give image files (.png, .jpg, "
-                        ".jpeg, .bmp) or folders of them, one .npy array, or a JSON list (inline or .json)")
+    if suffix in OTHER_IMAGE_SUFFIXES:
+        raise DataError(f"{value}: '{suffix}' images are not an input netspec reads; give image files (.png, "
+                        ".jpg, .jpeg, .bmp) or folders of them, one .npy array, or a JSON list (inline or .json)")
     if value.endswith((".npy", ".json")) or os.path.exists(value):
         return read_input_file(value, allow_nonfinite=allow_nonfinite)
     return check_samples(parse_json_input(value, "INPUT"), "INPUT", allow_nonfinite=allow_nonfinite)

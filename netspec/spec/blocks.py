@@ -50,6 +50,9 @@ USE_KEYS = ("type", "name", "inputs", "repeat", "start")
 MAX_LAYERS = 10_000  # after expansion; a typo'd repeat should not eat the machine
 MAX_INCLUDE_DEPTH = 32
 MAX_BLOCK_DEPTH = 32   # blocks using blocks, this many deep (330 deep exhausted Python's stack)
+# values (numbers, strings...) all block copies may hold together: a 500 KB body repeated 1,000
+# times needed over 4 GB before validation saw it
+MAX_EXPANDED_VALUES = 5_000_000
 
 
 class ParamDecl(Strict):
@@ -264,7 +267,8 @@ class _Locals:
 
 class _Expander:
     def __init__(self, blocks):
-        self.blocks, self._index = blocks, {}
+        self.blocks, self._index, self._sizes = blocks, {}, {}
+        self.values = 0     # values the uses expanded so far will copy (MAX_EXPANDED_VALUES)
         self.layers, self.pos = [], Positions()
         self.origins = []   # per flat layer: [(file, line, block name or None), ...], innermost first
 
@@ -348,6 +352,21 @@ class _Expander:
                      f"unknown input '{ref}' inside block '{body.stack[-1]}'{later}{did_you_mean(ref, known)} "
                      f"(known here: {', '.join(known)})")
 
+    def _size(self, kind):
+        """How many values (leaves) block ``kind``'s body holds, counted once, without recursion."""
+        if kind not in self._sizes:
+            n, stack = 0, [self.blocks[kind].decl.layers]
+            while stack:
+                v = stack.pop()
+                if isinstance(v, dict):
+                    stack.extend(v.values())
+                elif isinstance(v, list):
+                    stack.extend(v)
+                else:
+                    n += 1
+            self._sizes[kind] = n
+        return self._sizes[kind]
+
     def _last_name(self):
         last = self.layers[-1]
         return last.get("name") if isinstance(last, dict) else None
@@ -388,6 +407,11 @@ class _Expander:
             raise _error(subs.get(("repeat",)) or body.where(path + ("repeat",)), format_path(path + ("repeat",)),
                          f"repeat {use.repeat} of block '{kind}' ({len(block.decl.layers)} layers each) expands "
                          f"to more than {MAX_LAYERS:,} layers")
+        copies_n = 1 if use.repeat is None else use.repeat
+        self.values += copies_n * self._size(kind)
+        if self.values > MAX_EXPANDED_VALUES:
+            raise _error(where, format_path(path), f"block '{kind}' ({self._size(kind):,} values) used "
+                         f"{copies_n:,} times here takes the expanded spec past {MAX_EXPANDED_VALUES:,} values")
         args = self._arguments(item, block, body)
         if isinstance(in_names, list) and len(in_names) == 1:
             src = in_names[0]
