@@ -665,3 +665,12 @@ def test_trained_simple_convnet_agrees_on_every_mnist5k_test_image(ort):
     np.testing.assert_array_equal(y.argmax(axis=1), want.argmax(axis=1))
     assert set(want.argmax(axis=1)) == set(range(10))   # every class is predicted somewhere
     assert float((y.argmax(axis=1) == t).mean()) == model.accuracy(x, t)
+
+
+def test_export_to_a_name_near_the_file_name_limit(onnx, checkpoint, tmp_path, capsys):
+    """A valid 236-255 character name failed "File name too long": the temporary added ~20
+    characters to it. Temporaries now have short names of their own."""
+    path, _ = checkpoint
+    out = tmp_path / ("n" * 250 + ".onnx")
+    assert export_cli(["export", str(path), "-o", str(out)]) == 0
+    assert out.is_file() and sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.npz", out.name])
