@@ -3,14 +3,12 @@
 Design: each node runs the layer of the spec entry it started from
 (``node.origin[0]``), through a private copy of that layer that reads the
 node's arrays (a folded weight, say) instead of the layer's own. A fused ReLU is
-applied in place on the node's fresh output. Layers keep what their backward
+applied on the node's output by the ReLU kernel. Layers keep what their backward
 would need; the copy is reset after every call, so no activation outlives its
 last reader (each is dropped then), and running never touches the model's own
 layers: a predict can run beside a training step on the same model.
 """
 import copy
-
-import numpy as np
 
 from .layers import MultiInputLayer
 
@@ -40,8 +38,8 @@ class Executor:
             vars(layer).clear()
             vars(layer).update(pristine)   # drop the caches backward would have used
             if node.activation == "relu":
-                out = _own(out, xs)
-                np.maximum(out, 0, out=out)
+                # the kernel's ReLU (threaded when compiled); a conv writing its ReLU itself is next
+                out = layer.kernels.relu_forward(out)
             if self.finish is not None:
                 out = self.finish(out)
             outs[node.name] = out
@@ -49,8 +47,3 @@ class Executor:
                 del outs[name]
         return outs[self.graph.output]
 
-
-def _own(out, xs):
-    """``out``, or a copy when it is (a view of) one of the node's inputs: in-place work must not
-    change an activation another node reads."""
-    return out.copy() if any(np.shares_memory(out, x) for x in xs) else out

@@ -39,6 +39,7 @@ class Model:
         self.name = spec.name
         self.layers = layers
         self.optimize = optimize   # predict/evaluate run the optimized graph (see inference_graph)
+        self._inference = None     # (graph, log, [(consumed array, its copy)], optimize) of the last inference_graph
         self.loss_fn = loss
         self.dtype = np.dtype(dtype)
         self.half = self.dtype == np.float16
@@ -193,11 +194,20 @@ class Model:
 
     def inference_graph(self):
         """(graph, pass log) that ``predict`` and ``evaluate`` run: the optimized graph of the
-        current weights, or the plain one when the model was compiled with optimize=False."""
+        current weights, or the plain one when the model was compiled with optimize=False.
+
+        The graph is kept while the arrays the passes consumed (weights folded into others)
+        are unchanged: a call compares them with a copy taken when the graph was made.
+        """
+        cached = self._inference
+        if cached is not None and cached[3] == self.optimize and all(np.array_equal(a, c) for a, c in cached[2]):
+            return cached[0], cached[1]
         graph = graph_of_model(self)
-        if not self.optimize:
-            return graph, []
-        return optimize(graph, "predict-float16" if self.half else "predict")
+        graph, log = optimize(graph, "predict-float16" if self.half else "predict") if self.optimize else (graph, [])
+        kept = {key for n in graph.nodes for key in (*n.params.values(), *n.buffers.values())}
+        consumed = [(a, a.copy()) for key, a in {**self.params, **self.buffers}.items() if key not in kept]
+        self._inference = (graph, log, consumed, self.optimize)
+        return graph, log
 
     def inference(self):
         """A function batch -> output in test mode, for the weights as they are now. It never

@@ -13,7 +13,7 @@ pass and how to add one.
   the layer's own eps: ``s = gamma / sqrt(var + eps)``, ``W' = W * s`` per output
   channel, ``b' = (b - mean) * s + beta`` (b = 0 without a bias).
 - ``fuse_relu``: a relu whose input is a conv2d, dense, add or batchnorm read by
-  nothing else is applied in place at the end of that node (conv + bias + ReLU,
+  nothing else becomes part of that node, run right after it (conv + bias + ReLU,
   and the residual add + ReLU).
 """
 import numpy as np

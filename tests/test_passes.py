@@ -270,3 +270,17 @@ def test_netspec_plan_of_a_spec_and_of_a_checkpoint(capsys, tmp_path):
     assert out[0] == f"plan of {tmp_path / 'run' / 'model.npz'} (checkpoint, float64), mode predict, batch 100"
     assert "    folded bn1 into conv1" in out and "    fused relu1 into conv1" in out
     assert out[-2] == f"weights: {(2 * 3 * 9 + 2 + 2 + 2 + 2 + 2 + 2 * 16 * 2 + 2) * 8 / 2**20:.2f} MB"
+
+
+def test_the_inference_graph_is_kept_until_a_folded_weight_changes():
+    plain, fast = plain_and_optimized(SPECS_DIR / "resnet_fashion.yaml", "float64")
+    first, _ = fast.inference_graph()
+    assert fast.inference_graph()[0] is first            # nothing changed: the same graph
+    x = sample_input(plain)
+    fast.params["stem_bn.gamma"][0] *= -3.0              # in place, as an optimizer step does
+    plain.params["stem_bn.gamma"][0] *= -3.0
+    assert fast.inference_graph()[0] is not first
+    assert_close(fast.predict(x), plain.predict(x), "float64")
+    fast.params["fc.W"][...] += 1.0                      # a weight used as it is: read in place
+    plain.params["fc.W"][...] += 1.0
+    assert_close(fast.predict(x), plain.predict(x), "float64")
