@@ -35,6 +35,22 @@ def _sole_reader(graph, name):
     return readers[0] if len(readers) == 1 and readers[0] != "<output>" else None
 
 
+def _host(graph, node, ops):
+    """The node feeding ``node`` when ``node`` may merge into it: one of ``ops``, no activation
+    fused yet, and read by ``node`` alone; else None."""
+    host = next((n for n in graph.nodes if n.name == node.inputs[0]), None)
+    if host is None or host.op not in ops or host.activation or _sole_reader(graph, host.name) != node.name:
+        return None
+    return host
+
+
+def _merge(graph, node, host, new_host, arrays=None):
+    """The graph with ``host`` replaced by ``new_host`` and ``node`` removed (its readers read the host)."""
+    graph = graph.replace(nodes=tuple(new_host if n.name == host.name else n for n in graph.nodes),
+                          arrays={**graph.arrays, **(arrays or {})})
+    return _rewire(graph, node.name, host.name)
+
+
 def _named(graph, op):
     """Names of the nodes doing ``op``: a pass fetches each node again (``graph.node``) when it gets
     to it, since an earlier rewrite may have changed its inputs."""
@@ -54,8 +70,8 @@ def fold_batchnorm(graph):
     log = []
     for name in _named(graph, "batchnorm"):
         bn = graph.node(name)
-        host = next((n for n in graph.nodes if n.name == bn.inputs[0]), None)
-        if host is None or host.op not in FOLDABLE_INTO or host.activation or _sole_reader(graph, host.name) != bn.name:
+        host = _host(graph, bn, FOLDABLE_INTO)
+        if host is None:
             continue
         # new keys record the history: c.W -> c.W+bn1 (-> c.W+bn1+bn2 for a second fold)
         key_w = f"{host.params['W']}+{bn.name}"
@@ -64,9 +80,7 @@ def fold_batchnorm(graph):
         arrays = _folded_arrays(graph, host, bn, key_w, key_b) if graph.arrays else {}
         new_host = host.replace(params={"W": key_w, "b": key_b}, origin=host.origin + bn.origin,
                                 attrs={**host.attrs, "bias": True})
-        graph = graph.replace(nodes=tuple(new_host if n.name == host.name else n for n in graph.nodes),
-                              arrays={**graph.arrays, **arrays})
-        graph = _rewire(graph, bn.name, host.name)
+        graph = _merge(graph, bn, host, new_host, arrays)
         log.append(f"folded {bn.name} into {host.name}")
     return graph, log
 
@@ -90,12 +104,11 @@ def fuse_relu(graph):
     log = []
     for name in _named(graph, "relu"):
         relu = graph.node(name)
-        host = next((n for n in graph.nodes if n.name == relu.inputs[0]), None)
-        if host is None or host.op not in RELU_HOSTS or host.activation or _sole_reader(graph, host.name) != relu.name:
+        host = _host(graph, relu, RELU_HOSTS)
+        if host is None:
             continue
         new_host = host.replace(activation="relu", origin=host.origin + relu.origin, flops=host.flops + relu.flops)
-        graph = graph.replace(nodes=tuple(new_host if n.name == host.name else n for n in graph.nodes))
-        graph = _rewire(graph, relu.name, host.name)
+        graph = _merge(graph, relu, host, new_host)
         log.append(f"fused {relu.name} into {host.name}")
     return graph, log
 
