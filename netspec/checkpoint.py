@@ -20,7 +20,7 @@ import numpy as np
 
 from . import jsonout
 from ._version import __version__
-from .atomic import atomic_write
+from .atomic import atomic_write, remove_dead_temporaries
 from .compiler import compile
 from .errors import CheckpointError, DataError, NetspecError
 from .safeio import load_npz
@@ -47,7 +47,9 @@ def save_checkpoint(path, model, optimizer=None, trainer_state=None, extra_array
     }
     arrays["meta"] = np.array(jsonout.dumps(meta))
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    remove_dead_temporaries(folder)   # left by a writer killed here earlier (a kill -9 mid-save)
     with atomic_write(path, "wb", prefix=".model-", suffix=".npz.tmp") as f:
         np.savez(f, **arrays)
     return path

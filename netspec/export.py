@@ -41,12 +41,13 @@ or ``netspec export --dtype float32``). Opsets 7 (the oldest ONNX Runtime
 supports) up to the newest the installed onnx knows are accepted.
 """
 import json
+import os
 import math
 
 import numpy as np
 
 from ._version import __version__
-from .atomic import atomic_write
+from .atomic import atomic_write, remove_dead_temporaries
 from .errors import NetspecError
 from .spec import spec_to_dict
 
@@ -404,6 +405,7 @@ def _model_proto(model, graph, g, onnx, opset, in_shape, output, out_shape):
 def _write(proto, path):
     """Write atomically (see netspec.atomic): never a half-written model."""
     try:
+        remove_dead_temporaries(os.path.dirname(os.path.abspath(path)))
         with atomic_write(path, "wb") as f:
             f.write(proto.SerializeToString())
     except OSError as exc:

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import yaml
 
+from extras import has
+
 import netspec
 from netspec.checkpoint import read_checkpoint
 from netspec.cli import main
@@ -550,3 +552,45 @@ def test_predict_names_an_input_type_it_does_not_read(model_path, tmp_path, caps
     assert capsys.readouterr().err == (f"error: {gif}: '.gif' images are not an input netspec reads; give image "
                                        "files (.png, .jpg, .jpeg, .bmp) or folders of them, one .npy array, or a "
                                        "JSON list (inline or .json)\n")
+
+
+def _killed_writer(folder, prefix, suffix):
+    """The temporary a process killed with SIGKILL in the middle of an atomic write leaves, and its pid."""
+    child = ("import os, signal, sys\n"
+             "from netspec.atomic import atomic_write\n"
+             f"with atomic_write(os.path.join(sys.argv[1], 'out'), 'wb', prefix={prefix!r}, suffix={suffix!r}) as f:\n"
+             "    f.write(b'half a file'); f.flush()\n"
+             "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    before = set(os.listdir(folder))
+    done = subprocess.run([sys.executable, "-c", child, str(folder)], capture_output=True, timeout=60)
+    assert done.returncode == -signal.SIGKILL
+    left = sorted(set(os.listdir(folder)) - before)
+    assert len(left) == 1 and left[0].endswith(suffix)
+    return folder / left[0]
+
+
+def test_a_kill_during_export_or_save_leaves_a_temporary_the_next_write_removes(tmp_path):
+    """kill -9 during export left hidden .netspec-*.tmp files in the -o folder that nothing removed.
+    Temporaries carry their writer's pid; a write removes those of writers no longer running, and
+    leaves alone a running writer's, one without a pid, and files that merely look alike."""
+    from netspec.atomic import TEMP_NAME
+    from netspec.checkpoint import save_checkpoint
+    dead_export = _killed_writer(tmp_path, ".netspec-", ".tmp")
+    dead_save = _killed_writer(tmp_path, ".model-", ".npz.tmp")
+    assert TEMP_NAME.fullmatch(dead_export.name).group("pid") is not None
+    live = tmp_path / f".netspec-{os.getpid()}_abcd1234.tmp"     # this test's own process is running
+    no_pid = tmp_path / ".netspec-k1ll3d0x.tmp"                  # written before temporaries named their pid
+    lookalike = tmp_path / "notes-123_x.tmp"
+    for p in (live, no_pid, lookalike):
+        p.write_text("keep")
+    model = netspec.compile({"input": {"shape": [2]}, "layers": [{"type": "dense", "units": 1}], "loss": "mse"})
+    save_checkpoint(tmp_path / "m.npz", model)
+    assert not dead_export.exists() and not dead_save.exists()
+    assert all(p.read_text() == "keep" for p in (live, no_pid, lookalike))
+    assert sorted(os.listdir(tmp_path)) == sorted(["m.npz", live.name, no_pid.name, lookalike.name])
+    if has("onnx"):
+        again = _killed_writer(tmp_path, ".netspec-", ".tmp")
+        done = netspec_cli("export", tmp_path / "m.npz", "-o", tmp_path / "m.onnx", timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert not again.exists()
+        assert sorted(os.listdir(tmp_path)) == sorted(["m.npz", "m.onnx", live.name, no_pid.name, lookalike.name])
