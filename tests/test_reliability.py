@@ -594,3 +594,22 @@ def test_a_kill_during_export_or_save_leaves_a_temporary_the_next_write_removes(
         assert done.returncode == 0, done.stderr
         assert not again.exists()
         assert sorted(os.listdir(tmp_path)) == sorted(["m.npz", "m.onnx", live.name, no_pid.name, lookalike.name])
+
+
+def test_an_include_of_a_file_that_is_not_a_spec_echoes_none_of_its_content(tmp_path):
+    """include: [/etc/shadow] printed its password hashes back as 'unknown key' errors."""
+    secret = "root:$y$j9T$s3cr3th4sh:19000:0:99999:7:::\nadmin:*:19000:0:99999:7:::\n"
+    (tmp_path / "shadow").write_text(secret)
+    (tmp_path / "shadow.yaml").write_text(secret)
+    body = "input: {shape: [2]}\nlayers: [{type: dense, units: 1}]\nloss: mse\n"
+    for target, message in [
+            ("shadow", "s.yaml:1:11: include[0]: include 'shadow' is not a spec file: expected a name ending "
+                       "in .yaml, .yml, .json"),
+            ("shadow.yaml", "shadow.yaml:1:1: an included file must be a mapping with a 'blocks' key (it has "
+                            "none) (included via s.yaml -> shadow.yaml)")]:
+        (tmp_path / "s.yaml").write_text(f"include: [{target}]\n" + body)
+        for command in ("validate", "expand", "run"):
+            done = netspec_cli(command, "s.yaml", cwd=tmp_path, timeout=60)
+            assert (done.returncode, done.stdout) == (2, ""), (command, done.stdout)
+            assert done.stderr.splitlines() == [f"error: {message}"], (command, done.stderr)
+            assert "s3cr3t" not in done.stderr and "admin" not in done.stderr

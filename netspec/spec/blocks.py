@@ -142,6 +142,8 @@ _WANTED = {"int": "an integer", "float": "a number", "bool": "true or false", "s
 
 # --- includes ------------------------------------------------------------------
 
+INCLUDE_SUFFIXES = (".yaml", ".yml", ".json")
+
 def _validate_library(data, pos, source, root):
     """Validate block definitions (a spec's head, or an included file) with positioned errors."""
     if not isinstance(data, dict):
@@ -181,7 +183,18 @@ def _collect(lib, pos, source, chain, blocks, loaded):
                          + _chain_text(chain))
         if not os.path.isfile(path):
             raise _error(where, f"include[{k}]", f"include '{rel}' is not a file ({os.path.abspath(path)})")
+        if os.path.splitext(path)[1].lower() not in INCLUDE_SUFFIXES:
+            # an include names a spec file; any other file is refused unread, so that none of its
+            # content is echoed back in an error (include: [/etc/shadow] printed its lines)
+            raise _error(where, f"include[{k}]", f"include '{rel}' is not a spec file: expected a name ending in "
+                         f"{', '.join(INCLUDE_SUFFIXES)}")
         data, sub_pos = read_spec_file(path)
+        if isinstance(data, dict) and not data.keys() & {"blocks", "include"}:
+            # a mapping with neither key is not a block library: say so without listing its keys
+            _, line, col = sub_pos.locate((), path)
+            raise SpecError([dict(file=path, line=line, column=col, path="",
+                                  message="an included file must be a mapping with a 'blocks' key (it has none)"
+                                  + _chain_text(chain + [path]))], file=path)
         sub = _validate_library(data, sub_pos, path, BlockLibrary)
         _collect(sub, sub_pos, path, chain + [path], blocks, loaded)
         loaded.add(real)
