@@ -13,12 +13,18 @@ Launched without ``mpiexec`` (or with one process) nothing here imports mpi4py:
 ``world()`` is a serial stand-in whose collectives do nothing. Under ``mpiexec``
 with more than one process, mpi4py is required (``pip install "netspec[mpi]"``).
 
+Every rank must train the same spec on the same data: before the first step the
+ranks compare their specs (data paths aside) and a checksum of their arrays, and
+refuse to start, with one error line, when any rank differs from rank 0 (a host
+whose data file differs would otherwise train silently on a mix).
+
 Failure: an exception on one rank while the others wait in a collective would
 hang the job, so ``guard()`` reports it on stderr and calls ``Abort``, which ends
 every rank. Errors every rank hits alike (a spec mistake, a diverged loss, a
 signal) are agreed on collectively and reported once, by rank 0.
 """
 import contextlib
+import hashlib
 import os
 import sys
 import time
@@ -28,6 +34,7 @@ import numpy as np
 
 from . import errors
 from .errors import NetspecError
+from .spec import first_difference
 
 # What MPI launchers put in the environment: MPICH/Intel MPI (Hydra), Open MPI, MVAPICH.
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
@@ -161,6 +168,41 @@ def agree(comm, fn):
     rank, (kind, message) = first
     error = failure if failure is not None and rank == comm.rank else _remote(kind, message, rank)
     raise CollectiveError(error)
+
+
+def data_checksum(arrays):
+    """A checksum of named arrays (values, dtypes and shapes), to compare across ranks."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, a in arrays.items():
+        a = np.ascontiguousarray(a)
+        h.update(f"{name} {a.dtype.str} {a.shape};".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def check_same_inputs(comm, spec, arrays):
+    """Raise, on every rank alike, if any rank's spec (its train.data aside) or data differs from rank 0's.
+
+    ``spec`` is the spec as a plain dict, ``arrays`` the data by name. Data paths are left out of the comparison (a
+    relative path pins to different folders on different hosts); the data they hold is
+    compared by checksum instead. Every rank reaches this after setup succeeded on all.
+    """
+    if comm.size == 1:
+        return
+    model_part = {k: v for k, v in spec.items() if k != "train"}
+    model_part["train"] = {k: v for k, v in (spec.get("train") or {}).items() if k != "data"}
+    facts = comm.allgather((model_part, data_checksum(arrays)))
+    first_spec, first_data = facts[0]
+    for rank, (other_spec, other_data) in enumerate(facts[1:], 1):
+        if other_spec != first_spec:
+            where = first_difference(first_spec, other_spec)
+            raise CollectiveError(errors.SpecError(
+                f"rank {rank} of {comm.size} was given a different spec than rank 0{where}: every rank must "
+                "run the same spec"))
+        if other_data != first_data:
+            raise CollectiveError(errors.DataError(
+                f"rank {rank} of {comm.size} loaded different data than rank 0 (checksum {other_data[:12]} vs "
+                f"{first_data[:12]}): every rank must read the same dataset; check the data files on each host"))
 
 
 def _remote(kind, message, rank):

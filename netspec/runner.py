@@ -13,10 +13,10 @@ from .checkpoint import model_from_checkpoint, read_checkpoint
 from .compiler import compile
 from .data import load_data
 from .data.sources import pin_paths
-from .distributed import agree, world
+from .distributed import agree, check_same_inputs, world
 from .errors import RunDirError, SpecError
 from .rundir import RunDir, default_run_dir
-from .spec import load_spec
+from .spec import first_difference, load_spec, spec_to_dict
 from .trainer import Trainer
 
 
@@ -45,8 +45,21 @@ def trainer_for(spec, *, out=None, epochs=None, dtype=None, quiet=False, progres
     An ``out`` that already holds a run is refused unless ``force`` replaces it.
     """
     comm = world()
-    return agree(comm, lambda: _fresh_trainer(comm, spec, out, epochs, dtype, quiet, progress, callbacks,
-                                              save, data, force))
+    tr = agree(comm, lambda: _fresh_trainer(comm, spec, out, epochs, dtype, quiet, progress, callbacks,
+                                            save, data, force))
+    return _same_everywhere(comm, tr)
+
+
+def _same_everywhere(comm, tr):
+    """The trainer, once every rank is known to hold the same spec and data (see check_same_inputs)."""
+    try:
+        check_same_inputs(comm, spec_to_dict(tr.model.spec), {"x_train": tr.x_train, "t_train": tr.t_train,
+                                                             "x_test": tr.x_test, "t_test": tr.t_test})
+    except BaseException:
+        if tr.files:
+            tr.files.release()
+        raise
+    return tr
 
 
 def _fresh_trainer(comm, spec, out, epochs, dtype, quiet, progress, callbacks, save, data, force):
@@ -98,14 +111,14 @@ def resume_trainer(run_dir, *, epochs=None, quiet=False, progress=None, callback
         if mine:
             mine.release()
         raise
-    return tr
+    return _same_everywhere(comm, tr)
 
 
 def _check_resolved_spec(files, meta):
     written = files.resolved_spec()
     if written is not None and written != meta.get("spec"):
         raise RunDirError(f"{files.file('spec.resolved.json')} differs from the spec stored in "
-                          f"{files.checkpoint_path}{_first_difference(written, meta.get('spec'))}: a resumed "
+                          f"{files.checkpoint_path}{first_difference(written, meta.get('spec'))}: a resumed "
                           "run continues the checkpoint's spec. Restore the file (or delete it), or start "
                           "a new run from the edited spec with --out")
 
@@ -121,19 +134,6 @@ def _restored_trainer(comm, files, meta, arrays, epochs, quiet, progress, callba
         tr.epochs = math.ceil(tr.total_steps / tr.steps_per_epoch)
     tr.restore(meta, arrays)
     return tr
-
-
-def _first_difference(a, b, path=""):
-    """' (first at <key path>)' for two JSON-like values, or '' when equal."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in list(a) + [k for k in b if k not in a]:
-            if a.get(k) != b.get(k):
-                return _first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
-    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        for i, (x, y) in enumerate(zip(a, b)):
-            if x != y:
-                return _first_difference(x, y, f"{path}[{i}]")
-    return f" (first at {path})" if path and a != b else ""
 
 
 def train(spec, *, out=None, epochs=None, dtype=None, quiet=True, progress=False, callbacks=(), save=False,

@@ -248,3 +248,56 @@ def _test_set(spec_path):
     spec = netspec.load_spec(spec_path)
     d = load_spec_data(spec, np.float32)
     return d.x_test, d.t_test
+
+
+def mpirun_mpmd(first, second, env=None, timeout=TIMEOUT):
+    """One rank runs ``first``, the other ``second`` (MPI's multiple-program launch)."""
+    e = dict(os.environ)
+    e.pop("OMP_NUM_THREADS", None)
+    e.update(env or {})
+    return subprocess.run([MPIEXEC, "-n", "1", *first, ":", "-n", "1", *second], capture_output=True, text=True,
+                          timeout=timeout, env=e)
+
+
+def test_ranks_given_different_specs_refuse_to_start_with_one_line(tmp_path):
+    """A mismatched spec on one rank ended in a raw MPI_Abort stack (exit 142)."""
+    a = write_spec(tmp_path, base_spec(steps=4), "a.yaml")
+    other = base_spec(steps=4)
+    other["layers"][3]["units"] = 16
+    b = write_spec(tmp_path, other, "b.yaml")
+    run = tmp_path / "r"
+    out = mpirun_mpmd([*NETSPEC, "run", str(a), "--out", str(run), "--no-progress"],
+                      [*NETSPEC, "run", str(b), "--out", str(run), "--no-progress"])
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr.splitlines() == ["error: rank 1 of 2 was given a different spec than rank 0 (first at "
+                                       "layers[3].units): every rank must run the same spec"]
+    assert not (run / "model.npz").exists() and not (run / "metrics.jsonl").exists()
+
+
+def test_ranks_that_load_different_data_refuse_to_start_with_one_line(tmp_path):
+    """Ranks whose data file differed (another host's copy) trained silently on the mix. The same
+    spec with its relative data path in two folders: the specs agree, the data does not."""
+    rng = np.random.default_rng(0)
+    specs = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        x = rng.random((20, 1, 28, 28)).astype(np.float32)
+        t = rng.integers(0, 10, 20)
+        np.savez(tmp_path / folder / "data.npz", x_train=x, t_train=t, x_test=x[:5], t_test=t[:5])
+        spec = base_spec(steps=4)
+        spec["train"]["data"] = {"source": "npz", "path": "data.npz"}
+        specs.append(write_spec(tmp_path / folder, spec))
+    run = tmp_path / "r"
+    out = mpirun_mpmd([*NETSPEC, "run", str(specs[0]), "--out", str(run), "--no-progress"],
+                      [*NETSPEC, "run", str(specs[1]), "--out", str(run), "--no-progress"])
+    assert (out.returncode, out.stdout) == (2, "")
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: rank 1 of 2 loaded different data than rank 0 (checksum ")
+    assert lines[0].endswith("): every rank must read the same dataset; check the data files on each host")
+    assert not (run / "model.npz").exists()
+    # the same data in both folders: the two specs train together
+    (tmp_path / "b" / "data.npz").write_bytes((tmp_path / "a" / "data.npz").read_bytes())
+    out = mpirun_mpmd([*NETSPEC, "run", str(specs[0]), "--out", str(run), "--no-progress"],
+                      [*NETSPEC, "run", str(specs[1]), "--out", str(run), "--no-progress"])
+    assert out.returncode == 0, out.stderr
+    assert (run / "model.npz").exists()

@@ -15,7 +15,7 @@ from .issues import issue, issues_from, kind_of
 from .loader import Positions, check_depth, parse_text, read_spec_file
 from .models import FORMAT_VERSION, NetSpec
 
-__all__ = ["load_spec", "NetSpec", "FORMAT_VERSION", "json_schema", "spec_to_dict", "expand"]
+__all__ = ["load_spec", "NetSpec", "FORMAT_VERSION", "json_schema", "spec_to_dict", "expand", "first_difference"]
 
 def load_spec(spec, *, source=None):
     """Return a validated NetSpec from a path, a dict, or a NetSpec (returned as is)."""
@@ -85,3 +85,16 @@ def spec_to_dict(spec):
         if not d.get(key):
             d.pop(key, None)
     return d
+
+
+def first_difference(a, b, path=""):
+    """' (first at <key path>)' for two JSON-like values, or '' when equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            if a.get(k) != b.get(k):
+                return first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return first_difference(x, y, f"{path}[{i}]")
+    return f" (first at {path})" if path and a != b else ""
