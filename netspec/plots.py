@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 
+from .atomic import atomic_write
 from .numerics import class_labels
 
 
@@ -16,6 +17,12 @@ def _pyplot():
         return plt
     except ImportError:
         return None
+
+
+def _save(fig, path):
+    """Write a PNG atomically: a symlink left at ``path`` is replaced, its target never written."""
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=80)
 
 
 def save_plots(trainer):
@@ -52,7 +59,7 @@ def plot_curves(plt, history, path):
         axes[1].axis("off")
     axes[1].set_xlabel("epoch")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -70,7 +77,7 @@ def plot_misclassified(plt, model, x, t, path, count=20):
         ax.set_title(f"{labels[i]} -> {y[i]}", fontsize=9)
     fig.suptitle(f"first {len(wrong)} misclassified test images (label -> prediction)")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -85,6 +92,6 @@ def plot_filters(plt, W, path, limit=32):
         if k < n:
             ax.imshow(W[k, 0], cmap="gray", interpolation="nearest")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    _save(fig, path)
     plt.close(fig)
     return path

@@ -21,6 +21,7 @@ import contextlib
 import errno
 import json
 import os
+import stat
 import time
 
 from . import jsonout
@@ -44,14 +45,26 @@ def default_run_dir(spec):
 
 
 def _open_no_follow(path, flags):
-    """os.open that refuses a symlink (ELOOP, reported as "not a regular file: a symlink")."""
+    """os.open of a run directory's own regular file: a symlink, a FIFO or device, or a file with
+    other hard links (whose content lives outside the run directory too) is refused."""
     try:
-        return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        # O_NONBLOCK: opening a FIFO to write fails at once instead of waiting for a reader
+        fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), 0o666)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise RunDirError(f"{path} is a symlink; a run directory holds only its own files "
                               "(remove the link)") from None
+        if exc.errno == errno.ENXIO:
+            raise RunDirError(f"{path} is not a regular file (a FIFO); remove it") from None
         raise
+    st = os.fstat(fd)
+    problem = ("is not a regular file" if not stat.S_ISREG(st.st_mode) else
+               f"has {st.st_nlink - 1} other hard link{'s' if st.st_nlink > 2 else ''} (its content is shared "
+               "with a file outside the run directory)" if st.st_nlink > 1 else None)
+    if problem:
+        os.close(fd)
+        raise RunDirError(f"{path} {problem}; a run directory holds only its own files (remove it)")
+    return fd
 
 
 @contextlib.contextmanager
