@@ -4,13 +4,14 @@ Usage:  python benchmarks/_worker.py '{"framework": "netspec", "case": "deep_con
 
 Frameworks: ``netspec`` (compiled kernels; NETSPEC_REQUIRE_CYTHON is set by the parent so
 a missing build fails instead of falling back), ``numpy`` (netspec with
-NETSPEC_PUREPYTHON=1), ``torch`` (the same networks built with torch.nn) and ``blas``
+NETSPEC_PUREPYTHON=1), ``torch`` (the same networks built with torch.nn), ``ort``
+(onnxruntime on the ONNX model netspec exported, predict only) and ``blas``
 (numpy's float32 matmul, for the peak). A netspec or numpy job never imports torch and a
 torch job never imports netspec, so neither library's thread pools exist in the other's
 process.
 
-Cases: ``<net>.train`` and ``<net>.predict`` for net in simple_convnet, deep_convnet
-(float32, batch 100); ``float16`` (netspec only: deep_convnet predict of 300 images in
+Cases: ``<net>.train`` and ``<net>.predict`` for net in simple_convnet, deep_convnet,
+resnet_fashion (float32, batch 100; the ResNet's torch twin is built from its flat spec); ``float16`` (netspec only: deep_convnet predict of 300 images in
 batches of 100, float32 then float16, in the same process); ``kernels`` (the im2col,
 col2im, conv, max-pool and Adam rows); ``sgemm`` (blas only).
 
@@ -250,7 +251,99 @@ def torch_net(name):
                              *conv(32, 64), *conv(64, 64), nn.MaxPool2d(2, 2), nn.Flatten(),
                              nn.Linear(64 * 4 * 4, 50), nn.ReLU(), nn.Dropout(0.5),
                              nn.Linear(50, 10), nn.Dropout(0.5))
-    raise KeyError(name)
+    return TorchGraph(flat_spec(name))
+
+
+def flat_spec(name):
+    """The flat layer list of specs/<name>.yaml, as `netspec expand --json` wrote it for this run
+    (the parent writes it: a torch process never imports netspec)."""
+    with open(os.path.join(HERE, "_out", f"{name}.flat.json")) as f:
+        return json.load(f)
+
+
+def _torch_graph_class():
+    import torch
+    from torch import nn
+
+    class Graph(nn.Module):
+        """A flat netspec spec (layers with optional named inputs) as torch.nn modules, run in order.
+
+        Covers the layer types the benchmarked specs use (conv2d, batchnorm, relu, maxpool2d, add,
+        globalavgpool2d, dense, dropout); the same shapes as netspec's, torch's own initialisation.
+        """
+
+        def __init__(self, spec):
+            super().__init__()
+            shape = {"input": tuple(spec["input"]["shape"])}
+            self.plan, self.mods = [], nn.ModuleList()
+            prev = "input"
+            for layer in spec["layers"]:
+                kind, name = layer["type"], layer["name"]
+                inputs = layer.get("inputs") or [prev]
+                c, h, w = (shape[inputs[0]] + (1, 1))[:3]
+                if kind == "conv2d":
+                    kh, kw = layer["kernel"]
+                    s, p = layer["stride"], layer["pad"]
+                    mod = nn.Conv2d(c, layer["filters"], (kh, kw), s, p, bias=layer["bias"])
+                    out = (layer["filters"], (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1)
+                elif kind == "batchnorm":
+                    mod, out = nn.BatchNorm2d(c, eps=layer["eps"], momentum=1 - layer["momentum"]), (c, h, w)
+                elif kind == "relu":
+                    mod, out = nn.ReLU(), shape[inputs[0]]
+                elif kind == "dropout":
+                    mod, out = nn.Dropout(layer["ratio"]), shape[inputs[0]]
+                elif kind == "maxpool2d":
+                    kh, kw = layer["size"]
+                    stride = layer["stride"] or [kh, kw]
+                    stride = stride if isinstance(stride, list) else [stride, stride]
+                    p = layer["pad"]
+                    mod = nn.MaxPool2d((kh, kw), tuple(stride), p)
+                    out = (c, (h + 2 * p - kh) // stride[0] + 1, (w + 2 * p - kw) // stride[1] + 1)
+                elif kind == "add":
+                    mod, out = None, shape[inputs[0]]
+                elif kind == "globalavgpool2d":
+                    mod, out = nn.AdaptiveAvgPool2d(1), (c,)
+                elif kind == "dense":
+                    n_in = 1
+                    for d in shape[inputs[0]]:
+                        n_in *= d
+                    mod, out = nn.Sequential(nn.Flatten(), nn.Linear(n_in, layer["units"], bias=layer["bias"])), \
+                        (layer["units"],)
+                else:
+                    raise KeyError(f"layer type {kind!r} has no torch twin here")
+                self.plan.append((name, kind, inputs, len(self.mods) if mod is not None else None))
+                if mod is not None:
+                    self.mods.append(mod)
+                shape[name] = out
+                prev = name
+
+        def forward(self, x):
+            values = {"input": x}
+            for name, kind, inputs, m in self.plan:
+                if kind == "add":
+                    y = values[inputs[0]]
+                    for other in inputs[1:]:
+                        y = y + values[other]
+                else:
+                    y = self.mods[m](values[inputs[0]])
+                    if kind == "globalavgpool2d":
+                        y = torch.flatten(y, 1)
+                values[name] = y
+            return y
+
+    return Graph
+
+
+def TorchGraph(spec):
+    return _torch_graph_class()(spec)
+
+
+def torch_optimizer(name, params):
+    """The optimizer of specs/<name>.yaml in torch (Adam for the book's nets, Nesterov SGD for the ResNet)."""
+    import torch
+    if name == "resnet_fashion":
+        return torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    return torch.optim.Adam(params, lr=1e-3)
 
 
 def torch_job(case, args):
@@ -271,7 +364,7 @@ def torch_job(case, args):
                 return net(x)
         return {case: measure(predict, args["timing"])}, {}
     net.train()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    opt = torch_optimizer(name, net.parameters())
 
     def step():
         opt.zero_grad()
@@ -349,6 +442,33 @@ def run_kernel_cases(cases, args):
     return rows
 
 
+# --- onnxruntime ---------------------------------------------------------------------
+
+def ort_job(case, args):
+    """Predict of batch 100 with onnxruntime on the model netspec exported (benchmarks/_out/<net>.onnx,
+    written by the parent from the same seeded spec), intra-op threads as the parent says."""
+    import numpy as np
+    import onnxruntime as ort
+    name, what = case.split(".")
+    if what != "predict":
+        raise SystemExit(f"onnxruntime runs predict only, not {case}")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = args["threads"]
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    sess = ort.InferenceSession(os.path.join(HERE, "_out", f"{name}.onnx"), opts,
+                                providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    shape = [BATCH] + [d for d in inp.shape[1:]]
+    x = np.random.default_rng(0).random(shape).astype(np.float32)
+    return {case: measure(lambda: sess.run(None, {inp.name: x}), args["timing"])}, {}
+
+
+def ort_info():
+    import onnxruntime as ort
+    return {"onnxruntime": ort.__version__, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
+
+
 def sgemm_job(args):
     """Float32 matmul GFLOP/s of a large square product through numpy (the peak)."""
     import numpy as np
@@ -368,6 +488,11 @@ def main():
         pools = limit_threads(threads)
         rows, extra = torch_job(case, args)
         info = torch_info()
+    elif fw == "ort":
+        import onnxruntime  # noqa: F401
+        pools = limit_threads(threads)
+        rows, extra = ort_job(case, args)
+        info = ort_info()
     elif fw == "blas":
         import numpy  # noqa: F401  (load the BLAS before capping it)
         pools = limit_threads(threads)
@@ -383,6 +508,8 @@ def main():
         else:
             rows, extra = netspec_job(case, args)
         info = netspec_info()
+    if fw != "netspec" and fw != "numpy" and "netspec" in sys.modules:
+        sys.exit("netspec was imported into another framework's process: the timings are not valid")
     if fw != "torch" and "torch" in sys.modules:  # its thread pool would compete with netspec's
         sys.exit("torch was imported into a netspec process: the timings are not valid")
     info["pools"] = pools

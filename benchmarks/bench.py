@@ -2,16 +2,18 @@
 
 Usage:
     python benchmarks/bench.py [--quick] [--write] [--force] [--contended [--pin-spinner CPU]]
-                               [--rounds N] [--threads 1,2] [--skip-kernels]
+                               [--rounds N] [--threads 1,2] [--skip-kernels] [--no-numpy] [--no-ort]
 
-Workloads (float32, batch 100): simple_convnet and deep_convnet train steps (forward,
-backward and Adam update) and predicts; deep_convnet float16 vs float32 inference of 300
+Workloads (float32, batch 100): simple_convnet, deep_convnet and resnet_fashion train steps
+(forward, backward and the spec's optimizer update: Adam, Adam, Nesterov SGD) and predicts; deep_convnet float16 vs float32 inference of 300
 images (netspec only); the peak memory of each train step; kernel rows (im2col, col2im,
 conv forward/backward, max-pool, Adam) unless --skip-kernels; with --contended, a
 deep_convnet train step at 2 threads while another process spins on one core.
 Frameworks: ``netspec`` (compiled kernels), ``numpy`` (the same code with
-NETSPEC_PUREPYTHON=1) and ``torch`` (the same architectures in torch.nn, when torch is
-installed), each at every thread count of --threads (default 1 and 2), plus numpy's
+NETSPEC_PUREPYTHON=1), ``torch`` (the same architectures in torch.nn, when torch is
+installed; the ResNet's twin is built from its flat spec) and ``ort`` (onnxruntime running the
+ONNX model netspec exported from the same seeded spec, predict rows only, when onnx and
+onnxruntime are installed), each at every thread count of --threads (default 1 and 2), plus numpy's
 float32 matmul on a large square matrix as the peak the train steps are compared with.
 
 The markdown report goes to stdout (progress to stderr); --write also stores it in
@@ -81,7 +83,10 @@ MODEL_ROWS = [  # (job case = worker row, label)
     ("simple_convnet.predict", "simple_convnet predict"),
     ("deep_convnet.train", "deep_convnet train step"),
     ("deep_convnet.predict", "deep_convnet predict"),
+    ("resnet_fashion.train", "resnet_fashion train step"),
+    ("resnet_fashion.predict", "resnet_fashion predict"),
 ]
+NETS = ("simple_convnet", "deep_convnet", "resnet_fashion")
 FP16_ROWS = ("deep_convnet predict float32", "deep_convnet predict float16")
 SPIN = "import os, sys\nif sys.argv[1] != '-': os.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True: pass\n"
 
@@ -90,6 +95,41 @@ SPIN = "import os, sys\nif sys.argv[1] != '-': os.sched_setaffinity(0, {int(sys.
 
 def torch_available():
     return importlib.util.find_spec("torch") is not None  # finds it without importing it
+
+
+def ort_available():
+    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+
+
+PREPARE = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+import netspec
+from netspec.checkpoint import save_checkpoint
+for name in sys.argv[3:]:
+    model = netspec.compile(os.path.join(sys.argv[1], "specs", name + ".yaml"), dtype="float32")
+    save_checkpoint(os.path.join(sys.argv[2], name + ".npz"), model)
+"""
+
+
+def prepare(frameworks):
+    """Files the torch and onnxruntime jobs read, written by netspec in a process of their own:
+    each net's seeded initial model exported to ONNX, and the ResNet's flat spec for its torch twin."""
+    os.makedirs(OUT_DIR, exist_ok=True)
+    run = dict(cwd=ROOT, check=True, capture_output=True, text=True)
+    try:
+        if "torch" in frameworks:
+            flat = subprocess.run([sys.executable, "-m", "netspec", "expand", os.path.join("specs", "resnet_fashion.yaml"),
+                                   "--json"], **run).stdout
+            with open(os.path.join(OUT_DIR, "resnet_fashion.flat.json"), "w") as f:
+                f.write(flat)
+        if "ort" in frameworks:
+            subprocess.run([sys.executable, "-c", PREPARE, ROOT, OUT_DIR, *NETS], **run)
+            for name in NETS:
+                subprocess.run([sys.executable, "-m", "netspec", "export", os.path.join(OUT_DIR, name + ".npz"),
+                                "-o", os.path.join(OUT_DIR, name + ".onnx")], **run)
+    except subprocess.CalledProcessError as exc:
+        sys.exit(f"bench.py: preparing the torch and onnxruntime inputs failed: {exc.stderr.strip()}")
 
 
 def child_env(framework, threads):
@@ -143,9 +183,11 @@ def run_job(job, settings):
 
 def plan(frameworks, threads, rounds, kernels):
     """Jobs in rounds; each round rotates the framework order and reverses the thread order."""
-    cases = [(case, frameworks) for case, _ in MODEL_ROWS] + [("float16", ["netspec"])]
+    def who(case):   # onnxruntime runs the exported model's predict only
+        return [fw for fw in frameworks if fw != "ort" or case.endswith(".predict")]
+    cases = [(case, who(case)) for case, _ in MODEL_ROWS] + [("float16", ["netspec"])]
     if kernels:
-        cases.append(("kernels", frameworks))
+        cases.append(("kernels", who("kernels")))
     jobs = []
     for r in range(rounds):
         for n in (threads if r % 2 == 0 else threads[::-1]):
@@ -237,6 +279,17 @@ class Results:
     def ms(self, row, fw, threads, contended=False):
         return self.cell(row, fw, threads, contended).median
 
+    def pair_ratio(self, row, a, b, threads):
+        """Median over rounds of a's time / b's time in the same round (the two ran back to back,
+        in an order that alternates from round to round), with the lowest and highest round."""
+        by_round = {}
+        for fw in (a, b):
+            for r in self._matching(row, fw, threads, False):
+                if r["rows"][row]["median_ms"]:
+                    by_round.setdefault(r["round"], {})[fw] = r["rows"][row]["median_ms"]
+        ratios = sorted(v[a] / v[b] for v in by_round.values() if a in v and b in v)
+        return (statistics.median(ratios), ratios[0], ratios[-1], len(ratios)) if ratios else None
+
     def flops(self, row):
         for r in self.records:
             if row in r["rows"] and r["rows"][row].get("flops"):
@@ -317,6 +370,15 @@ def targets(res, contended):
         v = ratio(row)
         out.append((f"{label} <= {limit:.1f}x torch (2 threads)", fmt(v, "{:.2f}x"),
                     None if v is None else v <= limit))
+    for n in (1, 2):
+        for net, limit in (("resnet_fashion", 0.8), ("deep_convnet", 0.8), ("simple_convnet", 0.6)):
+            pr = res.pair_ratio(f"{net}.train", "netspec", "torch", n)
+            out.append((f"{net} train step <= {limit:.1f}x torch ({n} thread{'s' if n > 1 else ''}, by rounds)",
+                        "-" if pr is None else f"{pr[0]:.2f}x", None if pr is None else pr[0] <= limit))
+        for net in NETS:
+            pr = res.pair_ratio(f"{net}.predict", "netspec", "ort", n)
+            out.append((f"{net} predict <= 1.0x onnxruntime ({n} thread{'s' if n > 1 else ''}, by rounds)",
+                        "-" if pr is None else f"{pr[0]:.2f}x", None if pr is None else pr[0] <= 1.0))
     v = div(res.ms("deep_convnet.train", "netspec", 1), res.ms("deep_convnet.train", "netspec", 2))
     out.append(("deep_convnet train step 1->2 thread speed-up >= 1.7x", fmt(v, "{:.2f}x"),
                 None if v is None else v >= 1.7))
@@ -388,6 +450,23 @@ def fp16_section(res, settings):
     return out
 
 
+def ort_section(res, settings):
+    out = ["## Inference against onnxruntime (float32, batch 100)", "",
+           ("onnxruntime runs the ONNX model `netspec export` wrote for the same seeded spec, in its own "
+            "process, intra-op threads = netspec's threads. netspec/onnxruntime is the median over "
+            "rounds of the ratio of the two processes of a round (they run back to back, the order "
+            "alternating from round to round), with the lowest and highest round."), "",
+           "| workload | threads | netspec ms | onnxruntime ms | netspec/onnxruntime (rounds) |", "|---|---|---|---|---|"]
+    for row, label in MODEL_ROWS:
+        if row.endswith(".predict"):
+            for n in settings["threads"]:
+                pr = res.pair_ratio(row, "netspec", "ort", n)
+                ratio = "-" if pr is None else f"{pr[0]:.2f}x ({pr[1]:.2f}-{pr[2]:.2f}, {pr[3]})"
+                out.append(f"| {label} | {n} | {res.cell(row, 'netspec', n).text()} | "
+                           f"{res.cell(row, 'ort', n).text()} | {ratio} |")
+    return out
+
+
 def memory_section(res, settings):
     out = ["## Peak memory of a train step (MB)", "",
            ("VmHWM growth above the resident set after setup, over all of a job's steps "
@@ -432,6 +511,8 @@ def report(res, records, settings, meta):
     out += ["", ("A train step is forward, backward and an Adam update; its FLOPs are 3x the forward "
                  "FLOPs of `netspec summary` (torch's twin has the same layers, so the same count). "
                  "Ratios below 1 mean netspec is faster."), ""]
+    if "ort" in settings["frameworks"]:
+        out += ort_section(res, settings) + [""]
     out += fp16_section(res, settings) + [""] + memory_section(res, settings)
     if settings["contended"]:
         out += [""] + contended_section(res, settings)
@@ -461,6 +542,8 @@ def parse_args(argv):
     ap.add_argument("--rounds", type=int, help="rounds of every job (default 3, --quick 1)")
     ap.add_argument("--threads", default="1,2", help="thread counts, comma-separated (default 1,2)")
     ap.add_argument("--skip-kernels", action="store_true", help="leave out the kernel rows")
+    ap.add_argument("--no-numpy", action="store_true", help="leave out the numpy-fallback jobs (the slowest)")
+    ap.add_argument("--no-ort", action="store_true", help="leave out onnxruntime even where it is installed")
     return ap.parse_args(argv)
 
 
@@ -470,7 +553,10 @@ def main(argv=None):
     settings.update(quick=args.quick, contended=args.contended, pin_spinner=args.pin_spinner,
                     kernels=not args.skip_kernels,
                     threads=[int(n) for n in args.threads.split(",")],
-                    frameworks=["netspec", "numpy"] + (["torch"] if torch_available() else []))
+                    frameworks=["netspec", "numpy"] + (["torch"] if torch_available() else [])
+                    + (["ort"] if ort_available() and not args.no_ort else []))
+    if args.no_numpy:
+        settings["frameworks"].remove("numpy")
     if args.rounds:
         settings["rounds"] = args.rounds
 
@@ -480,6 +566,7 @@ def main(argv=None):
                  "is not quiet and the timings would be noise. Wait, or run with --force to measure "
                  "anyway (the report is then marked as measured under load).")
 
+    prepare(settings["frameworks"])
     jobs = plan(settings["frameworks"], settings["threads"], settings["rounds"], settings["kernels"])
     extra = contended_plan(settings["frameworks"], settings["rounds"]) if args.contended else []
     if args.contended and 2 not in settings["threads"]:
