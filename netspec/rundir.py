@@ -26,8 +26,10 @@ import time
 
 from . import jsonout
 from .atomic import atomic_write, remove_stale_temporaries
-from .errors import RunDirError
+from .errors import RunDirError, SpecError
+from .safeio import open_regular
 from .spec import spec_to_dict
+from .spec.loader import MAX_DEPTH, MAX_SPEC_BYTES, check_depth
 
 RUN_FILES = ("model.npz", "metrics.jsonl", "spec.resolved.json")
 PLOTS = ("curves.png", "misclassified.png", "filters.png")
@@ -177,11 +179,19 @@ class RunDir:
     def resolved_spec(self):
         """The spec.resolved.json written by the run, or None when it is missing."""
         path = self.file("spec.resolved.json")
-        if not os.path.exists(path):
+        if not os.path.lexists(path):
             return None
+        # read as any file netspec did not write: a regular file of spec size (a FIFO would hang,
+        # /dev/zero never end), nested no deeper than a spec may be
+        f, _ = open_regular(path, "resolved spec", MAX_SPEC_BYTES, error=RunDirError)
         try:
-            with open(path, encoding="utf-8") as f:
-                return json.load(f)
+            with f:
+                data = json.loads(f.read().decode("utf-8"))
+            check_depth(data, path)
+            return data
+        except (RecursionError, SpecError):
+            raise RunDirError(f"{path} is nested more than {MAX_DEPTH} levels deep; a spec needs only a few: "
+                              "restore it or delete it to resume") from None
         except (OSError, ValueError) as exc:
             raise RunDirError(f"{path} cannot be read ({exc}); restore it or delete it to resume") from None
 
