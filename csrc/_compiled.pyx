@@ -372,17 +372,19 @@ def _conv_shapes(x, W, stride, pad):
     return N, C, FN, kh, kw, out_size(H, kh, stride, pad), out_size(Wd, kw, stride, pad)
 
 
-def conv2d_forward(x, W, b, stride, pad):
-    """out[n, f] = sum_c W[f, c] (*) x[n, c] + b[f]; x (N,C,H,W), W (FN,C,kh,kw), b (FN,) or None."""
+def conv2d_forward(x, W, b, stride, pad, out=None):
+    """out[n, f] = sum_c W[f, c] (*) x[n, c] + b[f]; x (N,C,H,W), W (FN,C,kh,kw), b (FN,) or None.
+    ``out``: a C-contiguous (N,FN,OH,OW) array of x's dtype to write into (else a new one)."""
     if not _supported(x, W, b):
-        return _ref.conv2d_forward(x, W, b, stride, pad)
+        return _ref.conv2d_forward(x, W, b, stride, pad, out=out)
     N, C, FN, kh, kw, OH, OW = _conv_shapes(x, W, stride, pad)
     P, K = OH * OW, C * kh * kw
     x = np.ascontiguousarray(x)
     W2 = np.ascontiguousarray(W).reshape(FN, K)
     has_bias = b is not None
     b = np.ascontiguousarray(b).reshape(FN) if has_bias else np.zeros(0, x.dtype)
-    out = np.empty((N, FN, OH, OW), dtype=x.dtype)
+    if out is None:
+        out = np.empty((N, FN, OH, OW), dtype=x.dtype)
     out3 = out.reshape(N, FN, P)
     if N == 0 or P == 0 or FN == 0:
         return out
@@ -392,7 +394,7 @@ def conv2d_forward(x, W, b, stride, pad):
             out3 += b.reshape(1, FN, 1)
         return out
     if _direct_ok(x, W):
-        return _direct_forward(x, W, b if has_bias else None, stride, pad)
+        return _direct_forward(x, W, b if has_bias else None, stride, pad, out)
     nb = chunk_samples(N, K, P, x.itemsize)
     colbuf = _buffer("col", K * nb * P, x.dtype)
     prodbuf = _buffer("prod", FN * nb * P, x.dtype)
@@ -477,14 +479,16 @@ def _lane_major(W4):
 
 
 def _direct_conv(x, wt, bias, Py_ssize_t F, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t stride,
-                 Py_ssize_t ph, Py_ssize_t pw):
-    """out (N, F, OH, OW) = direct convolution of float32 x with lane-major weights (+ bias)."""
+                 Py_ssize_t ph, Py_ssize_t pw, out=None):
+    """out (N, F, OH, OW) = direct convolution of float32 x with lane-major weights (+ bias);
+    into ``out`` when given."""
     cdef const float[:, :, :, ::1] xv = x
     cdef const float[:, :, :, ::1] wv = wt
     cdef const float[::1] bv = bias
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out_size(H, kh, stride, ph), OW = out_size(W, kw, stride, pw)
-    out = np.empty((N, F, OH, OW), dtype=np.float32)
+    if out is None:
+        out = np.empty((N, F, OH, OW), dtype=np.float32)
     cdef float[:, :, :, ::1] ov = out
     cdef int rc = 0, nt = netspec_max_threads()
     if N and F and OH > 0 and OW > 0:
@@ -529,12 +533,32 @@ def _direct_dx_ok(W, stride, pad):
     return stride == 1 and pad <= W.shape[2] - 1 and pad <= W.shape[3] - 1
 
 
-def _direct_forward(x, W, b, stride, pad):
+def _direct_forward(x, W, b, stride, pad, out=None):
     F, C, kh, kw = W.shape
     bias = np.zeros(_lanes(F), dtype=np.float32)
     if b is not None:
         bias[:F] = b
-    return _direct_conv(np.ascontiguousarray(x), _lane_major(W), bias, F, kh, kw, stride, pad, pad)
+    return _direct_conv(np.ascontiguousarray(x), _lane_major(W), bias, F, kh, kw, stride, pad, pad, out)
+
+
+def conv2d_workspace(x_shape, W_shape, stride, pad, itemsize):
+    """Bytes conv2d_forward allocates besides its output, for the memory plan: the lane-major
+    weights and bias and each thread's padded sample (direct kernel), or the im2col chunk
+    buffers, which stay allocated for later calls (other shapes, dtypes: the numpy reference's)."""
+    N, C, H, Wd = x_shape
+    FN, _, kh, kw = W_shape
+    OH, OW = out_size(H, kh, stride, pad), out_size(Wd, kw, stride, pad)
+    if itemsize not in (4, 8):
+        return _ref.conv2d_workspace(x_shape, W_shape, stride, pad, itemsize)
+    if _is_pointwise(kh, kw, stride, pad):
+        return 0
+    if itemsize == 4 and kw <= 8:
+        Fp = _lanes(FN)
+        per_thread = C * (H + 2 * pad) * (Wd + 2 * pad) + 6 * stride + kw + 16
+        return 4 * (C * kh * kw * Fp + Fp + netspec_max_threads() * per_thread)
+    P, K = OH * OW, C * kh * kw
+    nb = chunk_samples(N, K, P, itemsize)
+    return itemsize * (K * nb * P + FN * nb * P)
 
 
 def _direct_dx(dout, W, pad):
@@ -677,12 +701,13 @@ def _relu_bwd(const floating[::1] dout, const floating[::1] out, floating[::1] d
         dx[i] = dout[i] if out[i] > 0 else 0
 
 
-def relu_forward(x):
-    """out = max(x, 0) (a new array)."""
-    if not _supported(x):
-        return _ref.relu_forward(x)
+def relu_forward(x, out=None):
+    """out = max(x, 0): a new array, or written into ``out`` (C-contiguous; may be ``x`` itself)."""
+    if not _supported(x) or (out is not None and not out.flags.c_contiguous):
+        return _ref.relu_forward(x, out=out)
     x = np.ascontiguousarray(x)
-    out = np.empty_like(x)
+    if out is None:
+        out = np.empty_like(x)
     if x.size:
         _relu_fwd(x.reshape(-1), out.reshape(-1))
     return out
@@ -713,11 +738,14 @@ def _maxpool_fwd(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
     cdef const floating* row
     cdef floating* o
     cdef int64_t* ao
+    cdef int64_t* arg0 = NULL   # None: inference, no argmax wanted
+    if arg is not None:
+        arg0 = &arg[0, 0, 0, 0]
     cdef int nt = _nthreads(N * C * OH * OW * kh * kw)
     for nc in prange(N * C, nogil=True, schedule="static", num_threads=nt):
         plane = &x[0, 0, 0, 0] + nc * H * W
         o = &out[0, 0, 0, 0] + nc * OH * OW
-        ao = &arg[0, 0, 0, 0] + nc * OH * OW
+        ao = arg0 + nc * OH * OW if arg0 != NULL else NULL
         for oh in range(OH):
             i0 = _win_lo(oh, stride, pad)
             i1 = _win_hi(oh, stride, pad, H, kh)
@@ -737,7 +765,8 @@ def _maxpool_fwd(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
                         best = v if take else best
                         a = (i * kw + j) if take else a
                 o[oh * OW + ow] = best
-                ao[oh * OW + ow] = a
+                if ao != NULL:
+                    ao[oh * OW + ow] = a
 
 
 def _maxpool_bwd(const floating[:, :, :, ::1] dout, const int64_t[:, :, :, ::1] arg,
@@ -839,6 +868,24 @@ def maxpool2d_forward(x, kh, kw, stride, pad):
     return out, arg
 
 
+def maxpool2d_infer(x, kh, kw, stride, pad, out=None):
+    """The max of each window, without the argmax training needs; written into ``out`` if given."""
+    if not _supported(x) or (out is not None and not out.flags.c_contiguous):
+        return _ref.maxpool2d_infer(x, kh, kw, stride, pad, out=out)
+    x = np.ascontiguousarray(x)
+    if out is None:
+        out = np.empty(_pool_shape(x.shape, kh, kw, stride, pad), dtype=x.dtype)
+    if out.size:
+        _maxpool_fwd(x, out, None, kh, kw, stride, pad)
+    return out
+
+
+def pool_workspace(x_shape, pad, itemsize):
+    """Bytes maxpool2d_infer / avgpool2d_forward allocate besides the output: none (the numpy
+    reference's padded copy for other dtypes)."""
+    return 0 if itemsize in (4, 8) else _ref.pool_workspace(x_shape, pad, itemsize)
+
+
 def maxpool2d_backward(dout, argmax, x_shape, kh, kw, stride, pad):
     """Route each dout element to the input position that won its window."""
     if not _supported(dout):
@@ -852,12 +899,13 @@ def maxpool2d_backward(dout, argmax, x_shape, kh, kw, stride, pad):
     return dx
 
 
-def avgpool2d_forward(x, kh, kw, stride, pad):
+def avgpool2d_forward(x, kh, kw, stride, pad, out=None):
     """Mean over each window; padding counts as zeros in the divisor kh*kw."""
-    if not _supported(x):
-        return _ref.avgpool2d_forward(x, kh, kw, stride, pad)
+    if not _supported(x) or (out is not None and not out.flags.c_contiguous):
+        return _ref.avgpool2d_forward(x, kh, kw, stride, pad, out=out)
     x = np.ascontiguousarray(x)
-    out = np.empty(_pool_shape(x.shape, kh, kw, stride, pad), dtype=x.dtype)
+    if out is None:
+        out = np.empty(_pool_shape(x.shape, kh, kw, stride, pad), dtype=x.dtype)
     if out.size:
         _avgpool_fwd(x, out, kh, kw, stride, pad)
     return out

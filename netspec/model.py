@@ -39,7 +39,7 @@ class Model:
         self.name = spec.name
         self.layers = layers
         self.optimize = optimize   # predict/evaluate run the optimized graph (see inference_graph)
-        self._inference = None     # (graph, log, [(consumed array, its copy)], optimize) of the last inference_graph
+        self._inference = None     # (graph, log, [(consumed array, its copy)], optimize, executor) of the last inference_graph
         self.loss_fn = loss
         self.dtype = np.dtype(dtype)
         self.half = self.dtype == np.float16
@@ -199,21 +199,30 @@ class Model:
         The graph is kept while the arrays the passes consumed (weights folded into others)
         are unchanged: a call compares them with a copy taken when the graph was made.
         """
+        return self._inference_state()[:2]
+
+    def _inference_state(self):
+        """(graph, pass log, executor) for the current weights; see inference_graph."""
         cached = self._inference
         if cached is not None and cached[3] == self.optimize and all(np.array_equal(a, c) for a, c in cached[2]):
-            return cached[0], cached[1]
+            return cached[0], cached[1], cached[4]
         graph = graph_of_model(self)
         graph, log = optimize(graph, "predict-float16" if self.half else "predict") if self.optimize else (graph, [])
         kept = {key for n in graph.nodes for key in (*n.params.values(), *n.buffers.values())}
         consumed = [(a, a.copy()) for key, a in {**self.params, **self.buffers}.items() if key not in kept]
-        self._inference = (graph, log, consumed, self.optimize)
-        return graph, log
+        # the executor keeps each thread's arena (netspec.memory) between calls with this graph
+        ex = Executor(graph, self.layers, kernels, finish=_round_half if self.half else None)
+        self._inference = (graph, log, consumed, self.optimize, ex)
+        return graph, log, ex
+
+    def memory_plan(self, batch=100):
+        """The MemoryPlan (netspec.memory) predict follows for ``batch`` samples."""
+        return self._inference_state()[2].plan(batch)
 
     def inference(self):
         """A function batch -> output in test mode, for the weights as they are now. It never
         touches the layers' state, so it may run beside training on the same model."""
-        graph, _ = self.inference_graph()
-        ex = Executor(graph, self.layers, finish=_round_half if self.half else None)
+        _, _, ex = self._inference_state()
 
         def run(x):
             with kernels.blas_scope():

@@ -50,7 +50,7 @@ def blas_info():
 _pool = None
 
 
-def row_parallel_matmul(a, b, threads):
+def row_parallel_matmul(a, b, threads, out=None):
     """a @ b with the rows of ``a`` split over ``threads`` Python threads, each calling a
     one-thread BLAS (numpy releases the GIL inside matmul). Used while BLAS is capped at one
     thread (``single_threaded_blas``) so the dense layers still use every core, without
@@ -59,10 +59,11 @@ def row_parallel_matmul(a, b, threads):
     global _pool
     rows = a.shape[0]
     if threads < 2 or rows < 2 * threads or 2 * a.shape[0] * a.shape[1] * b.shape[1] < 4_000_000:
-        return a @ b
+        return np.matmul(a, b, out=out)
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="netspec-matmul")
-    out = np.empty((rows, b.shape[1]), dtype=np.result_type(a, b))
+    if out is None:
+        out = np.empty((rows, b.shape[1]), dtype=np.result_type(a, b))
     cuts = [rows * k // threads for k in range(threads + 1)]
 
     def part(k):

@@ -1,9 +1,10 @@
 """``netspec plan``: what the compiler does to a network before it runs."""
 import math
 
-from .. import jsonout
+from .. import jsonout, kernels
 from ..checkpoint import load_model
 from ..ir import graph_of_model, graph_of_spec
+from ..memory import plan_memory
 from ..passes import optimize
 from ..spec import load_spec
 from ..specs_dir import resolve_spec_path
@@ -27,12 +28,23 @@ def plan(path, mode="predict", batch=100):
               "output_shape": list(n.shape), "flops": n.flops * batch, "output_bytes": sizes[n.name],
               "layers": list(n.origin)} for n in optimized.nodes]
     weights = sum(math.prod(a.shape) * a.itemsize for a in graph.arrays.values()) if graph.arrays else None
+    folded = (sum(math.prod(a.shape) * a.itemsize for k, a in optimized.arrays.items() if k not in graph.arrays)
+              if graph.arrays else None)
+    memory = plan_memory(optimized, batch, kernels.load())
+    for n in nodes:
+        name = n["name"]
+        n["memory"] = ("arena" if name in memory.slots else "own" if name in memory.own
+                       else f"shares {memory.shares[name]}")
+        n["workspace_bytes"] = memory.workspace[name]
     return {"source": source, "mode": mode, "batch": batch, "dtype": graph.dtype,
             "passes": [{"pass": name, "changes": changes} for name, changes in log],
             "nodes": nodes, "layers_in_spec": len(graph.nodes), "nodes_after": len(optimized.nodes),
-            "flops": sum(n["flops"] for n in nodes), "weight_bytes": weights,
-            "peak_activation_bytes": optimized.peak_activation_bytes(batch),
-            "peak_activation_bytes_unoptimized": graph.peak_activation_bytes(batch)}
+            "flops": sum(n["flops"] for n in nodes), "weight_bytes": weights, "folded_weight_bytes": folded,
+            "memory": {"arena_bytes": memory.arena_bytes, "peak_bytes": memory.peak_bytes,
+                       "workspace_bytes": max(memory.workspace.values(), default=0),
+                       "shared": sorted(memory.shares), "own": list(memory.own),
+                       "kernels": kernels.BACKEND},
+            "peak_bytes_unoptimized": plan_memory(graph, batch, kernels).peak_bytes}
 
 
 def _mb(n):
@@ -51,16 +63,19 @@ def cmd_plan(args):
             print(f"    {change}")
     w = max(len(n["name"]) for n in p["nodes"])
     o = max(len(n["op"]) for n in p["nodes"])
-    print(f"{'node':<{w}}  {'op':<{o}}  {'output shape':<14} {'MFLOP':>10} {'output':>10}  layers")
+    m = max(len(n["memory"]) for n in p["nodes"])
+    print(f"{'node':<{w}}  {'op':<{o}}  {'output shape':<14} {'MFLOP':>10} {'output':>10}  {'memory':<{m}}  layers")
     for n in p["nodes"]:
         shape = "x".join(map(str, n["output_shape"]))
         print(f"{n['name']:<{w}}  {n['op']:<{o}}  {shape:<14} {n['flops'] / 1e6:>10.1f} {_mb(n['output_bytes']):>10}  "
-              f"{', '.join(n['layers'])}")
+              f"{n['memory']:<{m}}  {', '.join(n['layers'])}")
     print(f"{p['layers_in_spec']} layers -> {p['nodes_after']} nodes; {p['flops'] / 1e9:.3f} GFLOP per batch")
     if p["weight_bytes"] is not None:
-        print(f"weights: {_mb(p['weight_bytes'])}")
-    print(f"planned peak of activations: {_mb(p['peak_activation_bytes'])} "
-          f"(unoptimized graph: {_mb(p['peak_activation_bytes_unoptimized'])})")
+        print(f"weights: {_mb(p['weight_bytes'])} (new arrays made by the passes: {_mb(p['folded_weight_bytes'])})")
+    mem = p["memory"]
+    print(f"memory plan ({mem['kernels']} kernels): arena {_mb(mem['arena_bytes'])}, largest kernel workspace "
+          f"{_mb(mem['workspace_bytes'])}, {len(mem['shared'])} outputs sharing an input's memory")
+    print(f"planned peak: {_mb(mem['peak_bytes'])} (unoptimized graph: {_mb(p['peak_bytes_unoptimized'])})")
     return 0
 
 

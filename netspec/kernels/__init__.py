@@ -22,6 +22,8 @@ import os
 import sys
 import warnings
 
+import numpy as np
+
 from . import _numpy
 from .. import runtime
 from ..threads import row_parallel_matmul, single_threaded_blas
@@ -128,12 +130,13 @@ def blas_scope():
     return single_threaded_blas() if _is_compiled() else contextlib.nullcontext()
 
 
-def matmul(a, b):
+def matmul(a, b, out=None):
     """a @ b for the dense layers: with the compiled backend, rows split over its threads
-    (each a one-thread BLAS call, see blas_scope); with numpy, numpy's own BLAS threads."""
+    (each a one-thread BLAS call, see blas_scope); with numpy, numpy's own BLAS threads.
+    ``out``: where to write it (else a new array)."""
     if _is_compiled():
-        return row_parallel_matmul(a, b, _impl.backend_info()["openmp_max_threads"])
-    return a @ b
+        return row_parallel_matmul(a, b, _impl.backend_info()["openmp_max_threads"], out=out)
+    return np.matmul(a, b, out=out)
 
 
 def compiled_module():

@@ -25,7 +25,8 @@ from ..numerics import out_size
 
 __all__ = [
     "im2col", "col2im", "conv2d_forward", "conv2d_backward",
-    "maxpool2d_forward", "maxpool2d_backward",
+    "maxpool2d_forward", "maxpool2d_backward", "maxpool2d_infer",
+    "conv2d_workspace", "pool_workspace",
     "avgpool2d_forward", "avgpool2d_backward", "relu_forward", "relu_backward", "round_half",
     "batchnorm_stats", "batchnorm_forward", "batchnorm_backward",
     "sgd_update", "momentum_update", "nesterov_update",
@@ -68,16 +69,27 @@ def col2im(col, x_shape, kh, kw, stride, pad):
     return xp[:, :, pad:pad + H, pad:pad + W].copy() if pad else xp
 
 
-def conv2d_forward(x, W, b, stride, pad):
-    """out[n, f] = sum_c W[f, c] (*) x[n, c] + b[f]; x (N,C,H,W), W (FN,C,kh,kw), b (FN,) or None."""
+def conv2d_forward(x, W, b, stride, pad, out=None):
+    """out[n, f] = sum_c W[f, c] (*) x[n, c] + b[f]; x (N,C,H,W), W (FN,C,kh,kw), b (FN,) or None.
+    ``out``: a C-contiguous (N,FN,OH,OW) array to write into (else a new one)."""
     N, C, H, Wd = x.shape
     FN, _, kh, kw = W.shape
     OH, OW = out_size(H, kh, stride, pad), out_size(Wd, kw, stride, pad)
     col = im2col(x, kh, kw, stride, pad)
-    out = np.matmul(W.reshape(FN, -1), col)          # (N, FN, OH*OW)
+    out3 = None if out is None else out.reshape(N, FN, OH * OW)
+    out3 = np.matmul(W.reshape(FN, -1), col, out=out3)          # (N, FN, OH*OW)
     if b is not None:
-        out += b.reshape(1, FN, 1)
-    return out.reshape(N, FN, OH, OW)
+        out3 += b.reshape(1, FN, 1)
+    return out3.reshape(N, FN, OH, OW)
+
+
+def conv2d_workspace(x_shape, W_shape, stride, pad, itemsize):
+    """Bytes conv2d_forward allocates besides its output: the padded input and the im2col columns."""
+    N, C, H, Wd = x_shape
+    FN, _, kh, kw = W_shape
+    OH, OW = out_size(H, kh, stride, pad), out_size(Wd, kw, stride, pad)
+    padded = N * C * (H + 2 * pad) * (Wd + 2 * pad) if pad else 0
+    return itemsize * (padded + N * C * kh * kw * OH * OW)
 
 
 def conv2d_backward(dout, x, W, stride, pad, need_dx=True):
@@ -127,9 +139,9 @@ def round_half(x):
     return x
 
 
-def relu_forward(x):
-    """out = max(x, 0) (a new array)."""
-    return np.maximum(x, 0)
+def relu_forward(x, out=None):
+    """out = max(x, 0): a new array, or written into ``out`` (which may be ``x`` itself)."""
+    return np.maximum(x, 0, out=out)
 
 
 def relu_backward(dout, out):
@@ -148,6 +160,20 @@ def maxpool2d_forward(x, kh, kw, stride, pad):
     return np.ascontiguousarray(out), argmax.astype(np.int64, copy=False)
 
 
+def maxpool2d_infer(x, kh, kw, stride, pad, out=None):
+    """The max of each window, without the argmax training needs; written into ``out`` if given."""
+    N, C, H, W = x.shape
+    OH, OW = out_size(H, kh, stride, pad), out_size(W, kw, stride, pad)
+    win = _windows(_pad(x, pad, -np.inf), kh, kw, stride, OH, OW)
+    return np.max(win, axis=(2, 3), out=out)
+
+
+def pool_workspace(x_shape, pad, itemsize):
+    """Bytes maxpool2d_infer / avgpool2d_forward allocate besides the output: the padded input."""
+    N, C, H, W = x_shape
+    return itemsize * N * C * (H + 2 * pad) * (W + 2 * pad) if pad else 0
+
+
 def maxpool2d_backward(dout, argmax, x_shape, kh, kw, stride, pad):
     """Route each dout element to the input position that won its window."""
     N, C, OH, OW = dout.shape
@@ -157,12 +183,12 @@ def maxpool2d_backward(dout, argmax, x_shape, kh, kw, stride, pad):
     return col2im(col, x_shape, kh, kw, stride, pad)
 
 
-def avgpool2d_forward(x, kh, kw, stride, pad):
+def avgpool2d_forward(x, kh, kw, stride, pad, out=None):
     """Mean over each window; padding counts as zeros in the divisor kh*kw."""
     N, C, H, W = x.shape
     OH, OW = out_size(H, kh, stride, pad), out_size(W, kw, stride, pad)
     win = _windows(_pad(x, pad), kh, kw, stride, OH, OW)
-    return win.mean(axis=(2, 3), dtype=x.dtype)
+    return win.mean(axis=(2, 3), dtype=x.dtype, out=out)
 
 
 def avgpool2d_backward(dout, x_shape, kh, kw, stride, pad):
