@@ -477,6 +477,16 @@ def memory_section(res, settings):
             for n in settings["threads"]:
                 mbs = [fmt(res.peak_mb(case, fw, n), "{:.0f}") for fw in ("netspec", "torch", "numpy")]
                 out.append(f"| {label} | {n} | " + " | ".join(mbs) + " |")
+    if "ort" in settings["frameworks"]:
+        out += ["", "## Peak memory of predict (MB)", "",
+                ("VmHWM growth above the resident set once the inference graph (netspec) or session "
+                 "(onnxruntime) is built, over all of a job's calls (median over processes)."), "",
+                "| workload | threads | netspec | onnxruntime |", "|---|---|---|---|"]
+        for case, label in MODEL_ROWS:
+            if case.endswith(".predict"):
+                for n in settings["threads"]:
+                    mbs = [fmt(res.peak_mb(case, fw, n), "{:.1f}") for fw in ("netspec", "ort")]
+                    out.append(f"| {label} | {n} | " + " | ".join(mbs) + " |")
     return out
 
 
