@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/bench.py [--quick] [--write] [--force] [--contended [--pin-spinner CPU]]
                                [--rounds N] [--threads 1,2] [--skip-kernels] [--no-numpy] [--no-ort]
+                               [--rows ROW,...]
 
 Workloads (float32, batch 100): simple_convnet, deep_convnet and resnet_fashion train steps
 (forward, backward and the spec's optimizer update: Adam, Adam, Nesterov SGD) and predicts; deep_convnet float16 vs float32 inference of 300
@@ -181,12 +182,14 @@ def run_job(job, settings):
     return record
 
 
-def plan(frameworks, threads, rounds, kernels):
+def plan(frameworks, threads, rounds, kernels, rows=None):
     """Jobs in rounds; each round rotates the framework order and reverses the thread order."""
     def who(case):   # onnxruntime runs the exported model's predict only
         return [fw for fw in frameworks if fw != "ort" or case.endswith(".predict")]
-    cases = [(case, who(case)) for case, _ in MODEL_ROWS] + [("float16", ["netspec"])]
-    if kernels:
+    cases = [(case, who(case)) for case, _ in MODEL_ROWS if rows is None or case in rows]
+    if rows is None or "float16" in rows:
+        cases.append(("float16", ["netspec"]))
+    if kernels and (rows is None or "kernels" in rows):
         cases.append(("kernels", who("kernels")))
     jobs = []
     for r in range(rounds):
@@ -554,6 +557,8 @@ def parse_args(argv):
     ap.add_argument("--skip-kernels", action="store_true", help="leave out the kernel rows")
     ap.add_argument("--no-numpy", action="store_true", help="leave out the numpy-fallback jobs (the slowest)")
     ap.add_argument("--no-ort", action="store_true", help="leave out onnxruntime even where it is installed")
+    ap.add_argument("--rows", help=("only these jobs, comma-separated: model rows such as resnet_fashion.predict, "
+                                    "float16, kernels (default: all)"))
     return ap.parse_args(argv)
 
 
@@ -577,7 +582,13 @@ def main(argv=None):
                  "anyway (the report is then marked as measured under load).")
 
     prepare(settings["frameworks"])
-    jobs = plan(settings["frameworks"], settings["threads"], settings["rounds"], settings["kernels"])
+    rows = None
+    if args.rows:
+        rows = set(args.rows.split(","))
+        known = {case for case, _ in MODEL_ROWS} | {"float16", "kernels"}
+        if rows - known:
+            sys.exit(f"bench.py: unknown --rows {', '.join(sorted(rows - known))}; known: {', '.join(sorted(known))}")
+    jobs = plan(settings["frameworks"], settings["threads"], settings["rounds"], settings["kernels"], rows)
     extra = contended_plan(settings["frameworks"], settings["rounds"]) if args.contended else []
     if args.contended and 2 not in settings["threads"]:
         sys.exit("bench.py: --contended compares with the quiet 2-thread time: include 2 in --threads")
