@@ -40,6 +40,7 @@ class Model:
         self.layers = layers
         self.optimize = optimize   # predict/evaluate run the optimized graph (see inference_graph)
         self._inference = None     # (graph, log, [(consumed array, its copy)], optimize, executor) of the last inference_graph
+        self._training = None      # ((optimize, half), graph, log, {absorbed relu: its batchnorm}) of training_graph
         self.loss_fn = loss
         self.dtype = np.dtype(dtype)
         self.half = self.dtype == np.float16
@@ -136,10 +137,34 @@ class Model:
         with kernels.blas_scope():
             return self._forward(x, train)
 
+    def training_graph(self):
+        """(graph, pass log) of the train pipeline (netspec.passes) that forward and backward follow:
+        a ReLU fused into the batchnorm before it runs inside that layer's kernels. With
+        ``optimize=False``, and for float16 models, the plain graph."""
+        key = (self.optimize, self.half)
+        if self._training is None or self._training[0] != key:
+            graph = graph_of_model(self)
+            mode = "train-float16" if self.half else "train"
+            graph, log = optimize(graph, mode) if self.optimize else (graph, [])
+            absorbed = {relu: n.name for n in graph.nodes if n.op == "batchnorm" and n.activation == "relu"
+                        for relu in n.origin[1:]}
+            for l in self.layers:   # the layers follow the graph
+                if l.spec.type == "batchnorm":
+                    l.fused_relu = l.name in absorbed.values()
+                elif l.spec.type == "relu":
+                    l.absorbed = l.name in absorbed
+            self._training = (key, graph, log, absorbed)
+        return self._training[1], self._training[2]
+
     def _forward(self, x, train):
+        self.training_graph()
+        absorbed = self._training[3]
         outs = {"input": self.as_input(x)}
         out = None
         for l in self.layers:
+            if l.name in absorbed:   # ran inside the batchnorm it reads
+                outs[l.name] = out = outs[l.input_names[0]]
+                continue
             if isinstance(l, MultiInputLayer):
                 out = l.forward([outs[n] for n in l.input_names], train)
             else:
@@ -159,11 +184,15 @@ class Model:
             return self._backward(dout, need_input_grad)
 
     def _backward(self, dout, need_input_grad):
+        absorbed = self.training_graph() and self._training[3]
         pending = {self.layers[-1].name: dout}
         dx_input = None
         for l in reversed(self.layers):
             d = pending.pop(l.name)
-            dxs = l.backward(d, need_dx=need_input_grad or any(n != "input" for n in l.input_names))
+            if l.name in absorbed:   # its batchnorm's backward applies its mask
+                dxs = d
+            else:
+                dxs = l.backward(d, need_dx=need_input_grad or any(n != "input" for n in l.input_names))
             if dxs is None:
                 continue
             if not isinstance(l, MultiInputLayer):

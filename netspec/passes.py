@@ -113,12 +113,28 @@ def fuse_relu(graph):
     return graph, log
 
 
-# the passes of each mode, in the order they run; float16 models only drop dropout:
-# their every layer output is rounded to float16, which folding or fusing would skip
+def fuse_batchnorm_relu(graph):
+    """Training: a ReLU whose input is a batchnorm nothing else reads runs inside it (one pass
+    over memory forward, and its mask applied inside the batchnorm's backward)."""
+    log = []
+    for name in _named(graph, "relu"):
+        relu = graph.node(name)
+        host = _host(graph, relu, ("batchnorm",))
+        if host is None:
+            continue
+        new_host = host.replace(activation="relu", origin=host.origin + relu.origin, flops=host.flops + relu.flops)
+        graph = _merge(graph, relu, host, new_host)
+        log.append(f"fused {relu.name} into {host.name}")
+    return graph, log
+
+
+# the passes of each mode, in the order they run; float16 models only drop dropout (and train
+# as written): their every layer output is rounded to float16, which folding or fusing would skip
 PIPELINES = {
     "predict": (drop_dropout, fold_batchnorm, fuse_relu),
     "predict-float16": (drop_dropout,),
-    "train": (),
+    "train": (fuse_batchnorm_relu,),
+    "train-float16": (),
 }
 
 

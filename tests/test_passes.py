@@ -292,3 +292,84 @@ def test_the_inference_graph_is_kept_until_a_folded_weight_changes():
     fast.params["fc.W"][...] += 1.0                      # a weight used as it is: read in place
     plain.params["fc.W"][...] += 1.0
     assert_close(fast.predict(x), plain.predict(x), "float64")
+
+
+# --- the train pipeline: batchnorm + ReLU in one layer ----------------------------------
+
+def _gradients_both_ways(spec, dtype, n=6, seed=0):
+    fast = netspec.compile(spec, dtype=dtype)
+    plain = netspec.compile(spec, dtype=dtype, optimize=False)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, *fast.input_shape)).astype(dtype)
+    t = rng.integers(0, fast.output_shape[0], n)
+    return fast, fast.gradient(x, t), plain.gradient(x, t)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", ["resnet_fashion", "deep_convnet_fashion_plus"])
+def test_training_runs_each_relu_inside_its_batchnorm_and_changes_no_gradient_bit(name, dtype):
+    fast, (loss_f, grads_f), (loss_p, grads_p) = _gradients_both_ways(SPECS_DIR / f"{name}.yaml", dtype)
+    graph, log = fast.training_graph()
+    fused = dict(log)["fuse_batchnorm_relu"]
+    bns = [l for l in fast.layers if l.spec.type == "batchnorm"]
+    assert len(fused) == sum(l.fused_relu for l in bns) == {"resnet_fashion": 9, "deep_convnet_fashion_plus": 7}[name]
+    assert not [n for n in graph.nodes if n.op == "relu" and graph.node(n.inputs[0]).op == "batchnorm"
+                and graph.consumers()[n.inputs[0]] == [n.name]]
+    assert loss_f == loss_p and sorted(grads_f) == sorted(grads_p)
+    for k in grads_f:
+        assert np.array_equal(grads_f[k], grads_p[k]), k
+
+
+def test_a_shared_or_float16_batchnorm_keeps_its_relu_separate():
+    spec = spec_with([{"type": "conv2d", "name": "c", "filters": 2, "kernel": 3},
+                      {"type": "batchnorm", "name": "bn"}, {"type": "relu", "name": "r"},
+                      {"type": "add", "name": "a", "inputs": ["bn", "r"]}, {"type": "dense", "units": 2}])
+    model = netspec.compile(spec)
+    assert dict(model.training_graph()[1])["fuse_batchnorm_relu"] == []   # bn is read by the add too
+    spec["layers"][3] = {"type": "dense", "name": "a", "units": 2}
+    del spec["layers"][4]
+    assert dict(netspec.compile(spec).training_graph()[1])["fuse_batchnorm_relu"] == ["fused r into bn"]
+    half = netspec.compile({**spec, "dtype": "float32"}, dtype="float16")
+    assert half.training_graph()[1] == [] and not any(l.spec.type == "relu" and l.absorbed for l in half.layers)
+
+
+def test_fused_batchnorm_relu_passes_the_gradient_check():
+    from netspec.gradcheck import check_model, random_batch
+    spec = spec_with([{"type": "conv2d", "filters": 3, "kernel": 3, "pad": 1}, {"type": "batchnorm"},
+                      {"type": "relu"}, {"type": "dense", "units": 4}])
+    model = netspec.compile(spec)
+    x, t = random_batch(model, n=4)
+    report = check_model(model, x, t)
+    assert [l.fused_relu for l in model.layers if l.spec.type == "batchnorm"] == [True]
+    assert all(r["error"] < 1e-6 for r in report.values()), report
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batchnorm_kernels_with_relu_equal_the_two_kernels_in_a_row(train):
+    from netspec import kernels
+    K = kernels.load()
+    rng = np.random.default_rng(4)
+    for dtype in (np.float32, np.float64):
+        x = rng.standard_normal((5, 3, 13)).astype(dtype)
+        gamma, beta = rng.standard_normal(3).astype(dtype), rng.standard_normal(3).astype(dtype)
+        mean, var = K.batchnorm_stats(x)
+        inv = (1 / np.sqrt(var + 1e-5)).astype(dtype)
+        out, xhat = K.batchnorm_forward(x, gamma, beta, mean, inv)
+        fused, xhat2 = K.batchnorm_forward(x, gamma, beta, mean, inv, True)
+        relu = K.relu_forward(out)
+        assert np.array_equal(fused, relu) and np.array_equal(xhat, xhat2)
+        dout = rng.standard_normal(x.shape).astype(dtype)
+        want = K.batchnorm_backward(K.relu_backward(dout, relu), xhat, gamma, inv, train)
+        got = K.batchnorm_backward(dout, xhat, gamma, inv, train, fused)
+        for g, w in zip(got, want):
+            assert np.array_equal(g, w)
+
+
+@settings(max_examples=25, deadline=None)
+@given(spec=residual_specs(), seed=st.integers(0, 2**16))
+def test_random_residual_graphs_train_the_same_with_the_train_pipeline(spec, seed):
+    """Both models draw the same dropout masks (same seed): every gradient bit must agree."""
+    _, (loss_f, grads_f), (loss_p, grads_p) = _gradients_both_ways(spec, "float64", n=3, seed=seed)
+    assert loss_f == loss_p
+    for k in grads_f:
+        assert np.array_equal(grads_f[k], grads_p[k]), k

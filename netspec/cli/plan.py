@@ -21,7 +21,7 @@ def _graph(path):
 def plan(path, mode="predict", batch=100):
     """The plan of ``path`` as plain data: passes and their changes, nodes, memory."""
     graph, source = _graph(path)
-    pipeline = mode if mode == "train" else ("predict-float16" if graph.dtype == "float16" else "predict")
+    pipeline = f"{mode}-float16" if graph.dtype == "float16" else mode
     optimized, log = optimize(graph, pipeline)
     sizes = optimized.activation_bytes(batch)
     nodes = [{"name": n.name, "op": n.op + (f"+{n.activation}" if n.activation else ""), "inputs": list(n.inputs),
@@ -30,6 +30,11 @@ def plan(path, mode="predict", batch=100):
     weights = sum(math.prod(a.shape) * a.itemsize for a in graph.arrays.values()) if graph.arrays else None
     folded = (sum(math.prod(a.shape) * a.itemsize for k, a in optimized.arrays.items() if k not in graph.arrays)
               if graph.arrays else None)
+    if mode == "train":   # training keeps every activation for the backward pass: nothing to plan yet
+        return {"source": source, "mode": mode, "batch": batch, "dtype": graph.dtype,
+                "passes": [{"pass": name, "changes": changes} for name, changes in log],
+                "nodes": nodes, "layers_in_spec": len(graph.nodes), "nodes_after": len(optimized.nodes),
+                "flops": sum(n["flops"] for n in nodes), "weight_bytes": weights, "memory": None}
     memory = plan_memory(optimized, batch, kernels.load())
     for n in nodes:
         name = n["name"]
@@ -63,16 +68,24 @@ def cmd_plan(args):
             print(f"    {change}")
     w = max(len(n["name"]) for n in p["nodes"])
     o = max(len(n["op"]) for n in p["nodes"])
-    m = max(len(n["memory"]) for n in p["nodes"])
-    print(f"{'node':<{w}}  {'op':<{o}}  {'output shape':<14} {'MFLOP':>10} {'output':>10}  {'memory':<{m}}  layers")
+    planned = p["memory"] is not None
+    m = max(len(n.get("memory", "")) for n in p["nodes"])
+    column = f"{'memory':<{m}}  " if planned else ""
+    print(f"{'node':<{w}}  {'op':<{o}}  {'output shape':<14} {'MFLOP':>10} {'output':>10}  {column}layers")
     for n in p["nodes"]:
         shape = "x".join(map(str, n["output_shape"]))
+        where = f"{n['memory']:<{m}}  " if planned else ""
         print(f"{n['name']:<{w}}  {n['op']:<{o}}  {shape:<14} {n['flops'] / 1e6:>10.1f} {_mb(n['output_bytes']):>10}  "
-              f"{n['memory']:<{m}}  {', '.join(n['layers'])}")
+              f"{where}{', '.join(n['layers'])}")
     print(f"{p['layers_in_spec']} layers -> {p['nodes_after']} nodes; {p['flops'] / 1e9:.3f} GFLOP per batch")
     if p["weight_bytes"] is not None:
-        print(f"weights: {_mb(p['weight_bytes'])} (new arrays made by the passes: {_mb(p['folded_weight_bytes'])})")
+        folded = p.get("folded_weight_bytes")
+        print(f"weights: {_mb(p['weight_bytes'])}" + ("" if folded is None else
+                                                      f" (new arrays made by the passes: {_mb(folded)})"))
     mem = p["memory"]
+    if mem is None:
+        print("memory: not planned in train mode (every activation is kept for the backward pass)")
+        return 0
     print(f"memory plan ({mem['kernels']} kernels): arena {_mb(mem['arena_bytes'])}, largest kernel workspace "
           f"{_mb(mem['workspace_bytes'])}, {len(mem['shared'])} outputs sharing an input's memory")
     print(f"planned peak: {_mb(mem['peak_bytes'])} (unoptimized graph: {_mb(p['peak_bytes_unoptimized'])})")

@@ -114,16 +114,21 @@ def batchnorm_stats(x):
     return mean, (xc * xc).mean(axis=(0, 2))
 
 
-def batchnorm_forward(x, gamma, beta, mean, inv_std):
-    """x (N, C, S) -> (out, xhat): xhat = (x - mean) * inv_std, out = gamma * xhat + beta per channel."""
+def batchnorm_forward(x, gamma, beta, mean, inv_std, relu=False):
+    """x (N, C, S) -> (out, xhat): xhat = (x - mean) * inv_std, out = gamma * xhat + beta per channel;
+    with ``relu``, out is then max(out, 0) (batchnorm and a ReLU after it, in one call)."""
     xhat = (x - mean[None, :, None]) * inv_std[None, :, None]
-    return gamma[None, :, None] * xhat + beta[None, :, None], xhat
+    out = gamma[None, :, None] * xhat + beta[None, :, None]
+    return (relu_forward(out, out=out) if relu else out), xhat
 
 
-def batchnorm_backward(dout, xhat, gamma, inv_std, train):
+def batchnorm_backward(dout, xhat, gamma, inv_std, train, relu_out=None):
     """(dx, dgamma, dbeta) for dout, xhat (N, C, S). With batch statistics (train), per channel
     over its m = N*S values: dx = gamma * inv_std * (dout - sum(dout)/m - xhat * sum(dout*xhat)/m);
-    with running statistics: dx = gamma * inv_std * dout."""
+    with running statistics: dx = gamma * inv_std * dout. ``relu_out``: the output of a fused
+    ReLU (batchnorm_forward with relu): dout first goes back through it (zero where it was not > 0)."""
+    if relu_out is not None:
+        dout = relu_backward(dout, relu_out)
     dbeta = dout.sum(axis=(0, 2))
     dgamma = (dout * xhat).sum(axis=(0, 2))
     scale = (gamma * inv_std)[None, :, None]

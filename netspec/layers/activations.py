@@ -23,9 +23,12 @@ class ReLU(Layer):
     def backward(self, dout, need_dx=True):
         return self.kernels.relu_backward(dout, self.out)
 
+    absorbed = False   # set by the model when the train pipeline runs this ReLU inside a batchnorm
+
     def kink_state(self):
-        """Which side of the kink at 0 each input was on (for gradient checks)."""
-        return self.out > 0
+        """Which side of the kink at 0 each input was on (for gradient checks); None when a
+        batchnorm ran it (that layer reports it)."""
+        return None if self.absorbed else self.out > 0
 
 
 @register

@@ -26,6 +26,7 @@ class BatchNorm(Layer):
 
     prefix = "bn"
     buffer_names = ("running_mean", "running_var")
+    fused_relu = False   # set by the model when the train pipeline fuses the ReLU after it (netspec.passes)
 
     def infer_shape(self):
         if len(self.in_shape) not in (1, 3):
@@ -65,12 +66,18 @@ class BatchNorm(Layer):
             mean, var = self.running_mean, self.running_var
         self.inv_std = (1.0 / np.sqrt(var + self.spec.eps)).astype(x.dtype, copy=False)
         out, self.xhat = self.kernels.batchnorm_forward(x3, self.params["gamma"], self.params["beta"],
-                                                   mean.astype(x.dtype, copy=False), self.inv_std)
+                                                   mean.astype(x.dtype, copy=False), self.inv_std,
+                                                   self.fused_relu)
+        self.out = out if self.fused_relu else None   # the fused ReLU's output: its backward mask
         self.train = train
         return out.reshape(x.shape)
 
     def backward(self, dout, need_dx=True):
         d3 = dout.reshape(dout.shape[0], dout.shape[1], -1)
         dx, self.grads["gamma"], self.grads["beta"] = self.kernels.batchnorm_backward(
-            d3, self.xhat, self.params["gamma"], self.inv_std, self.train)
+            d3, self.xhat, self.params["gamma"], self.inv_std, self.train, self.out)
         return dx.reshape(dout.shape)
+
+    def kink_state(self):
+        """With a fused ReLU: which side of its kink each output was on (as the ReLU's own)."""
+        return self.out > 0 if self.fused_relu and getattr(self, "out", None) is not None else None
