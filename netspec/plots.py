@@ -1,6 +1,8 @@
 """Pictures of a run, written when matplotlib (the optional ``plot`` extra) is installed:
-curves.png (loss and accuracies), misclassified.png (first 20 misclassified test
-images, 4x5, label and prediction), filters.png (the first conv layer's filters)."""
+curves.png (loss and accuracies: validation ones when the run holds out a validation
+split), misclassified.png (first 20 misclassified test images, 4x5, label and
+prediction; not for a run that never reads the test set), filters.png (the first
+conv layer's filters)."""
 import os
 
 import numpy as np
@@ -24,7 +26,7 @@ def save_plots(trainer):
         return []
     out = [plot_curves(plt, trainer.history, os.path.join(trainer.run_dir, "curves.png"))]
     m = trainer.model
-    if m.loss_fn.classification and len(m.input_shape) == 3:
+    if m.loss_fn.classification and len(m.input_shape) == 3 and trainer.x_test is not None:
         out.append(plot_misclassified(plt, m, trainer.x_test, trainer.t_test,
                                       os.path.join(trainer.run_dir, "misclassified.png")))
     conv = next((l for l in m.layers if l.spec.type == "conv2d"), None)
@@ -37,15 +39,17 @@ def plot_curves(plt, history, path):
     if not history:
         return None
     epochs = [m["epoch"] for m in history]
+    split = "val" if "val_loss" in history[0] else "test"  # per-epoch reports use the validation split
+    name = {"val": "validation", "test": "test"}[split]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     axes[0].plot(epochs, [m["train_loss"] for m in history], label="train loss")
-    axes[0].plot(epochs, [m["test_loss"] for m in history], label="test loss")
+    axes[0].plot(epochs, [m[f"{split}_loss"] for m in history], label=f"{name} loss")
     axes[0].set_xlabel("epoch")
     axes[0].set_ylabel("loss")
     axes[0].legend()
     if history[0].get("train_acc") is not None:
         axes[1].plot(epochs, [m["train_acc"] for m in history], marker="o", label="train")
-        axes[1].plot(epochs, [m["test_acc"] for m in history], marker="s", label="test")
+        axes[1].plot(epochs, [m[f"{split}_acc"] for m in history], marker="s", label=name)
         axes[1].set_ylabel("accuracy")
         axes[1].legend()
     else:
