@@ -127,15 +127,20 @@ def open_storage(url):
         engine = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT}, "pool_pre_ping": True}
     else:
         engine = {}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_INTERVAL,
-                                          grace_period=GRACE_PERIOD)
-    except ImportError as exc:
-        raise TuneError(f"cannot open the study storage {shown(url)}: its database driver is not installed "
-                        f"({exc}); for PostgreSQL: pip install 'netspec[tune]'") from None
-    except Exception as exc:  # SQLAlchemy's errors: a bad URL, a server that cannot be reached, a refusal
-        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
-        raise TuneError(f"cannot open the study storage {shown(url)}: {reason[:300]}") from None
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_INTERVAL,
+                                              grace_period=GRACE_PERIOD)
+        except ImportError as exc:
+            raise TuneError(f"cannot open the study storage {shown(url)}: its database driver is not installed "
+                            f"({exc}); for PostgreSQL: pip install 'netspec[tune]'") from None
+        except Exception as exc:  # SQLAlchemy's errors: a bad URL, a server that cannot be reached, a refusal
+            reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+            # two commands creating the tables of a new database at once: the second finds them half made
+            if attempt < 2 and any(w in reason.lower() for w in ("already exists", "unique", "locked", "duplicate")):
+                time.sleep(1 + attempt)
+                continue
+            raise TuneError(f"cannot open the study storage {shown(url)}: {reason[:300]}") from None
 
 
 # -- this process ----------------------------------------------------------------------------------
@@ -550,14 +555,14 @@ def write_outputs(job, search, study, total):
     if complete:
         b = study.best_trial
         best = {"number": b.number, tune.objective: b.value, "params": b.params}
-    ended, _ = _counts(study.get_trials(deepcopy=False))
+    ended, running = _counts(study.get_trials(deepcopy=False))
     info = {"study": job.study or search.spec.name, "storage": shown(job.url), "spec": os.path.abspath(job.spec),
             "objective": tune.objective, "direction": _direction(tune), "trials": total, "ended": ended,
             "best": best, "rows": rows}
     atomic_text(os.path.join(out, "trials.json"), jsonout.dumps(info, indent=2) + "\n")
     lines = [f"{ended} of {total} trials ended: {sum(r['state'] == 'COMPLETE' for r in rows)} complete, "
              f"{sum(r['state'] == 'PRUNED' for r in rows)} pruned, {sum(r['state'] == 'FAIL' for r in rows)} "
-             f"failed; table: {os.path.join(out, 'trials.csv')}"]
+             f"failed{f', {running} running elsewhere' if running else ''}; table: {os.path.join(out, 'trials.csv')}"]
     if best:
         best_path = os.path.join(out, "best.yaml")
         write_best(best_path, search, study.best_trial, info)

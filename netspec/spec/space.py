@@ -79,7 +79,7 @@ class Searchable:
         entry = self.raw["layers"][self.uses[name]]
         params = self._block_params(entry["type"])
         if len(keys) > 1 or (params is not None and keys[0] not in params):
-            known = sorted(params or ()) + ["repeat"]
+            known = sorted((params or set()) - {"repeat"}) + ["repeat"]
             raise PathError(f"'{name}' uses block '{entry['type']}': tune one of its parameters or repeat "
                             f"({', '.join(known)}), not '{'.'.join(keys)}'{did_you_mean('.'.join(keys), known)}")
         return Target("use", name, keys)
@@ -132,10 +132,15 @@ class Searchable:
                 return entry[t.keys[0]]
             decl = ((self.raw.get("blocks") or {}).get(entry["type"]) or {}).get("params", {}).get(t.keys[0])
             return decl.get("default") if isinstance(decl, dict) else None
-        node = self.resolved if t.name is None else self.layers[t.name]
-        for k in t.keys:
-            node = node.get(k) if isinstance(node, dict) else None
-        return node
+        written, _ = self.data({})
+        if t.name is not None:
+            written = next((e for e in written.get("layers") or [] if isinstance(e, dict) and e.get("name") == t.name),
+                           None)
+        found = _get(written, t.keys)  # as the file writes it (kernel: 3), else as resolved ([3, 3])
+        if found is not _ABSENT:
+            return found
+        found = _get(self.resolved if t.name is None else self.layers[t.name], t.keys)
+        return None if found is _ABSENT else found
 
     def baseline(self):
         """(the spec's own values of the space's paths, None) when they all lie in the space,
@@ -203,6 +208,18 @@ def _walk(node, keys, what):
             raise PathError(f"{here} has no key '{k}'" + (hint or f" (its keys: {', '.join(options)})"))
         node = node[k]
         here = ".".join(keys[:depth + 1]) if what == "the spec" else f"{what} key {'.'.join(keys[:depth + 1])}"
+
+
+_ABSENT = object()
+
+
+def _get(node, keys):
+    """node[k1][k2]..., or _ABSENT where a key is missing."""
+    for k in keys:
+        if not isinstance(node, dict) or k not in node:
+            return _ABSENT
+        node = node[k]
+    return node
 
 
 def _layer(flat, name, path):
