@@ -82,6 +82,31 @@ def read_runs(paths):
     return [read_run(p, "/".join(q[-depth:])) for p, q in zip(paths, parts)]
 
 
+def _flat(node, prefix="", out=None):
+    """{dotted path: value} of a resolved spec in its order, layers keyed by name (other lists stay whole)."""
+    out = {} if out is None else out
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _flat(v, f"{prefix}{k}.", out)
+    elif prefix == "layers." and isinstance(node, list):
+        for i, layer in enumerate(node):
+            _flat(layer, f"layers.{layer.get('name', i) if isinstance(layer, dict) else i}.", out)
+    else:
+        out[prefix[:-1]] = node
+    return out
+
+
+def differences(runs, limit=3):
+    """Per run, {path: value} of the spec values that differ between the runs (paths every run has;
+    at most ``limit``, in the order of the spec): what tells the curves apart."""
+    flats = [_flat(r.spec) for r in runs]
+    if len(flats) < 2:
+        return [{} for _ in flats]
+    common = [k for k in flats[0] if all(k in f for f in flats[1:])]
+    differ = [k for k in common if len({json.dumps(f[k], sort_keys=True) for f in flats}) > 1][:limit]
+    return [{k: f[k] for k in differ} for f in flats]
+
+
 def params_of(spec):
     """Parameters of a resolved spec, from its shapes (None when the spec does not load)."""
     try:
@@ -139,5 +164,9 @@ def compare(paths, figure=None):
     """(rows, figure path or None) for the run directories ``paths``."""
     runs = read_runs(paths)
     rows = [summary(r) for r in runs]
+    for row, run, diff in zip(rows, runs, differences(runs)):
+        row["differs"] = diff
+        if diff:  # the figure's legend says what each run changed
+            run.label += " (" + ", ".join(f"{k.split('.')[-1]} {v}" for k, v in diff.items()) + ")"
     written = plot_comparison(runs, figure) if figure else None
     return rows, written

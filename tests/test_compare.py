@@ -31,6 +31,9 @@ def test_table_json_and_figure(tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)["runs"]
     # tune trials all end in trials/NNNN: labels take as much of the path as tells them apart
     assert [r["run"] for r in rows] == ["a/trials/0000", "b/trials/0000"]
+    assert [r["differs"] for r in rows] == [  # what tells the curves apart, in the figure's legend
+        {"train.data.validation": 0.2, "train.optimizer.type": "adam", "train.optimizer.lr": 0.001},
+        {"train.data.validation": None, "train.optimizer.type": "momentum", "train.optimizer.lr": 0.01}]
     result_a = json.loads((a / "result.json").read_text())
     last_b = json.loads((b / "metrics.jsonl").read_text().splitlines()[-1])
     assert (rows[0]["optimizer"], rows[0]["epochs"], rows[0]["val_acc"], rows[0]["test_acc"]) == \
