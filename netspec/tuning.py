@@ -573,7 +573,9 @@ def write_outputs(job, search, study, total):
         lines.append(f"best spec: {best_path} (train it with: netspec run {best_path})")
     importances = None
     if len(complete) >= 2:
-        with contextlib.suppress(Exception):  # too few distinct values to judge: no importance plot
+        # too few distinct values to judge: no importance plot (and none of Optuna's warnings about it)
+        with contextlib.suppress(Exception), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             importances = optuna.importance.get_param_importances(
                 study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
     plots = save_study_plots(rows, tune, importances, out)
