@@ -6,6 +6,7 @@ Layout of ``model.npz`` (every entry a plain numeric or string array):
 - ``buffer/<layer>.<name>``  non-learned state (batchnorm running statistics)
 - ``optim/<slot>/<param>``, ``optim/t``   optimizer state
 - ``sampler/perm``           the shuffled order of the current epoch, if any
+- ``split/validation``       the training samples held out for validation, if any
 - ``meta``                   a JSON string: format and netspec version, the resolved
                              spec, trainer state, RNG states, the training history
 

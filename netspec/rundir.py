@@ -6,6 +6,8 @@ Layout of ``DIR/``:
                           data paths absolute and data files' checksums recorded
 - ``metrics.jsonl``       one JSON object per finished epoch (mirrors the checkpointed history)
 - ``model.npz``           the checkpoint (see netspec.checkpoint)
+- ``result.json``         the final numbers, written when the run ends: epochs, steps, seconds,
+                          parameters, the last epoch's metrics and the test set's (when it was read)
 - ``.lock``               the advisory lock of the process writing the run, and its PID
 - plots (``*.png``) when matplotlib is installed
 
@@ -33,6 +35,7 @@ from .spec.loader import MAX_DEPTH, MAX_SPEC_BYTES, check_depth
 
 RUN_FILES = ("model.npz", "metrics.jsonl", "spec.resolved.json")
 PLOTS = ("curves.png", "misclassified.png", "filters.png")
+OUTPUTS = ("result.json",)  # written at the end; removed with the run by --force
 
 
 def default_run_dir(spec):
@@ -133,7 +136,7 @@ class RunDir:
                     raise RunDirError(
                         f"{self.path} already holds a run ({', '.join(existing)}); continue it with "
                         f"`netspec run --resume {self.path}`, or replace it with --force")
-                for name in RUN_FILES + PLOTS:
+                for name in RUN_FILES + OUTPUTS + PLOTS:
                     with os_errors(f"remove the old {self.file(name)}"), contextlib.suppress(FileNotFoundError):
                         os.unlink(self.file(name))
             with os_errors(f"clean up {self.path}"):
@@ -194,6 +197,10 @@ class RunDir:
                               "restore it or delete it to resume") from None
         except (OSError, ValueError) as exc:
             raise RunDirError(f"{path} cannot be read ({exc}); restore it or delete it to resume") from None
+
+    def write_result(self, result):
+        """Replace result.json with the run's final numbers."""
+        atomic_text(self.file("result.json"), jsonout.dumps(result, indent=2) + "\n")
 
     def append_metrics(self, metrics):
         path = self.file("metrics.jsonl")

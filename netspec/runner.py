@@ -13,6 +13,7 @@ from .checkpoint import model_from_checkpoint, read_checkpoint
 from .compiler import compile
 from .data import load_data
 from .data.sources import pin_paths
+from .data.split import split_validation, without_test
 from .distributed import agree, check_same_inputs, world
 from .errors import RunDirError, SpecError
 from .rundir import RunDir, default_run_dir
@@ -33,28 +34,39 @@ def pin_data(spec):
     return spec.model_copy(update={"train": spec.train.model_copy(update={"data": data})})
 
 
-def load_spec_data(spec, dtype):
-    """The spec's train.data as a Dataset in ``dtype``; relative paths start at the spec's folder."""
-    return load_data(spec.train.data, seed=spec.seed, dtype=dtype, base_dir=_spec_dir(spec))
+def load_spec_data(spec, dtype, validation_index=None):
+    """The spec's train.data as a Dataset in ``dtype``; relative paths start at the spec's folder.
+
+    With ``train.data.validation`` the held-out samples move from the training arrays to the
+    validation arrays (``validation_index``: those a checkpoint recorded, instead of a fresh draw).
+    """
+    data = load_data(spec.train.data, seed=spec.seed, dtype=dtype, base_dir=_spec_dir(spec))
+    held = getattr(spec.train.data, "validation", None)
+    if held is not None:
+        data = split_validation(data, held, spec.seed, validation_index)
+    return data
 
 
 def trainer_for(spec, *, out=None, epochs=None, dtype=None, quiet=False, progress=None, callbacks=(),
-                save=True, data=None, force=False):
+                save=True, data=None, force=False, **options):
     """A fresh Trainer for a spec (path, dict or NetSpec); writes to ``out`` (or runs/...) when ``save``.
 
-    An ``out`` that already holds a run is refused unless ``force`` replaces it.
+    An ``out`` that already holds a run is refused unless ``force`` replaces it. Options:
+    ``test=False`` drops the test arrays before the Trainer sees them (a tuning trial never
+    reads the test set), ``log`` and ``signals`` go to the Trainer.
     """
     comm = world()
     tr = agree(comm, lambda: _fresh_trainer(comm, spec, out, epochs, dtype, quiet, progress, callbacks,
-                                            save, data, force))
+                                            save, data, force, **options))
     return _same_everywhere(comm, tr)
 
 
 def _same_everywhere(comm, tr):
     """The trainer, once every rank is known to hold the same spec and data (see check_same_inputs)."""
     try:
-        check_same_inputs(comm, spec_to_dict(tr.model.spec), {"x_train": tr.x_train, "t_train": tr.t_train,
-                                                             "x_test": tr.x_test, "t_test": tr.t_test})
+        check_same_inputs(comm, spec_to_dict(tr.model.spec), {
+            "x_train": tr.x_train, "t_train": tr.t_train, "x_val": tr.x_val, "t_val": tr.t_val,
+            "x_test": tr.x_test, "t_test": tr.t_test})
     except BaseException:
         if tr.files:
             tr.files.release()
@@ -62,7 +74,8 @@ def _same_everywhere(comm, tr):
     return tr
 
 
-def _fresh_trainer(comm, spec, out, epochs, dtype, quiet, progress, callbacks, save, data, force):
+def _fresh_trainer(comm, spec, out, epochs, dtype, quiet, progress, callbacks, save, data, force, test=True,
+                   log=None, signals=None):
     spec = load_spec(spec)
     if spec.train is None:
         raise SpecError(f"{spec.source}: the spec has no 'train' section; add one to train it", file=spec.source)
@@ -74,8 +87,10 @@ def _fresh_trainer(comm, spec, out, epochs, dtype, quiet, progress, callbacks, s
         files.claim(force=force)
     try:
         data = data if data is not None else load_spec_data(spec, model.dtype)
+        if not test:
+            data = without_test(data)
         return Trainer(model, data, run_dir=files, epochs=epochs, quiet=quiet, progress=progress,
-                       callbacks=callbacks, comm=comm)
+                       callbacks=callbacks, comm=comm, log=log, signals=signals)
     except BaseException:
         if files:
             files.release()
@@ -125,7 +140,7 @@ def _check_resolved_spec(files, meta):
 
 def _restored_trainer(comm, files, meta, arrays, epochs, quiet, progress, callbacks):
     model = model_from_checkpoint(meta, arrays, files.checkpoint_path if files else "the checkpoint")
-    data = load_spec_data(model.spec, model.dtype)
+    data = load_spec_data(model.spec, model.dtype, arrays.get("split/validation"))
     st = meta.get("trainer") or {}
     tr = Trainer(model, data, run_dir=files, epochs=epochs, quiet=quiet, progress=progress,
                  callbacks=callbacks, comm=comm)

@@ -8,6 +8,7 @@ was never interrupted. The loss is checked before every update: a NaN or
 infinite loss stops training before it can touch the parameters or the last
 good checkpoint.
 """
+import contextlib
 import math
 import os
 import signal
@@ -30,7 +31,8 @@ from .seeds import seed_streams
 
 
 class History(list):
-    """Per-epoch metric dicts; ``model``, ``run_dir`` and ``test_acc`` are attached."""
+    """Per-epoch metric dicts; ``model``, ``run_dir`` and ``test_acc`` are attached (``test_acc`` and
+    ``test_loss`` stay None when the run did not read the test set: a tuning trial)."""
     model = None
     run_dir = None
     test_acc = None
@@ -42,7 +44,7 @@ class Trainer:
     """Train a compiled model on a dataset as its spec's ``train`` section says."""
 
     def __init__(self, model, data, *, run_dir=None, epochs=None, quiet=False, progress=None,
-                 callbacks=(), log=None, comm=None):
+                 callbacks=(), log=None, comm=None, signals=None):
         spec = model.spec
         # Under mpiexec with K > 1 processes: data-parallel over K ranks (netspec.distributed).
         self.comm = comm if comm is not None else world()
@@ -59,7 +61,13 @@ class Trainer:
         self.log = log or (lambda msg: print(msg, flush=True))
         cfg = self.cfg
         self.x_train, self.t_train = _checked(model, data.x_train, data.t_train, f"data '{data.name}' (train)")
-        self.x_test, self.t_test = _checked(model, data.x_test, data.t_test, f"data '{data.name}' (test)")
+        # no test arrays: a tuning trial, which must never read the test set
+        self.x_test, self.t_test = (None, None) if data.x_test is None else \
+            _checked(model, data.x_test, data.t_test, f"data '{data.name}' (test)")
+        # a validation split (train.data.validation): per-epoch reports use it, the test set is read at the end
+        self.x_val, self.t_val = (None, None) if data.x_val is None else \
+            _checked(model, data.x_val, data.t_val, f"data '{data.name}' (validation)")
+        self.val_index = data.val_index
         if cfg.augment is not None and cfg.augment.enabled and len(model.input_shape) != 3:
             raise DataError(f"augmentation needs image input (C, H, W); the spec's input is {list(model.input_shape)}")
         n = len(self.x_train)
@@ -84,6 +92,7 @@ class Trainer:
         self.bad_epochs = 0
         self.progress = (sys.stderr.isatty() and not quiet) if progress is None else progress
         self._signals = None
+        self._given_signals = signals  # a StopSignals the caller entered (a tuning worker's, for its life)
         self._stop_all = False
         self.reducer = GradientReducer(self.comm, model.params, model.compute_dtype) if self.comm.size > 1 else None
 
@@ -105,10 +114,12 @@ class Trainer:
         """Write the checkpoint atomically; a failed write leaves the previous one in place."""
         if not self.files:
             return None
+        extra = {"sampler/perm": self.sampler.perm}
+        if self.val_index is not None:
+            extra["split/validation"] = self.val_index  # a resume holds out the same samples
         with os_errors(f"write the checkpoint {self.checkpoint_path} (the previous checkpoint, if any, "
                        "is intact)"):
-            return save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.state(),
-                                   {"sampler/perm": self.sampler.perm})
+            return save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.state(), extra)
 
     def _last_checkpoint(self):
         if self.files and os.path.exists(self.checkpoint_path):
@@ -216,6 +227,9 @@ class Trainer:
         average_buffers(self.comm, m)
         with np.errstate(over="ignore", invalid="ignore"):
             tr = self._evaluate(self.x_train[:k], self.t_train[:k])
+            if self.x_val is not None:  # the whole validation set: it is what a search compares
+                va = self._evaluate(self.x_val, self.t_val)
+                return {"train_acc": tr[1], "val_acc": va[1], "val_loss": va[0]}
             te = self._evaluate(self.x_test[:k], self.t_test[:k])
         return {"train_acc": tr[1], "test_acc": te[1], "test_loss": te[0]}
 
@@ -251,7 +265,8 @@ class Trainer:
         stopped = None
         self._stop_request = None
         try:
-            with StopSignals() as signals:
+            given = self._given_signals
+            with contextlib.nullcontext(given) if given is not None else StopSignals() as signals:
                 self._signals = signals
                 try:
                     while self.step < self.total_steps and not stopped:
@@ -349,19 +364,41 @@ class Trainer:
         return metrics
 
     def finish(self):
-        """Evaluate on the whole test set; write plots when matplotlib is there."""
+        """Evaluate on the whole test set (unless the run has none: a tuning trial); write
+        result.json and, when matplotlib is there, plots."""
         average_buffers(self.comm, self.model)
-        loss, acc = self._evaluate(self.x_test, self.t_test)
         h = self.history
-        h.model, h.run_dir, h.test_acc, h.test_loss = self.model, self.run_dir, acc, loss
+        h.model, h.run_dir = self.model, self.run_dir
+        if self.x_test is not None:
+            h.test_loss, h.test_acc = self._evaluate(self.x_test, self.t_test)
         if not self.quiet:
             self.log(self.result_line())
         if self.run_dir:
+            self.files.write_result(self.result())
             save_plots(self)
         return h
 
+    def result(self):
+        """The run's final numbers, for result.json (and netspec compare)."""
+        h = self.history
+        out = {"epochs": self.epoch, "steps": self.step, "seconds": round(sum(m["seconds"] for m in h), 4),
+               "params": int(sum(p.size for p in self.model.params.values())), "stopped": h.stopped}
+        if h:
+            out.update({k: h[-1][k] for k in ("train_loss", "val_acc", "val_loss") if k in h[-1]})
+        if self.x_test is not None:
+            out.update({"test_acc": h.test_acc, "test_loss": h.test_loss, "test_samples": len(self.x_test)})
+        return out
+
     def result_line(self):
-        h, n = self.history, len(self.t_test)
+        h = self.history
+        if self.x_test is None:  # a tuning trial: the test set is never read
+            last = h[-1] if h else {}
+            n = len(self.x_val) if self.x_val is not None else 0
+            if last.get("val_acc") is not None:
+                return f"validation accuracy: {last['val_acc']:.4f} ({round(last['val_acc'] * n)}/{n}), " \
+                       f"validation loss {last['val_loss']:.4f} (test set not read)"
+            return f"validation loss: {last.get('val_loss', float('nan')):.6g} ({n} samples; test set not read)"
+        n = len(self.t_test)
         if h.test_acc is not None:
             return f"test accuracy: {h.test_acc:.4f} ({round(h.test_acc * n)}/{n}), test loss {h.test_loss:.4f}"
         return f"test loss: {h.test_loss:.6g} ({n} samples)"
@@ -377,10 +414,11 @@ class Trainer:
 
     def _epoch_line(self, m):
         parts = [f"epoch {m['epoch']}/{self.epochs}", f"step {m['step']}", f"loss {m['train_loss']:.4g}"]
+        split = "val" if "val_loss" in m else "test"
         if m.get("train_acc") is not None:
-            parts += [f"train acc {m['train_acc']:.4f}", f"test acc {m['test_acc']:.4f}"]
+            parts += [f"train acc {m['train_acc']:.4f}", f"{split} acc {m[split + '_acc']:.4f}"]
         else:
-            parts.append(f"test loss {m['test_loss']:.6g}")
+            parts.append(f"{split} loss {m[split + '_loss']:.6g}")
         parts += [f"lr {m['lr']:.3g}", f"{m['seconds']:.1f}s"]
         return "  ".join(parts)
 

@@ -31,9 +31,10 @@ def need(module):
         _missing(f"optional dependency {module!r} is not installed ({exc})")
 
 
-def need_program(name, hint):
-    """The path of a program on PATH or beside this Python, or skip (fail under NETSPEC_REQUIRE_EXTRAS=1)."""
-    path = shutil.which(name) or shutil.which(name, path=os.path.dirname(sys.executable))
+def need_program(name, hint, dirs=()):
+    """The path of a program on PATH, beside this Python or in ``dirs``, or skip (fail under
+    NETSPEC_REQUIRE_EXTRAS=1)."""
+    path = shutil.which(name) or shutil.which(name, path=os.pathsep.join([os.path.dirname(sys.executable), *dirs]))
     if path is None:
         _missing(f"{name} not found ({hint})")
     return path

@@ -116,7 +116,7 @@ def find_cycle(graph):
 
 
 # imported where they are used, because netspec works without them (or off Linux, fcntl)
-OPTIONAL = {"onnx", "PIL", "mpi4py", "matplotlib", "sklearn", "fcntl"}
+OPTIONAL = {"onnx", "PIL", "mpi4py", "matplotlib", "sklearn", "fcntl", "optuna", "sqlalchemy"}
 
 
 def test_only_optional_dependencies_are_imported_inside_functions():

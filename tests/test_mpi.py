@@ -134,7 +134,7 @@ def test_cli_run_writes_one_run_directory_and_resumes_with_another_k(tmp_path):
     assert out.stdout.count("training mpi_eq") == 1 and "data-parallel on 2 ranks x 1 thread" in out.stdout
     assert out.stdout.count("saved ") == 1 and out.stdout.count("epoch 1/1") == 1
     assert sorted(p.name for p in run.iterdir() if p.suffix in (".npz", ".json", ".jsonl")) == [
-        "metrics.jsonl", "model.npz", "spec.resolved.json"]
+        "metrics.jsonl", "model.npz", "result.json", "spec.resolved.json"]  # rank 0 alone writes
     assert not list(tmp_path.glob("runs")) and not list(Path.cwd().glob("runs/mpi_eq*"))
     # continue with 3 ranks: the same result as 20 steps on one process
     out = mpirun(3, *NETSPEC, "run", "--resume", str(run), "--epochs", "2", "--no-progress")

@@ -37,7 +37,7 @@ def test_training_works_without_matplotlib(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     h = netspec.train(tiny_conv(), out=tmp_path)
     assert h.test_acc is not None
-    assert sorted(os.listdir(tmp_path)) == [".lock", "metrics.jsonl", "model.npz", "spec.resolved.json"]
+    assert sorted(os.listdir(tmp_path)) == [".lock", "metrics.jsonl", "model.npz", "result.json", "spec.resolved.json"]
 
 
 def test_shipped_specs_resolve_by_name(tmp_path, capsys):

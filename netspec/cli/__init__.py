@@ -20,6 +20,8 @@ from ..errors import NetspecError
 # (name, module in netspec.cli, help), in the order ``netspec --help`` lists them
 COMMANDS = [
     ("run", "train", "train a spec; writes a run directory with checkpoints and metrics"),
+    ("tune", "tune", "search the values of a spec's tune section (Optuna); every trial a run directory"),
+    ("compare", "compare", "overlay the curves of run directories and tabulate their final numbers"),
     ("evaluate", "train", "loss, accuracy and confusion matrix of a checkpoint"),
     ("predict", "train", "class and top-3 (or outputs) of a checkpoint for image files, folders or arrays"),
     ("export", "export", "write a checkpoint as an ONNX model (checked by onnx's checker)"),

@@ -47,14 +47,19 @@ IDX_COUNTS = {"x_train": 60000, "x_test": 10000}
 
 @dataclass(frozen=True, repr=False)
 class Dataset:
-    """Training and test arrays: x float (N, ...), t int64 labels or float targets."""
+    """Training, test and (with a validation split) validation arrays: x float (N, ...), t int64
+    labels or float targets. ``val_index`` holds the positions in the full training set that were
+    held out for validation; the test arrays are None when a run must not read them (tuning)."""
 
     x_train: np.ndarray
     t_train: np.ndarray
-    x_test: np.ndarray
-    t_test: np.ndarray
+    x_test: Optional[np.ndarray]
+    t_test: Optional[np.ndarray]
     num_classes: Optional[int]
     name: str
+    x_val: Optional[np.ndarray] = None
+    t_val: Optional[np.ndarray] = None
+    val_index: Optional[np.ndarray] = None
 
     @property
     def sample_shape(self):
@@ -62,9 +67,11 @@ class Dataset:
         return tuple(self.x_train.shape[1:])
 
     def __repr__(self):
+        shape = lambda a: None if a is None else a.shape  # noqa: E731
+        val = f", x_val={self.x_val.shape}" if self.x_val is not None else ""
         return (f"Dataset({self.name!r}, x_train={self.x_train.shape} {self.x_train.dtype}, "
-                f"t_train={self.t_train.shape} {self.t_train.dtype}, x_test={self.x_test.shape}, "
-                f"t_test={self.t_test.shape}, num_classes={self.num_classes})")
+                f"t_train={self.t_train.shape} {self.t_train.dtype}, x_test={shape(self.x_test)}, "
+                f"t_test={shape(self.t_test)}{val}, num_classes={self.num_classes})")
 
 
 # ---------------------------------------------------------------- locations

@@ -8,6 +8,7 @@ quick-run limits. Loading lives in ``netspec.data.sources``; these models only
 describe and check.
 """
 
+import math
 from typing import Annotated, Any, List, Literal, Optional, Union
 
 import numpy as np
@@ -15,7 +16,9 @@ from pydantic import (
     Field,
     NonNegativeFloat,
     NonNegativeInt,
+    BeforeValidator,
     PositiveInt,
+    StrictInt,
     TypeAdapter,
     field_validator,
     model_validator,
@@ -24,7 +27,39 @@ from pydantic import (
 from netspec._strict import Strict
 
 
-class ImageOptions(Strict):
+def _number(v):
+    """One message for anything but a number (the union would give one per member)."""
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+        quoted = " (values are never read from strings: remove the quotes)" if isinstance(v, str) else ""
+        raise ValueError(f"expected a fraction such as 0.2 or a count of samples, got {v!r}{quoted}")
+    return v
+
+
+class Holdout(Strict):
+    """The validation split every source may declare: part of the training set held out."""
+
+    validation: Annotated[Optional[Union[StrictInt, float]], BeforeValidator(_number)] = Field(
+        None,
+        description="hold out part of the training set for validation: a fraction (0.2) or a count of "
+        "samples (800), drawn with the spec's seed; per-epoch reports then use it and the test set is "
+        "evaluated once, at the end",
+    )
+
+    @field_validator("validation")
+    @classmethod
+    def _fraction_or_count(cls, v):
+        if v is None:
+            return v
+        if isinstance(v, int):
+            if v < 1:
+                raise ValueError(f"a count of validation samples must be >= 1 (got {v})")
+        elif not (math.isfinite(v) and 0 < v < 1):
+            raise ValueError(f"a fraction of the training set must be between 0 and 1, exclusive (got {v}); "
+                             "a count of samples is a whole number")
+        return v
+
+
+class ImageOptions(Holdout):
     """Options shared by image sources, as in the book's MNIST loader."""
 
     normalize: bool = Field(True, description="scale pixels to [0, 1] floats; false keeps the raw values (as floats)")
@@ -76,7 +111,7 @@ class DigitsData(ImageOptions):
     n_test: PositiveInt = Field(297, description="size of the test split, taken from a fixed shuffle (train gets the rest)")
 
 
-class InlineData(Strict):
+class InlineData(Holdout):
     """Arrays written in the spec; the test set defaults to the training set."""
 
     source: Literal["inline"]
@@ -102,6 +137,9 @@ class InlineData(Strict):
     def _pairs_fit(self):
         if (self.x_test is None) != (self.t_test is None):
             raise ValueError("give both x_test and t_test, or neither (then the test set is x, t)")
+        if self.validation is not None and self.x_test is None:
+            raise ValueError("a validation split of inline data needs x_test and t_test: without them the "
+                             "test set is x, t, which would hold the validation samples")
         for xs, ts, name in ((self.x, self.t, ""), (self.x_test, self.t_test, "_test")):
             if xs is not None and len(xs) != len(ts):
                 raise ValueError(f"x{name} has {len(xs)} samples but t{name} has {len(ts)}; expected the same number")
@@ -133,7 +171,7 @@ class NpzData(ImageOptions):
     )
 
 
-class FunctionData(Strict):
+class FunctionData(Holdout):
     """Synthetic regression: x ~ U[low, high], t = polyval(coefficients, x) (+ noise)."""
 
     source: Literal["function"]
@@ -191,6 +229,7 @@ __all__ = [
     "DigitsData",
     "FashionMnistData",
     "FunctionData",
+    "Holdout",
     "ImageOptions",
     "InlineData",
     "Mnist5kData",

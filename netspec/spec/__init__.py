@@ -10,12 +10,13 @@ from pydantic import ValidationError
 
 from ..errors import SpecError
 from ..layers import LAYERS
-from . import blocks
+from . import blocks, space
 from .issues import issue, issues_from, kind_of
 from .loader import Positions, check_depth, parse_text, read_spec_file
-from .models import FORMAT_VERSION, NetSpec
+from .models import FORMAT_VERSION, NetSpec, spec_to_dict
 
-__all__ = ["load_spec", "NetSpec", "FORMAT_VERSION", "json_schema", "spec_to_dict", "expand", "first_difference"]
+__all__ = ["load_spec", "NetSpec", "FORMAT_VERSION", "json_schema", "spec_to_dict", "expand", "searchable",
+           "first_difference"]
 
 def load_spec(spec, *, source=None):
     """Return a validated NetSpec from a path, a dict, or a NetSpec (returned as is)."""
@@ -51,14 +52,25 @@ def expand(data, pos, source):
     """
     if not isinstance(data, dict):
         raise SpecError([issue(source, pos, (), f"a spec must be a mapping of keys, got {kind_of(data)}")])
-    origins = None
+    origins, raw, raw_pos = None, data, pos
     if blocks.uses_blocks(data):
         data, pos, origins = blocks.expand(data, pos, source, NetSpec)
     try:
         spec = NetSpec.model_validate(data, context={"source": source, "positions": pos})
     except ValidationError as exc:
         raise SpecError(issues_from(exc, data, pos, source, NetSpec), file=source) from None
+    space.check(spec, raw, raw_pos, validate)  # the tune section's paths, on the data as written
     return spec, origins
+
+
+def searchable(spec_path):
+    """A spec file with a tune section, ready to give the spec of any values (netspec.spec.space)."""
+    data, pos = read_spec_file(spec_path)
+    spec = validate(data, pos, os.fspath(spec_path))
+    if spec.tune is None:
+        raise SpecError(f"{spec_path}: the spec has no 'tune' section; add one that names what to search "
+                        "(see netspec schema, or the README's section on tuning)", file=os.fspath(spec_path))
+    return space.Searchable(spec, data, pos, validate)
 
 
 def json_schema():
@@ -74,17 +86,6 @@ def json_schema():
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "netspec network spec"
     return schema
-
-
-def spec_to_dict(spec):
-    """The resolved spec (every default filled in, generated names included) as plain data."""
-    d = spec.model_dump(mode="json")
-    for layer, name in zip(d["layers"], spec.layer_names):
-        layer["name"] = name
-    for key in ("include", "blocks"):  # already expanded into the layers
-        if not d.get(key):
-            d.pop(key, None)
-    return d
 
 
 def first_difference(a, b, path=""):

@@ -16,6 +16,7 @@ from ..layers.base import Name
 from ..optim_spec import OptimizerSpec, ScheduleSpec
 from .blocks import BlockDef, Names
 from .loader import format_path
+from .tune import TuneSpec
 
 FORMAT_VERSION = 1
 
@@ -30,7 +31,9 @@ class InputSpec(Strict):
 
 class EarlyStopping(Strict):
     """Stop when ``metric`` has not improved for ``patience`` epochs."""
-    metric: Literal["test_acc", "test_loss", "train_loss", "train_acc"] = "test_acc"
+    metric: Literal["test_acc", "test_loss", "train_loss", "train_acc", "val_acc", "val_loss"] = Field(
+        "test_acc", description="with a validation split: val_acc (or val_loss) unless given; the test "
+        "set is then evaluated only at the end")
     patience: StrictInt = Field(3, gt=0)
     min_delta: float = Field(0.0, ge=0)
 
@@ -84,6 +87,9 @@ class NetSpec(Strict):
     layers: list[LayerSpecUnion] = Field(min_length=1)
     loss: LossName
     train: Optional[TrainSpec] = None
+    tune: Optional[TuneSpec] = Field(
+        None, description="what `netspec tune` searches: spec paths and their distributions (netspec run "
+        "ignores it)")
 
     _source: Optional[str] = PrivateAttr(None)
     _positions: object = PrivateAttr(None)
@@ -104,11 +110,51 @@ class NetSpec(Strict):
         if self.train is not None and self.train.label_smoothing and self.loss != "softmax_cross_entropy":
             issues.append((("train", "label_smoothing"), f"label smoothing needs loss softmax_cross_entropy, "
                            f"not {self.loss}", self.train.label_smoothing))
+        if self.train is not None and self.train.early_stopping is not None:
+            issues.extend(self._early_stopping_metric())
+        if self.tune is not None:
+            issues.extend(self._tune_needs())
         if issues:
             raise ValidationError.from_exception_data("NetSpec", [
                 InitErrorDetails(type=PydanticCustomError("graph", message), loc=loc, input=value)
                 for loc, message, value in issues])
         return self
+
+    def _early_stopping_metric(self):
+        """With a validation split the test set is read only at the end: early stopping watches
+        the validation set (chosen here when the spec names no metric). Returns issues."""
+        es, held_out = self.train.early_stopping, self.held_out
+        loc = ("train", "early_stopping", "metric")
+        if "metric" not in es.model_fields_set:
+            if held_out:
+                metric = "val_acc" if LOSSES[self.loss].classification else "val_loss"
+                self.train.early_stopping = es.model_copy(update={"metric": metric})
+            return []
+        if held_out and es.metric.startswith("test_"):
+            return [(loc, f"with a validation split the test set is evaluated only at the end; early stopping "
+                     f"watches val_{es.metric[5:]} instead", es.metric)]
+        if not held_out and es.metric.startswith("val_"):
+            return [(loc, f"{es.metric} needs a validation split: add train.data.validation (a fraction "
+                     "such as 0.1, or a count)", es.metric)]
+        return []
+
+    def _tune_needs(self):
+        """A search compares validation results: it needs a validation split, and val_acc a classifier."""
+        tune, classifies = self.tune, LOSSES[self.loss].classification
+        if not self.held_out:
+            return [(("tune",), "tuning needs a validation split, so that no trial is judged on the test "
+                     "set: add train.data.validation (a fraction such as 0.2, or a count)", None)]
+        if "objective" not in tune.model_fields_set and not classifies:
+            tune.objective = "val_loss"
+        elif tune.objective == "val_acc" and not classifies:
+            return [(("tune", "objective"), f"val_acc needs a classification loss (this spec's is {self.loss}); "
+                     "use val_loss", tune.objective)]
+        return []
+
+    @property
+    def held_out(self):
+        """Whether the spec holds out a validation split (train.data.validation)."""
+        return self.train is not None and getattr(self.train.data, "validation", None) is not None
 
     @property
     def source(self):
@@ -139,6 +185,22 @@ class NetSpec(Strict):
     def uses(self, i):
         """"block 'x' used at file:line, ..." for layer i when it came from a block, else ''."""
         return self._positions.uses.get(("layers", i), "") if self._positions is not None else ""
+
+
+def spec_to_dict(spec):
+    """The resolved spec (every default filled in, generated names included) as plain data.
+
+    The tune section is left out: a run trains the network, and a tuning trial's values are in
+    its layers and train section already.
+    """
+    d = spec.model_dump(mode="json")
+    for layer, name in zip(d["layers"], spec.layer_names):
+        layer["name"] = name
+    for key in ("include", "blocks"):  # already expanded into the layers
+        if not d.get(key):
+            d.pop(key, None)
+    d.pop("tune", None)
+    return d
 
 
 # graph problems listed in full; past this many they are only counted (a spec of 10,000 bad
