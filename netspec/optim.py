@@ -12,22 +12,27 @@ import numpy as np
 from . import kernels
 
 
-def scheduled_lr(base_lr, schedule, epoch, epochs):
+def scheduled_lr(base_lr, schedule, epoch, epochs, steps_per_epoch=1):
     """Learning rate for a 0-based ``epoch`` of ``epochs``.
 
     A warm-up of w epochs gives lr * (e + 1) / (w + 1) at epochs e < w; the schedule's own
     formula then counts epochs from the end of the warm-up (e - w of epochs - w).
+    With ``per: step`` the trainer passes ``epoch`` and ``epochs`` in steps and the number of
+    steps per epoch: the warm-up is then lr * (s + 1) / (w * steps_per_epoch + 1) at step s,
+    and the formulas count fractional epochs (s / steps_per_epoch).
     """
     if schedule is None:
         return base_lr
-    w = schedule.warmup_epochs
+    w = schedule.warmup_epochs * steps_per_epoch
     if epoch < w:
         return base_lr * (epoch + 1) / (w + 1)
-    epoch, epochs = epoch - w, max(epochs - w, 1)
+    epoch, epochs = (epoch - w) / steps_per_epoch, max(epochs - w, 1) / steps_per_epoch
+    if steps_per_epoch == 1:
+        epoch, epochs = int(epoch), int(epochs)   # per epoch: whole numbers, exactly as before
     if schedule.type == "constant":
         return base_lr
     if schedule.type == "step":
-        return base_lr * schedule.gamma ** (epoch // schedule.step_size)
+        return base_lr * schedule.gamma ** int(epoch // schedule.step_size)
     if schedule.type == "exponential":
         return base_lr * schedule.gamma ** epoch
     frac = min(epoch / epochs, 1.0)

@@ -68,6 +68,10 @@ class _Schedule(_FiniteSpec):
     warmup_epochs: StrictInt = Field(
         0, ge=0, description="epochs of linear warm-up first: lr * (e + 1) / (warmup_epochs + 1) at epoch e; "
         "the schedule then runs over the remaining epochs")
+    per: Literal["epoch", "step"] = Field(
+        "epoch", description="when the learning rate changes: at the start of each epoch (the formulas count "
+        "whole epochs), or before every step (they count fractional epochs: step / steps_per_epoch, and the "
+        "warm-up rises step by step)")
 
 
 class ConstantSchedule(_Schedule):

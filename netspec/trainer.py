@@ -287,12 +287,16 @@ class Trainer:
     def _train_epoch(self, bar, signals):
         """Steps up to the end of the current epoch (or the budget), checking for signals after each."""
         cfg = self.cfg
-        if self.epoch_loss[1] == 0:
+        per_step = cfg.schedule is not None and cfg.schedule.per == "step"
+        if self.epoch_loss[1] == 0 and not per_step:
             self.optimizer.lr = scheduled_lr(cfg.optimizer.lr, cfg.schedule, self.epoch, self.epochs)
         t0 = time.perf_counter()
         end = min((self.epoch + 1) * self.steps_per_epoch, self.total_steps)
         try:
             while self.step < end:
+                if per_step:
+                    self.optimizer.lr = scheduled_lr(cfg.optimizer.lr, cfg.schedule, self.step,
+                                                     self.epochs * self.steps_per_epoch, self.steps_per_epoch)
                 loss = self.train_step(self.sampler.next())
                 self._check_signals(signals)  # between two updates: the state is consistent here
                 if bar is not None:

@@ -143,3 +143,40 @@ def test_weight_decay_can_skip_biases_and_batchnorm(kind):
         for k, p in m.params.items():
             moved = not np.array_equal(p, before[k])
             assert moved == (not exempt or k not in m.no_decay_names()), (exempt, k)
+
+
+def test_a_schedule_per_step_counts_fractional_epochs_and_warms_up_step_by_step():
+    from netspec.optim_spec import CosineSchedule, StepSchedule
+    cos = CosineSchedule.model_validate({"type": "cosine", "warmup_epochs": 1, "per": "step"})
+    spe, epochs = 4, 3
+    lrs = [scheduled_lr(0.2, cos, s, epochs * spe, spe) for s in range(epochs * spe)]
+    assert lrs[:4] == pytest.approx([0.2 * (s + 1) / 5 for s in range(4)])        # lr * (s + 1) / (w * spe + 1)
+    assert lrs[4:] == pytest.approx([0.1 * (1 + math.cos(math.pi * (s / 4) / 2)) for s in range(8)])
+    assert len(set(lrs)) == len(lrs)                                                # it moves every step
+    step = StepSchedule.model_validate({"type": "step", "step_size": 1, "gamma": 0.5, "per": "step"})
+    assert [scheduled_lr(1.0, step, s, 8, 4) for s in range(8)] == [1, 1, 1, 1, 0.5, 0.5, 0.5, 0.5]
+    # per epoch (the default), nothing changed: the same whole-epoch values as before
+    per_epoch = CosineSchedule.model_validate({"type": "cosine", "warmup_epochs": 1})
+    assert per_epoch.per == "epoch"
+    assert [scheduled_lr(0.2, per_epoch, e, 3) for e in range(3)] == pytest.approx(
+        [0.1, 0.2, 0.1 * (1 + math.cos(math.pi / 2))])
+
+
+def test_the_trainer_sets_the_learning_rate_before_every_step_with_per_step(tmp_path):
+    from netspec.runner import trainer_for
+    spec = {"name": "s", "seed": 1, "input": {"shape": [2]}, "layers": [{"type": "dense", "units": 1}], "loss": "mse",
+            "train": {"data": {"source": "function", "coefficients": [1, 0], "n_train": 32, "n_test": 8},
+                      "optimizer": {"type": "sgd", "lr": 0.1}, "epochs": 3, "batch_size": 8,
+                      "schedule": {"type": "cosine", "warmup_epochs": 1, "per": "step"}}}
+    spec["input"]["shape"] = [1]
+    tr = trainer_for(spec, save=False, quiet=True, progress=False)
+    seen, real = [], tr.train_step
+
+    def record(idx):
+        seen.append(tr.optimizer.lr)
+        return real(idx)
+    tr.train_step = record
+    tr.run()
+    sched = tr.cfg.schedule
+    assert len(seen) == 12 and seen == [scheduled_lr(0.1, sched, s, 12, 4) for s in range(12)]
+    assert seen[0] == pytest.approx(0.1 / 5) and seen[4] == pytest.approx(0.1)

@@ -198,3 +198,16 @@ def test_sampler_shuffle_counts():
         assert np.array_equal(np.bincount(drawn, minlength=n), np.ones(n, dtype=np.int64))
         passes.append(drawn)
     assert not np.array_equal(passes[0], passes[1]) and not np.array_equal(passes[1], passes[2])
+
+
+def test_a_schedule_per_step_resumes_mid_epoch_where_it_was(tmp_path):
+    """The learning rate of a per-step schedule follows the step counter: resumed after step 6,
+    the run logs what the uninterrupted one logs, lr included."""
+    spec = tiny(schedule={"type": "cosine", "warmup_epochs": 1, "per": "step"})
+    full = netspec.train(spec, out=tmp_path / "full")
+    interrupt_at(spec, tmp_path / "cut", step=6)
+    resumed = resume_trainer(str(tmp_path / "cut"), quiet=True).run()
+    assert metrics_of(tmp_path / "cut") == metrics_of(tmp_path / "full")
+    assert resumed.test_acc == full.test_acc
+    lrs = [m["lr"] for m in metrics_of(tmp_path / "full")]
+    assert len(set(lrs)) == len(lrs) == 3
