@@ -431,6 +431,14 @@ def conv2d_backward(dout, x, W, stride, pad, need_dx=True):
         # dW = sum_n dout_n @ x_n^T, as one GEMM over the (n, p) axis pair
         dW[...] = np.tensordot(dout3, x.reshape(N, C, P), axes=([0, 2], [0, 2]))
         return dx, dW.reshape(W.shape), db
+    if kh == 1 and kw == 1 and pad == 0:
+        # a strided 1x1 convolution (a ResNet projection) reads every stride-th pixel: the same
+        # two GEMMs on that subsampled input, and d/dx lands on those pixels (the rest stay 0)
+        xs = np.ascontiguousarray(x[:, :, ::stride, ::stride]).reshape(N, C, P)
+        dW[...] = np.tensordot(dout3, xs, axes=([0, 2], [0, 2]))
+        if need_dx:
+            dx[:, :, ::stride, ::stride] = np.matmul(W2.T, dout3).reshape(N, C, OH, OW)
+        return dx, dW.reshape(W.shape), db
     direct_dw = _direct_ok(x, W)
     if direct_dw:
         dW[...] = _direct_dw(x, dout3.reshape(N, FN, OH, OW), kh, kw, stride, pad).reshape(FN, K)
