@@ -202,10 +202,14 @@ def plan(frameworks, threads, rounds, kernels, rows=None):
     return jobs
 
 
-def contended_plan(frameworks, rounds):
+CONTENDED_ROWS = ("deep_convnet.train", "resnet_fashion.train")
+
+
+def contended_plan(frameworks, rounds, rows=None):
     fws = [fw for fw in ("netspec", "torch") if fw in frameworks]
-    return [{"round": r, "framework": fw, "case": "deep_convnet.train", "threads": 2, "contended": True}
-            for r in range(rounds) for fw in (fws if r % 2 == 0 else fws[::-1])]
+    return [{"round": r, "framework": fw, "case": case, "threads": 2, "contended": True}
+            for r in range(rounds) for case in CONTENDED_ROWS if rows is None or case in rows
+            for fw in (fws if r % 2 == 0 else fws[::-1])]
 
 
 def start_spinner(cpu):
@@ -393,6 +397,11 @@ def targets(res, contended):
                 res.ms("deep_convnet.train", "netspec", 2))
         out.append(("deep_convnet train step (2 threads) with a busy process <= 2.5x quiet time",
                     fmt(v, "{:.2f}x"), None if v is None else v <= 2.5))
+        for case in CONTENDED_ROWS:
+            slow = {fw: div(res.ms(case, fw, 2, contended=True), res.ms(case, fw, 2)) for fw in ("netspec", "torch")}
+            ok = None if None in slow.values() else slow["netspec"] <= slow["torch"]
+            out.append((f"{case.split('.')[0]} train step (2 threads) slows with a busy process no more than torch's",
+                        f"netspec {fmt(slow['netspec'], '{:.2f}x')}, torch {fmt(slow['torch'], '{:.2f}x')}", ok))
     return out
 
 
@@ -496,14 +505,15 @@ def memory_section(res, settings):
 def contended_section(res, settings):
     pin = settings["pin_spinner"]
     where = "unpinned" if pin is None else f"pinned to CPU {pin}"
-    out = ["## Contended: deep_convnet train step, 2 threads, one busy process", "",
+    out = ["## Contended: train steps, 2 threads, one busy process", "",
            f"A pure-Python loop in another process ({where}) keeps one core busy.", "",
-           "| framework | quiet ms | contended ms | contended/quiet |", "|---|---|---|---|"]
-    for fw in ("netspec", "torch"):
-        if fw in settings["frameworks"]:
-            q = res.cell("deep_convnet.train", fw, 2)
-            c = res.cell("deep_convnet.train", fw, 2, contended=True)
-            out.append(f"| {fw} | {q.text()} | {c.text()} | {fmt(div(c.median, q.median), '{:.2f}x')} |")
+           "| workload | framework | quiet ms | contended ms | contended/quiet |", "|---|---|---|---|---|"]
+    for case in CONTENDED_ROWS:
+        for fw in ("netspec", "torch"):
+            if fw in settings["frameworks"]:
+                q = res.cell(case, fw, 2)
+                c = res.cell(case, fw, 2, contended=True)
+                out.append(f"| {case} | {fw} | {q.text()} | {c.text()} | {fmt(div(c.median, q.median), '{:.2f}x')} |")
     return out
 
 
@@ -589,7 +599,7 @@ def main(argv=None):
         if rows - known:
             sys.exit(f"bench.py: unknown --rows {', '.join(sorted(rows - known))}; known: {', '.join(sorted(known))}")
     jobs = plan(settings["frameworks"], settings["threads"], settings["rounds"], settings["kernels"], rows)
-    extra = contended_plan(settings["frameworks"], settings["rounds"]) if args.contended else []
+    extra = contended_plan(settings["frameworks"], settings["rounds"], rows) if args.contended else []
     if args.contended and 2 not in settings["threads"]:
         sys.exit("bench.py: --contended compares with the quiet 2-thread time: include 2 in --threads")
     records = []
