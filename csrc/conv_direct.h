@@ -267,7 +267,8 @@ ns512_forward_tile(const float *xp, const float *wt, const float *bias, float *o
 #define NS512_KEY(V, A, B) (((V) * 32 + (A)) * 32 + (B))
 
 /* The tile (R rows x T pixels) for a block of 16*V filters over an OH x OW output: the largest
- * share of real pixels times min(1, accumulators / 12), the larger tile on a tie (see above). */
+ * share of real pixels times min(1, accumulators / 12), the larger tile on a tie (see above).
+ * Several rows only when T <= OW, so that a row of the tile lies within its output row. */
 static void ns512_plan(int V, int OH, int OW, int *R, int *T) {
 #define NS512_PLAN_OPTION(v, r, t, S) if (v == V) consider(r, t);
     float best = -1.0f;
@@ -276,7 +277,7 @@ static void ns512_plan(int V, int OH, int OW, int *R, int *T) {
         const int rr = (r) > OH ? OH : (r);   /* more rows than the image has: never better */ \
         const float real = (float)OH * OW / ((float)((OH + rr - 1) / rr) * rr * ((OW + (t) - 1) / (t)) * (t)); \
         const float acc = (float)(rr * (t) * V), score = real * (acc >= 12.0f ? 1.0f : acc / 12.0f); \
-        if (rr == (r) && (t) <= (OW > 4 ? OW : 4) && (rr == 1 || (t) <= OW) && (score > best + 1e-6f || (score > best - 1e-6f && rr * (t) > *R * *T))) { \
+        if (rr == (r) && (rr == 1 || (t) <= OW) && (score > best + 1e-6f || (score > best - 1e-6f && rr * (t) > *R * *T))) { \
             best = score; *R = rr; *T = (t); } \
     } while (0)
     NS512_FWD_TILES(NS512_PLAN_OPTION, 1)
