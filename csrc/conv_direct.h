@@ -123,8 +123,9 @@ ns_forward_tile(const float *xp, const float *wt, const float *bias16, float *ou
  * vectors of a step (the broadcast input value is an FMA memory operand). A forward tile is
  * V registers of filters (V = 4, 2 or 1: 64, 32 or 16 filters, the widest the remaining
  * filters fill) x R output rows x T output pixels, R*T*V <= 28. Measured on Zen 4 (one
- * core, batch 100, one process per option, min of 11 runs; every option of the plan within
- * 10% of the best at 85-104 GFLOP/s, the core's FMA peak as numpy's sgemm measures it):
+ * core, batch 100, the options of a layer timed in turn in one process, min of 11 runs on
+ * a busy shared machine; the best reach 90-104 GFLOP/s, the core's FMA peak as numpy's
+ * sgemm measures it, 97-102):
  *   - 64 filters on 7x7: V=4 x 7 pixels 104 GFLOP/s, V=2 x 7 96, V=2 x 2 rows x 7 89 (its
  *     fourth row pair is half empty); on 4x4, V=4 x 4 93, V=2 x 2x4 90, V=2 x 4 76;
  *   - 16 filters on 28 wide: one tile of 28 pixels 90, two of 14 93 (equal within noise);
@@ -144,7 +145,7 @@ ns_forward_tile(const float *xp, const float *wt, const float *bias16, float *ou
  * 3x3 options (V=1 x 3 rows, V=2 x 3 rows, V=4 x 2 rows) measured within 8% of each other
  * at 77-98 GFLOP/s; fewer rows per tile is slower (16->16 on 28x28: 3 rows 91, 1 row 60).
  * dout is transposed to [pixel][filter] 16x16 in registers too (the scalar transpose
- * was most of a first layer's dW: 1->16 on 28x28, 1.49 ms -> 0.36 ms).
+ * was most of a first layer's dW: 1->16 on 28x28, 1.26 ms -> 0.36 ms).
  *
  * GCC's predictive commoning (-O3) keeps the input values one kernel column reuses from
  * the last in rotating temporaries, which with 28 accumulators spill to the stack: 55

@@ -7,9 +7,9 @@ in instruction-set variants of the same source (see setup.py): ``_compiled_avx51
 the best one this CPU supports (numpy's run-time detection, OS support included) is
 loaded. ``NETSPEC_ISA=baseline|avx2|avx512`` caps the choice (for tests and comparisons;
 tests/test_isa_variants.py tests every variant the CPU runs, whichever is loaded).
-``NETSPEC_PUREPYTHON=1`` forces numpy; ``NETSPEC_REQUIRE_CYTHON=1`` turns a missing or broken build into an ImportError
-instead of a silent fallback. Layers and optimizers call ``<kernels>.<name>``
-and never a backend directly.
+``NETSPEC_PUREPYTHON=1`` forces numpy; ``NETSPEC_REQUIRE_CYTHON=1`` turns a missing or
+broken build into an ImportError instead of a silent fallback. Layers and optimizers call
+``<kernels>.<name>`` and never a backend directly.
 
 Importing this module does nothing but define names: ``load()`` chooses the
 backend and applies netspec.runtime's process settings (which must precede the
