@@ -256,7 +256,7 @@ ns512_forward_tile(const float *xp, const float *wt, const float *bias, float *o
 }
 
 /* The forward tile shapes compiled, X(V, R, T) (each for strides 1 and 2); ns512_plan picks
- * among them. T >= 4: narrower rows (images under 4 pixels wide) use T = 4 partly empty. */
+ * among them. T >= 4: rows under 4 pixels wide get a partly empty one-row tile. */
 #define NS512_FWD_TILES(X, S) \
     X(1, 1, 4, S) X(1, 1, 5, S) X(1, 1, 6, S) X(1, 1, 7, S) X(1, 1, 8, S) X(1, 1, 10, S) \
     X(1, 1, 12, S) X(1, 1, 14, S) X(1, 1, 16, S) X(1, 1, 20, S) X(1, 1, 24, S) X(1, 1, 28, S) \
@@ -303,7 +303,7 @@ static int ns512_conv_forward(const float *x, const float *wt, const float *bias
                               int s, int ph, int pw, int OH, int OW, int nthreads) {
     const int Hp = H + 2 * ph, Wp = W + 2 * pw;
     /* slack after the last row: a tile may read up to R-1 rows past the last output row, and a
-     * partial tile up to T*s + kw values past the row's end */
+     * partial (or wider than the row) tile up to T*s + kw values past the row's end */
     const size_t xp_len = (size_t)C * Hp * Wp + (size_t)NS512_R_MAX * s * Wp + (size_t)NS512_T_MAX * s + kw + 16;
     int plan[3][2];   /* (R, T) for V = 1, 2, 4 */
     for (int k = 0; k < 3; k++) ns512_plan(1 << k, OH, OW, &plan[k][0], &plan[k][1]);
