@@ -7,8 +7,10 @@ to be mandatory (CI sets it). OpenMP is used when the compiler accepts it.
 
 The kernels are compiled more than once from the same source: a baseline
 module that runs on any CPU (``netspec.kernels._compiled``), and, on x86-64
-compilers that accept the flags, a copy built for AVX2+FMA (``_compiled_avx2``). ``netspec.kernels`` loads the best
-one the running CPU supports, so a wheel built here still runs on older CPUs
+compilers that accept the flags, copies built for AVX2+FMA (``_compiled_avx2``)
+and for AVX-512 (``_compiled_avx512``: F, VL, BW, DQ; csrc/conv_direct.h has
+512-bit convolution kernels for it, not only the AVX2 code recompiled).
+``netspec.kernels`` loads the best one the running CPU supports, so a wheel built here still runs on older CPUs
 and ``-march=native`` is never needed (NETSPEC_MARCH_NATIVE=1 adds it to every
 variant, for a build that only runs on the machine that built it). A variant
 that fails to compile is skipped with a warning; only the baseline is required.
@@ -27,11 +29,14 @@ from setuptools.command.build_ext import build_ext
 
 REQUIRE = os.environ.get("NETSPEC_REQUIRE_CYTHON", "") not in ("", "0")
 BASE = "netspec.kernels._compiled"
-# module suffix -> compiler flags of that instruction-set variant
-# (An AVX-512 copy was measured and left out: on today's kernels it ran the optimizer
-# updates no faster than AVX2 and the im2col/scatter loops of small convs 5-20% slower.)
+# module suffix -> compiler flags of that instruction-set variant. The AVX-512 copy keeps
+# auto-vectorized loops at 256 bits (-mprefer-vector-width=256; conv_direct.h's explicit
+# 512-bit types are not affected): with 512-bit auto-vectorization col2im, ReLU and average
+# pooling ran 5-8% slower than the AVX2 build, with 256 bits within 3% (1 thread, Zen 4).
 ISA_VARIANTS = {
     "_avx2": ["-mavx2", "-mfma", "-mf16c"],
+    "_avx512": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx2", "-mfma", "-mf16c",
+                "-mprefer-vector-width=256"],
 }
 GENERATED = os.path.join("build", "isa_sources")
 FLOAT16_PROBE = "float f(float x) { return (float)(_Float16)x; }\nint main(void) { return (int)f(1.5f); }\n"
@@ -73,6 +78,7 @@ def _extensions():
 
     def extension(name, path):
         return Extension(name, [path], include_dirs=[numpy.get_include(), "csrc"],
+                         depends=sorted(glob.glob(os.path.join("csrc", "*.h"))),
                          define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
 
     exts = []

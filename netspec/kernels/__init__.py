@@ -2,13 +2,14 @@
 
 Design: ``_numpy`` is the reference and defines the full list of kernel names.
 The compiled module (built from csrc/) overrides them name for name. It is built
-in instruction-set variants of the same source (see setup.py): ``_compiled_avx2``
-and the baseline ``_compiled`` (an ``_avx512`` entry is recognised when a build
-provides one); the best one this CPU supports is loaded. ``NETSPEC_ISA=baseline|avx2|avx512``
-caps the choice (for tests and comparisons). ``NETSPEC_PUREPYTHON=1`` forces numpy;
-``NETSPEC_REQUIRE_CYTHON=1`` turns a missing or broken build into an ImportError
-instead of a silent fallback. Layers and optimizers call ``<kernels>.<name>``
-and never a backend directly.
+in instruction-set variants of the same source (see setup.py): ``_compiled_avx512``
+(with 512-bit convolution kernels), ``_compiled_avx2`` and the baseline ``_compiled``;
+the best one this CPU supports (numpy's run-time detection, OS support included) is
+loaded. ``NETSPEC_ISA=baseline|avx2|avx512`` caps the choice (for tests and comparisons;
+tests/test_isa_variants.py tests every variant the CPU runs, whichever is loaded).
+``NETSPEC_PUREPYTHON=1`` forces numpy; ``NETSPEC_REQUIRE_CYTHON=1`` turns a missing or
+broken build into an ImportError instead of a silent fallback. Layers and optimizers call
+``<kernels>.<name>`` and never a backend directly.
 
 Importing this module does nothing but define names: ``load()`` chooses the
 backend and applies netspec.runtime's process settings (which must precede the
@@ -30,7 +31,7 @@ from ..threads import row_parallel_matmul, single_threaded_blas
 
 # variant -> (module suffix, CPU features it needs, as numpy names them)
 VARIANTS = {
-    "avx512": ("_avx512", ("AVX512F", "AVX512VL", "AVX512BW", "AVX512DQ", "AVX2", "FMA3")),
+    "avx512": ("_avx512", ("AVX512F", "AVX512VL", "AVX512BW", "AVX512DQ", "AVX2", "FMA3", "F16C")),
     "avx2": ("_avx2", ("AVX2", "FMA3", "F16C")),
     "baseline": ("", ()),
 }
