@@ -418,3 +418,21 @@ def test_every_isa_variant_conv2d_matches_the_reference(isa, dtype, C, F, kh, kw
     for got, want, size in zip(mod.conv2d_backward(dout, x, Wt, stride, pad),
                                ref.conv2d_backward(dout, x, Wt, stride, pad), magnitudes):
         close(got, want, dtype, size.max())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 2, 8, 8), (2, 3, 7, 9), (1, 1, 2, 2), (2, 4, 5, 3)])
+def test_maxpool2d_2x2_stride_2_fast_path(dtype, shape):
+    """The common 2x2, stride-2, unpadded window has its own loop: the same winners (first maximum
+    on ties, odd edges dropped) as the reference, with and without the argmax."""
+    rng = np.random.default_rng(7)
+    for ties in (False, True):
+        x = data(rng, shape, dtype)
+        if ties:
+            x = np.round(x).astype(dtype)
+        out, arg = compiled.maxpool2d_forward(x, 2, 2, 2, 0)
+        out_r, arg_r = ref.maxpool2d_forward(x, 2, 2, 2, 0)
+        np.testing.assert_array_equal(out, out_r)
+        np.testing.assert_array_equal(arg, arg_r)
+        np.testing.assert_array_equal(compiled.maxpool2d_infer(x, 2, 2, 2, 0), out_r)
+        np.testing.assert_array_equal(ref.maxpool2d_infer(x, 2, 2, 2, 0), out_r)
