@@ -67,7 +67,8 @@ cdef extern from *:
 cdef extern from "conv_direct.h" nogil:
     int ns_conv_forward(const float* x, const float* wt, const float* bias, float* out,
                         int N, int C, int H, int W, int F, int Fp, int kh, int kw,
-                        int s, int ph, int pw, int OH, int OW, int nthreads)
+                        int s, int ph, int pw, int OH, int OW, int nthreads,
+                        const float* residual, int relu)
     int ns_conv_backward_weights(const float* x, const float* dout, float* dw,
                                  int N, int C, int H, int W, int F, int Fp, int kh, int kw,
                                  int s, int ph, int pw, int OH, int OW, int nthreads)
@@ -372,11 +373,17 @@ def _conv_shapes(x, W, stride, pad):
     return N, C, FN, kh, kw, out_size(H, kh, stride, pad), out_size(Wd, kw, stride, pad)
 
 
-def conv2d_forward(x, W, b, stride, pad, out=None):
+def conv2d_forward(x, W, b, stride, pad, out=None, residual=None, relu=False):
     """out[n, f] = sum_c W[f, c] (*) x[n, c] + b[f]; x (N,C,H,W), W (FN,C,kh,kw), b (FN,) or None.
-    ``out``: a C-contiguous (N,FN,OH,OW) array of x's dtype to write into (else a new one)."""
+    ``out``: a C-contiguous (N,FN,OH,OW) array of x's dtype to write into (else a new one).
+    ``residual`` (an array shaped like the output, not in out's memory) is then added and with
+    ``relu`` the ReLU applied: a conv, a residual add and a ReLU as one node."""
+    if residual is not None and (residual.dtype != x.dtype or not residual.flags.c_contiguous):
+        residual = np.ascontiguousarray(residual, dtype=x.dtype)
     if not _supported(x, W, b):
-        return _ref.conv2d_forward(x, W, b, stride, pad, out=out)
+        return _ref.conv2d_forward(x, W, b, stride, pad, out=out, residual=residual, relu=relu)
+    if (residual is not None or relu) and not _direct_ok(x, W):
+        return _epilogue(conv2d_forward(x, W, b, stride, pad, out), residual, relu)
     N, C, FN, kh, kw, OH, OW = _conv_shapes(x, W, stride, pad)
     P, K = OH * OW, C * kh * kw
     x = np.ascontiguousarray(x)
@@ -392,9 +399,9 @@ def conv2d_forward(x, W, b, stride, pad, out=None):
         np.matmul(W2, x.reshape(N, C, P), out=out3)
         if has_bias:
             out3 += b.reshape(1, FN, 1)
-        return out
+        return _epilogue(out, residual, relu)
     if _direct_ok(x, W):
-        return _direct_forward(x, W, b if has_bias else None, stride, pad, out)
+        return _direct_forward(x, W, b if has_bias else None, stride, pad, out, residual, relu)
     nb = chunk_samples(N, K, P, x.itemsize)
     colbuf = _buffer("col", K * nb * P, x.dtype)
     prodbuf = _buffer("prod", FN * nb * P, x.dtype)
@@ -487,9 +494,10 @@ def _lane_major(W4):
 
 
 def _direct_conv(x, wt, bias, Py_ssize_t F, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t stride,
-                 Py_ssize_t ph, Py_ssize_t pw, out=None):
+                 Py_ssize_t ph, Py_ssize_t pw, out=None, residual=None, bint relu=False):
     """out (N, F, OH, OW) = direct convolution of float32 x with lane-major weights (+ bias);
-    into ``out`` when given."""
+    into ``out`` when given; then + residual (same shape, not out's memory) and the ReLU, per
+    sample while it is in cache."""
     cdef const float[:, :, :, ::1] xv = x
     cdef const float[:, :, :, ::1] wv = wt
     cdef const float[::1] bv = bias
@@ -498,11 +506,16 @@ def _direct_conv(x, wt, bias, Py_ssize_t F, Py_ssize_t kh, Py_ssize_t kw, Py_ssi
     if out is None:
         out = np.empty((N, F, OH, OW), dtype=np.float32)
     cdef float[:, :, :, ::1] ov = out
+    cdef const float[:, :, :, ::1] rv
+    cdef const float* rp = NULL
+    if residual is not None:
+        rv = residual
+        rp = &rv[0, 0, 0, 0]
     cdef int rc = 0, nt = netspec_max_threads()
     if N and F and OH > 0 and OW > 0:
         with nogil:
             rc = ns_conv_forward(&xv[0, 0, 0, 0], &wv[0, 0, 0, 0], &bv[0], &ov[0, 0, 0, 0], N, C, H, W, F,
-                                 wv.shape[3], kh, kw, stride, ph, pw, OH, OW, nt)
+                                 wv.shape[3], kh, kw, stride, ph, pw, OH, OW, nt, rp, relu)
     if rc:
         raise MemoryError("conv2d: no memory for the padded-sample buffers")
     return out
@@ -541,12 +554,22 @@ def _direct_dx_ok(W, stride, pad):
     return stride == 1 and pad <= W.shape[2] - 1 and pad <= W.shape[3] - 1
 
 
-def _direct_forward(x, W, b, stride, pad, out=None):
+def _direct_forward(x, W, b, stride, pad, out=None, residual=None, relu=False):
     F, C, kh, kw = W.shape
     bias = np.zeros(_lanes(F), dtype=np.float32)
     if b is not None:
         bias[:F] = b
-    return _direct_conv(np.ascontiguousarray(x), _lane_major(W), bias, F, kh, kw, stride, pad, pad, out)
+    return _direct_conv(np.ascontiguousarray(x), _lane_major(W), bias, F, kh, kw, stride, pad, pad, out,
+                        residual, relu)
+
+
+def _epilogue(out, residual, relu):
+    """out + residual, then the ReLU, in place (for the paths whose kernel does not do it)."""
+    if residual is not None:
+        out += residual
+    if relu:
+        relu_forward(out, out=out)
+    return out
 
 
 def conv2d_workspace(x_shape, W_shape, stride, pad, itemsize):

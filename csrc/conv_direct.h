@@ -60,6 +60,16 @@ static int ns_threads(int requested, long work_items) {
     return work_items < t ? (int)(work_items > 0 ? work_items : 1) : t;
 }
 
+/* The end of a fused node, on one sample's output while it is still in cache: the residual
+ * added (r may be NULL), then the ReLU (0 where the value is <= 0; NaN stays NaN), the same
+ * operations in the same order as the add and ReLU kernels they replace. */
+static void ns_epilogue(float *o, const float *r, size_t n, int relu) {
+    if (r)
+        for (size_t k = 0; k < n; k++) o[k] = o[k] + r[k];
+    if (relu)
+        for (size_t k = 0; k < n; k++) o[k] = o[k] <= 0.0f ? 0.0f : o[k];
+}
+
 /* Copy one (C, H, W) sample into a zero-padded (C, H + 2*ph, W + 2*pw) buffer. */
 static void ns_pad_sample(const float *x, float *xp, int C, int H, int W, int ph, int pw) {
     const int Hp = H + 2 * ph, Wp = W + 2 * pw;
@@ -300,7 +310,8 @@ static void ns512_forward_dispatch(const float *xp, const float *wt, const float
 /* ns_conv_forward for strides 1 and 2 (same arguments and result). */
 static int ns512_conv_forward(const float *x, const float *wt, const float *bias, float *out,
                               int N, int C, int H, int W, int F, int Fp, int kh, int kw,
-                              int s, int ph, int pw, int OH, int OW, int nthreads) {
+                              int s, int ph, int pw, int OH, int OW, int nthreads,
+                              const float *residual, int relu) {
     const int Hp = H + 2 * ph, Wp = W + 2 * pw;
     /* slack after the last row: a tile may read up to R-1 rows past the last output row, and a
      * partial (or wider than the row) tile up to T*s + kw values past the row's end */
@@ -327,6 +338,8 @@ static int ns512_conv_forward(const float *x, const float *wt, const float *bias
                                                OH - oh0 < R ? OH - oh0 : R, OW - ow0 < T ? OW - ow0 : T, V, R, T, s);
                 f0 += 16 * V;
             }
+            if (residual || relu)
+                ns_epilogue(out_n, residual ? residual + (size_t)n * F * OH * OW : NULL, (size_t)F * OH * OW, relu);
         }
         free(xp);
     }
@@ -460,12 +473,16 @@ static int ns512_conv_backward_weights(const float *x, const float *dout, float 
 #endif  /* __AVX512F__ */
 
 /* out (N, F, OH, OW) = conv(x (N, C, H, W), weights wt [C][kh][kw][Fp]) + bias (Fp floats, may be
- * all zeros); padding ph, pw; stride s. Threads own whole samples. Returns 0, or -1 if out of memory. */
+ * all zeros); padding ph, pw; stride s. Threads own whole samples. Then, per sample (ns_epilogue),
+ * residual (N, F, OH, OW; may be NULL, may be out itself) is added and, if relu, the ReLU applied.
+ * Returns 0, or -1 if out of memory. */
 static int ns_conv_forward(const float *x, const float *wt, const float *bias, float *out,
                            int N, int C, int H, int W, int F, int Fp, int kh, int kw,
-                           int s, int ph, int pw, int OH, int OW, int nthreads) {
+                           int s, int ph, int pw, int OH, int OW, int nthreads,
+                           const float *residual, int relu) {
 #ifdef __AVX512F__
-    if (s <= 2) return ns512_conv_forward(x, wt, bias, out, N, C, H, W, F, Fp, kh, kw, s, ph, pw, OH, OW, nthreads);
+    if (s <= 2) return ns512_conv_forward(x, wt, bias, out, N, C, H, W, F, Fp, kh, kw, s, ph, pw, OH, OW, nthreads,
+                                          residual, relu);
 #endif
     const int Hp = H + 2 * ph, Wp = W + 2 * pw;
     /* slack after the last row: a partial tile reads (but never uses) up to NS_TILE_MAX*s + kw values past it */
@@ -493,6 +510,8 @@ static int ns_conv_forward(const float *x, const float *wt, const float *bias, f
                             default: ns_forward_tile(xp, wt, b16, out_n, C, Hp, Wp, kh, kw, s, Fp, F, OH, OW, fb, oh, ow0, count, 6); break;
                         }
                     }
+            if (residual || relu)
+                ns_epilogue(out_n, residual ? residual + (size_t)n * F * OH * OW : NULL, (size_t)F * OH * OW, relu);
         }
         free(xp);
     }

@@ -8,7 +8,8 @@ per node after the first batch of that size. A node of any other op runs the
 layer of the spec entry it started from (``node.origin[0]``), through a private
 copy of that layer that reads the node's arrays (a folded weight, say) instead
 of the layer's own; the copy is reset after every call, so no activation
-outlives its last reader. A fused ReLU is applied in place on the node's output.
+outlives its last reader. A fused ReLU is applied in place on the node's output
+(a convolution applies its own, with a fused residual add, per sample).
 
 Running never touches the model's own layers, and each thread has its own
 arenas and layer copies: predicts may run in several threads at once, and
@@ -95,7 +96,7 @@ class Executor:
                 out = layer.forward(xs if isinstance(layer, MultiInputLayer) else xs[0], False)
                 vars(layer).clear()
                 vars(layer).update(pristine)   # drop the caches backward would have used
-            if node.activation == "relu":
+            if node.activation == "relu" and not (node.op in OPS and OPS[node.op].activation_inside):
                 out = K.relu_forward(out, out=out if out.flags.c_contiguous and out.flags.writeable else None)
             if self.finish is not None:
                 out = self.finish(out)

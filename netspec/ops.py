@@ -18,6 +18,7 @@ class Op(NamedTuple):
     run: Callable          # (kernels, node, xs, arrays, out) -> out (or a view, for "alias")
     sharing: Optional[str]  # "alias", "inplace" or None
     workspace: Callable    # (kernels, node, in_shapes, batch, itemsize) -> bytes
+    activation_inside: bool = False   # run applies the node's fused activation itself
 
 
 def _none(K, node, in_shapes, batch, itemsize):
@@ -30,9 +31,11 @@ def _param(node, arrays, role):
 
 
 def _conv(K, node, xs, arrays, out):
+    # a residual add fused into the conv (netspec.passes.fuse_residual_add) is its second input
     a = node.attrs
     return K.conv2d_forward(xs[0], _param(node, arrays, "W"), _param(node, arrays, "b"), a["stride"], a["pad"],
-                            out=out)
+                            out=out, residual=xs[1] if a.get("residual") else None,
+                            relu=node.activation == "relu")
 
 
 def _conv_workspace(K, node, in_shapes, batch, itemsize):
@@ -96,7 +99,7 @@ def _view(K, node, xs, arrays, out):
 
 
 OPS = {
-    "conv2d": Op(_conv, None, _conv_workspace),
+    "conv2d": Op(_conv, None, _conv_workspace, activation_inside=True),
     "dense": Op(_dense, None, _dense_workspace),
     "relu": Op(_relu, "inplace", _none),
     "add": Op(_add, "inplace", _none),

@@ -113,6 +113,34 @@ def fuse_relu(graph):
     return graph, log
 
 
+def fuse_residual_add(graph):
+    """Inference: an add of two inputs, one a conv2d that only the add reads, becomes that conv's
+    end: the conv adds the other input (and applies the add's fused ReLU) to each sample's output
+    while it is in cache. When both inputs qualify, the later conv takes it, so the other input
+    is computed before it runs; an add whose other input comes later stays."""
+    log = []
+    for name in _named(graph, "add"):
+        add = graph.node(name)
+        if len(add.inputs) != 2 or add.inputs[0] == add.inputs[1]:
+            continue
+        order = {n.name: k for k, n in enumerate(graph.nodes)}
+        convs = [i for i in add.inputs if i in order and graph.node(i).op == "conv2d"
+                 and not graph.node(i).activation and not graph.node(i).attrs.get("residual")
+                 and _sole_reader(graph, i) == add.name]
+        if not convs:
+            continue
+        conv = graph.node(max(convs, key=order.get))
+        other = add.inputs[1] if add.inputs[0] == conv.name else add.inputs[0]
+        if other != "input" and order[other] > order[conv.name]:
+            continue
+        new_conv = conv.replace(inputs=conv.inputs + (other,), attrs={**conv.attrs, "residual": True},
+                                activation=add.activation, origin=conv.origin + add.origin,
+                                flops=conv.flops + add.flops)
+        graph = _merge(graph, add, conv, new_conv)
+        log.append(f"fused {add.name} into {conv.name}" + (f" (with its {add.activation})" if add.activation else ""))
+    return graph, log
+
+
 def fuse_batchnorm_relu(graph):
     """Training: a ReLU whose input is a batchnorm nothing else reads runs inside it (one pass
     over memory forward, and its mask applied inside the batchnorm's backward)."""
@@ -131,7 +159,7 @@ def fuse_batchnorm_relu(graph):
 # the passes of each mode, in the order they run; float16 models only drop dropout (and train
 # as written): their every layer output is rounded to float16, which folding or fusing would skip
 PIPELINES = {
-    "predict": (drop_dropout, fold_batchnorm, fuse_relu),
+    "predict": (drop_dropout, fold_batchnorm, fuse_relu, fuse_residual_add),
     "predict-float16": (drop_dropout,),
     "train": (fuse_batchnorm_relu,),
     "train-float16": (),

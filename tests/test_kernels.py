@@ -436,3 +436,26 @@ def test_maxpool2d_2x2_stride_2_fast_path(dtype, shape):
         np.testing.assert_array_equal(arg, arg_r)
         np.testing.assert_array_equal(compiled.maxpool2d_infer(x, 2, 2, 2, 0), out_r)
         np.testing.assert_array_equal(ref.maxpool2d_infer(x, 2, 2, 2, 0), out_r)
+
+
+@pytest.mark.parametrize("module", [compiled, ref], ids=["compiled", "numpy"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [(3, 5, 9, 9, 3, 1, 1), (2, 16, 7, 7, 3, 2, 1), (2, 4, 6, 6, 1, 1, 0),
+                                  (2, 3, 12, 12, 9, 1, 2), (1, 1, 28, 28, 5, 1, 0)])
+def test_conv2d_with_a_residual_and_relu_equals_conv_add_relu_bit_for_bit(module, dtype, case):
+    """The fused end of a conv (the residual add, then the ReLU) is the add and ReLU kernels'
+    arithmetic: not one bit differs, on the direct, pointwise and im2col paths."""
+    N, C, H, W, k, s, p = case
+    rng = np.random.default_rng(3)
+    x = data(rng, (N, C, H, W), dtype)
+    Wt = data(rng, (6, C, k, k), dtype)
+    b = data(rng, (6,), dtype)
+    plain = module.conv2d_forward(x, Wt, b, s, p)
+    residual = data(rng, plain.shape, dtype)
+    want = module.relu_forward(plain + residual)
+    got = module.conv2d_forward(x, Wt, b, s, p, residual=residual, relu=True)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(module.conv2d_forward(x, Wt, b, s, p, residual=residual), plain + residual)
+    out = np.empty_like(plain)
+    assert module.conv2d_forward(x, Wt, b, s, p, out=out, relu=True) is not None
+    np.testing.assert_array_equal(out, module.relu_forward(plain))

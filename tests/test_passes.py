@@ -64,8 +64,18 @@ def test_resnet_keeps_no_batchnorm_and_fuses_its_relus():
     assert "batchnorm" not in ops and "relu" not in ops
     changes = dict(log)
     assert len(changes["fold_batchnorm"]) == sum(l.spec.type == "batchnorm" for l in model.layers) == 19
-    # every residual add is followed by its ReLU, fused into it
-    assert all(n.activation == "relu" for n in graph.nodes if n.op == "add")
+    # every residual add is followed by its ReLU: both go into the conv that feeds the add
+    assert "add" not in ops
+    fused = [n for n in graph.nodes if n.attrs.get("residual")]
+    assert len(fused) == len(changes["fuse_residual_add"]) == 8
+    assert all(n.op == "conv2d" and n.activation == "relu" and len(n.inputs) == 2 for n in fused)
+    order = [n.name for n in graph.nodes]
+    for n in fused:   # the residual is computed before the conv that adds it
+        assert n.inputs[1] == "input" or order.index(n.inputs[1]) < order.index(n.name)
+    # a down block's add(conv2, projection): the projection comes later, so it takes the add
+    down = graph.node("stage2.block1.proj")
+    assert down.inputs == ("stage1.block3.conv2", "stage2.block1.conv2") and down.origin[-2:] == (
+        "stage2.block1.add", "stage2.block1.out")
     assert graph.output == model.layers[-1].name  # the last layer was not folded away
 
 
@@ -249,8 +259,9 @@ def test_netspec_plan_of_a_spec_and_of_a_checkpoint(capsys, tmp_path):
     from netspec.cli import main
     assert main(["plan", str(SPECS_DIR / "resnet_fashion.yaml"), "--json", "--batch", "10"]) == 0
     p = __import__("json").loads(capsys.readouterr().out)
-    assert [s["pass"] for s in p["passes"]] == ["drop_dropout", "fold_batchnorm", "fuse_relu"]
-    assert (len(p["passes"][1]["changes"]), p["layers_in_spec"], p["nodes_after"]) == (19, 66, 30)
+    assert [s["pass"] for s in p["passes"]] == ["drop_dropout", "fold_batchnorm", "fuse_relu", "fuse_residual_add"]
+    assert (len(p["passes"][1]["changes"]), p["layers_in_spec"], p["nodes_after"]) == (19, 66, 22)
+    assert len(p["passes"][3]["changes"]) == 8 and sum(n["op"] == "conv2d+add+relu" for n in p["nodes"]) == 8
     assert p["source"] == "spec" and p["weight_bytes"] is None
     spec_graph = graph_of_spec(netspec.load_spec(SPECS_DIR / "resnet_fashion.yaml"))
     assert p["flops"] == sum(n["flops"] for n in p["nodes"]) == 10 * (
@@ -260,7 +271,7 @@ def test_netspec_plan_of_a_spec_and_of_a_checkpoint(capsys, tmp_path):
     # the arena holds at least what is alive at once (the network input is the caller's, not in it)
     optimized = netspec.compile(SPECS_DIR / "resnet_fashion.yaml").inference_graph()[0]
     assert mem["arena_bytes"] >= optimized.peak_activation_bytes(10) - 10 * 28 * 28 * 4
-    assert mem["shared"] == sorted(n["name"] for n in p["nodes"] if n["op"] == "add+relu")   # adds work in place
+    assert mem["shared"] == []   # the adds went into their convs (which never write over their inputs)
     stem = p["nodes"][0]
     assert (stem["op"], stem["layers"], stem["output_bytes"]) == ("conv2d+relu", ["stem", "stem_bn", "stem_relu"],
                                                                   10 * 32 * 28 * 28 * 4)

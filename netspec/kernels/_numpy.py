@@ -69,9 +69,10 @@ def col2im(col, x_shape, kh, kw, stride, pad):
     return xp[:, :, pad:pad + H, pad:pad + W].copy() if pad else xp
 
 
-def conv2d_forward(x, W, b, stride, pad, out=None):
+def conv2d_forward(x, W, b, stride, pad, out=None, residual=None, relu=False):
     """out[n, f] = sum_c W[f, c] (*) x[n, c] + b[f]; x (N,C,H,W), W (FN,C,kh,kw), b (FN,) or None.
-    ``out``: a C-contiguous (N,FN,OH,OW) array to write into (else a new one)."""
+    ``out``: a C-contiguous (N,FN,OH,OW) array to write into (else a new one). ``residual``
+    (shaped like the output) is then added and with ``relu`` the ReLU applied, in place."""
     N, C, H, Wd = x.shape
     FN, _, kh, kw = W.shape
     OH, OW = out_size(H, kh, stride, pad), out_size(Wd, kw, stride, pad)
@@ -80,7 +81,12 @@ def conv2d_forward(x, W, b, stride, pad, out=None):
     out3 = np.matmul(W.reshape(FN, -1), col, out=out3)          # (N, FN, OH*OW)
     if b is not None:
         out3 += b.reshape(1, FN, 1)
-    return out3.reshape(N, FN, OH, OW)
+    out = out3.reshape(N, FN, OH, OW)
+    if residual is not None:
+        out += residual
+    if relu:
+        relu_forward(out, out=out)
+    return out
 
 
 def conv2d_workspace(x_shape, W_shape, stride, pad, itemsize):
