@@ -324,7 +324,7 @@ static int ns512_conv_forward(const float *x, const float *wt, const float *bias
         float *xp = (float *)malloc(sizeof(float) * xp_len);
         if (!xp) failed = 1;
         else memset(xp + (size_t)C * Hp * Wp, 0, sizeof(float) * (xp_len - (size_t)C * Hp * Wp));
-        #pragma omp for schedule(static)   /* every thread reaches it, even one whose malloc failed */
+        #pragma omp for schedule(dynamic, 1)   /* every thread reaches it, even one whose malloc failed; samples are handed out one at a time, so a thread slowed by another process takes fewer */
         for (int n = 0; n < N; n++) {
             if (!xp) continue;
             ns_pad_sample(x + (size_t)n * C * H * W, xp, C, H, W, ph, pw);
@@ -439,7 +439,7 @@ static int ns512_conv_backward_weights(const float *x, const float *dout, float 
         float *xp = (float *)malloc(sizeof(float) * ((size_t)C * Hp * Wp + 16));
         float *dt = (float *)malloc(sizeof(float) * ((size_t)OH * OW * Fp + 16));
         if (!xp || !dt) failed = 1;
-        #pragma omp for schedule(static)   /* every thread reaches it, even one whose malloc failed */
+        #pragma omp for schedule(dynamic, 1)   /* every thread reaches it, even one whose malloc failed; samples are handed out one at a time, so a thread slowed by another process takes fewer */
         for (int n = 0; n < N; n++) {
             if (!xp || !dt) continue;
             ns_pad_sample(x + (size_t)n * C * H * W, xp, C, H, W, ph, pw);
@@ -494,7 +494,7 @@ static int ns_conv_forward(const float *x, const float *wt, const float *bias, f
         float *xp = (float *)malloc(sizeof(float) * xp_len);
         if (!xp) failed = 1;
         else memset(xp + (size_t)C * Hp * Wp, 0, sizeof(float) * (xp_len - (size_t)C * Hp * Wp));
-        #pragma omp for schedule(static)   /* every thread reaches it, even one whose malloc failed */
+        #pragma omp for schedule(dynamic, 1)   /* every thread reaches it, even one whose malloc failed; samples are handed out one at a time, so a thread slowed by another process takes fewer */
         for (int n = 0; n < N; n++) {
             if (!xp) continue;
             ns_pad_sample(x + (size_t)n * C * H * W, xp, C, H, W, ph, pw);
@@ -572,7 +572,7 @@ static int ns_conv_backward_weights(const float *x, const float *dout, float *dw
         float *xp = (float *)malloc(sizeof(float) * ((size_t)C * Hp * Wp + 16));
         float *dt = (float *)malloc(sizeof(float) * ((size_t)OH * OW * Fp + 16));
         if (!xp || !dt) failed = 1;
-        #pragma omp for schedule(static)   /* every thread reaches it, even one whose malloc failed */
+        #pragma omp for schedule(dynamic, 1)   /* every thread reaches it, even one whose malloc failed; samples are handed out one at a time, so a thread slowed by another process takes fewer */
         for (int n = 0; n < N; n++) {
             if (!xp || !dt) continue;
             {
