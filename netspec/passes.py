@@ -100,17 +100,22 @@ def _folded_arrays(graph, host, bn, key_w, key_b):
     return {key_w: W2.astype(dtype), key_b: b2.astype(dtype)}
 
 
-def fuse_relu(graph):
+def _relus_into(graph, hosts):
+    """Every ReLU whose input is one of ``hosts`` (read by the ReLU alone) merged into it."""
     log = []
     for name in _named(graph, "relu"):
         relu = graph.node(name)
-        host = _host(graph, relu, RELU_HOSTS)
+        host = _host(graph, relu, hosts)
         if host is None:
             continue
         new_host = host.replace(activation="relu", origin=host.origin + relu.origin, flops=host.flops + relu.flops)
         graph = _merge(graph, relu, host, new_host)
         log.append(f"fused {relu.name} into {host.name}")
     return graph, log
+
+
+def fuse_relu(graph):
+    return _relus_into(graph, RELU_HOSTS)
 
 
 def fuse_residual_add(graph):
@@ -144,16 +149,7 @@ def fuse_residual_add(graph):
 def fuse_batchnorm_relu(graph):
     """Training: a ReLU whose input is a batchnorm nothing else reads runs inside it (one pass
     over memory forward, and its mask applied inside the batchnorm's backward)."""
-    log = []
-    for name in _named(graph, "relu"):
-        relu = graph.node(name)
-        host = _host(graph, relu, ("batchnorm",))
-        if host is None:
-            continue
-        new_host = host.replace(activation="relu", origin=host.origin + relu.origin, flops=host.flops + relu.flops)
-        graph = _merge(graph, relu, host, new_host)
-        log.append(f"fused {relu.name} into {host.name}")
-    return graph, log
+    return _relus_into(graph, ("batchnorm",))
 
 
 # the passes of each mode, in the order they run; float16 models only drop dropout (and train
