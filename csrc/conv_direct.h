@@ -439,7 +439,9 @@ static int ns512_conv_backward_weights(const float *x, const float *dout, float 
         float *xp = (float *)malloc(sizeof(float) * ((size_t)C * Hp * Wp + 16));
         float *dt = (float *)malloc(sizeof(float) * ((size_t)OH * OW * Fp + 16));
         if (!xp || !dt) failed = 1;
-        #pragma omp for schedule(dynamic, 1)   /* every thread reaches it, even one whose malloc failed; samples are handed out one at a time, so a thread slowed by another process takes fewer */
+        #pragma omp for schedule(static)   /* every thread reaches it, even one whose malloc failed; static, not
+                                              dynamic: which samples a thread sums into its partial dW must not vary
+                                              from run to run, or float32 sums (and so training) would not repeat */
         for (int n = 0; n < N; n++) {
             if (!xp || !dt) continue;
             ns_pad_sample(x + (size_t)n * C * H * W, xp, C, H, W, ph, pw);
@@ -572,7 +574,9 @@ static int ns_conv_backward_weights(const float *x, const float *dout, float *dw
         float *xp = (float *)malloc(sizeof(float) * ((size_t)C * Hp * Wp + 16));
         float *dt = (float *)malloc(sizeof(float) * ((size_t)OH * OW * Fp + 16));
         if (!xp || !dt) failed = 1;
-        #pragma omp for schedule(dynamic, 1)   /* every thread reaches it, even one whose malloc failed; samples are handed out one at a time, so a thread slowed by another process takes fewer */
+        #pragma omp for schedule(static)   /* every thread reaches it, even one whose malloc failed; static, not
+                                              dynamic: which samples a thread sums into its partial dW must not vary
+                                              from run to run, or float32 sums (and so training) would not repeat */
         for (int n = 0; n < N; n++) {
             if (!xp || !dt) continue;
             {
