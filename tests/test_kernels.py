@@ -271,6 +271,50 @@ def test_conv2d_backward_without_dx(dtype, kernel, stride, pad):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_backward_without_db(dtype):
+    """need_db=False (a convolution without bias) returns db None and the same dx, dW."""
+    rng = np.random.default_rng(5)
+    x, W = data(rng, (3, 8, 9, 9), dtype), data(rng, (6, 8, 3, 3), dtype)
+    for k in (ref, compiled):
+        for stride in (1, 2):
+            out = k.conv2d_forward(x, W, None, stride, 1)
+            dout = data(np.random.default_rng(6), out.shape, dtype)
+            full = k.conv2d_backward(dout, x, W, stride, 1)
+            dx, dW, db = k.conv2d_backward(dout, x, W, stride, 1, need_db=False)
+            assert db is None
+            np.testing.assert_array_equal(dx, full[0])
+            np.testing.assert_array_equal(dW, full[1])
+
+
+# (C, H, W, F, k, stride, pad): 3x3/s2 as in resnet_fashion (odd and even maps), a 5x5, an
+# asymmetric window at stride 3, and windows smaller than the stride, where some phases of the
+# input are reached by no tap (k=1 with pad 1, k=3 at stride 4) and their d/dx must be 0.
+PHASE_CASES = [(32, 14, 14, 64, (3, 3), 2, 1), (64, 7, 7, 128, (3, 3), 2, 1), (8, 10, 9, 20, (5, 5), 2, 2),
+               (9, 13, 12, 17, (5, 3), 3, 1), (8, 6, 7, 8, (1, 1), 2, 1), (8, 5, 5, 8, (3, 3), 4, 1),
+               (12, 11, 9, 33, (3, 5), 2, 0)]
+
+
+@pytest.mark.parametrize("case", PHASE_CASES, ids=lambda c: "C{}-{}x{}-F{}-k{}s{}p{}".format(*c))
+def test_conv2d_strided_dx_by_phases(case):
+    """float32 d/dx of a strided convolution from 8 input channels (one direct convolution per
+    phase of the input) against the float64 reference."""
+    C, H, W, F, k, stride, pad = case
+    rng = np.random.default_rng(C + F)
+    x, Wt = data(rng, (3, C, H, W), np.float32), data(rng, (F, C) + k, np.float32)
+    dout = data(rng, ref.conv2d_forward(x, Wt, None, stride, pad).shape, np.float32)
+    want = ref.conv2d_backward(dout.astype(np.float64), x.astype(np.float64), Wt.astype(np.float64), stride, pad)
+    dx = compiled.conv2d_backward(dout, x, Wt, stride, pad)[0]
+    close(dx, want[0].astype(np.float32), np.float32, F * k[0] * k[1])
+    if k[0] < stride:   # rows no tap reaches are exactly 0
+        reached = np.zeros(H, dtype=bool)
+        for o in range(dout.shape[2]):
+            for i in range(k[0]):
+                if 0 <= o * stride + i - pad < H:
+                    reached[o * stride + i - pad] = True
+        assert (~reached).any() and not dx[:, :, ~reached].any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kernels", ["compiled", "reference"])
 def test_read_only_inputs(dtype, kernels):
     """Read-only inputs (a memory-mapped dataset) work and are left untouched, on both backends."""

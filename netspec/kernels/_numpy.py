@@ -98,19 +98,20 @@ def conv2d_workspace(x_shape, W_shape, stride, pad, itemsize):
     return itemsize * (padded + N * C * kh * kw * OH * OW)
 
 
-def conv2d_backward(dout, x, W, stride, pad, need_dx=True):
-    """dout (N,FN,OH,OW) and the forward input x -> (dx or None, dW, db)."""
+def conv2d_backward(dout, x, W, stride, pad, need_dx=True, need_db=True):
+    """dout (N,FN,OH,OW) and the forward input x -> (dx or None, dW, db or None); a convolution
+    without bias passes ``need_db=False`` and skips the pass over dout for db."""
     N, FN, OH, OW = dout.shape
     _, C, kh, kw = W.shape
     col = im2col(x, kh, kw, stride, pad)
     d2 = dout.reshape(N, FN, OH * OW)
     dW = np.tensordot(d2, col, axes=([0, 2], [0, 2])).reshape(W.shape)
-    db = d2.sum(axis=(0, 2))
+    db = d2.sum(axis=(0, 2)).astype(W.dtype, copy=False) if need_db else None
     dx = None
     if need_dx:
         dcol = np.matmul(W.reshape(FN, -1).T, d2)    # (N, C*kh*kw, OH*OW)
         dx = col2im(dcol, x.shape, kh, kw, stride, pad)
-    return dx, dW.astype(W.dtype, copy=False), db.astype(W.dtype, copy=False)
+    return dx, dW.astype(W.dtype, copy=False), db
 
 
 def batchnorm_stats(x):

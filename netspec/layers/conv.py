@@ -63,7 +63,7 @@ class Conv2D(Layer):
 
     def backward(self, dout, need_dx=True):
         dx, dW, db = self.kernels.conv2d_backward(dout, self.x, self.params["W"],
-                                             self.spec.stride, self.spec.pad, need_dx)
+                                                  self.spec.stride, self.spec.pad, need_dx, "b" in self.params)
         self.grads["W"] = dW
         if "b" in self.params:
             self.grads["b"] = db
