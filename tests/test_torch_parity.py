@@ -1,4 +1,5 @@
-"""PyTorch as an independent reference, float64: every layer, every loss, the optimizers, one training step.
+"""PyTorch as an independent reference, float64: every layer, every loss, the optimizers, one training step
+(simple_convnet, and the resnet_fashion spec through netspec's Trainer).
 
 Design: netspec's conventions are translated into torch calls explicitly, never
 approximated: dense ``W`` is (in, out) and torch's Linear weight is its
@@ -12,6 +13,7 @@ docs/book_vs_torch.md explains each difference.
 """
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,11 +25,13 @@ F = torch.nn.functional
 
 import netspec  # noqa: E402
 from netspec.data import load_data  # noqa: E402
+from netspec.expand import expanded  # noqa: E402
 from layer_cases import LAYER_CASES  # noqa: E402
 from netspec.layers import LAYERS, LOSSES, MultiInputLayer  # noqa: E402
-from netspec.optim import make_optimizer  # noqa: E402
+from netspec.optim import make_optimizer, scheduled_lr  # noqa: E402
 from netspec.optim_spec import (AdaGradSpec, AdamSpec, MomentumSpec, NesterovSpec, RMSpropSpec,  # noqa: E402
                                 SGDSpec)
+from netspec.trainer import Trainer  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -598,3 +602,164 @@ def test_label_smoothing_equals_torch_cross_entropy_with_label_smoothing():
     ref.backward()
     assert_close("loss", np.array(ours), ref.detach())
     assert_close("dy", loss.backward(), yt.grad)
+
+
+# --- a whole network: resnet_fashion (66 flat layers), one training step -------------
+
+class TorchTwin:
+    """A flat netspec spec (``netspec expand`` data) run with torch.nn.functional, float64.
+
+    Built from the spec's fields alone (type, inputs, bias, stride, pad, size,
+    momentum, eps; kernel sizes are the weights' shapes), not from netspec's layer
+    objects; only the starting values come from the compiled model. Parameters are
+    leaf tensors and buffers plain tensors, keyed by netspec's names
+    ("<layer>.W", ".b", ".gamma", ".beta", ".running_mean", ".running_var"); a
+    dense W is stored transposed, as torch's (out, in); ``decayed`` names the conv
+    and dense weights. A layer without ``inputs`` reads the layer before it;
+    ``in_shapes`` records what each layer read in the last forward pass.
+    """
+
+    def __init__(self, flat, params, buffers):
+        self.layers = flat["layers"]
+        self.params, self.buffers, self.decayed, self.in_shapes = {}, {}, set(), {}
+        for layer in self.layers:
+            kind, name = layer["type"], layer["name"]
+            assert kind in self.RUN, f"layer type {kind!r} has no torch twin here"
+            if kind in ("conv2d", "dense"):
+                self.params[f"{name}.W"] = t64(params[f"{name}.W"].T if kind == "dense" else params[f"{name}.W"],
+                                               grad=True)
+                self.decayed.add(f"{name}.W")
+                if layer["bias"]:
+                    self.params[f"{name}.b"] = t64(params[f"{name}.b"], grad=True)
+            elif kind == "batchnorm":
+                for k in ("gamma", "beta"):
+                    self.params[f"{name}.{k}"] = t64(params[f"{name}.{k}"], grad=True)
+                for k in ("running_mean", "running_var"):
+                    self.buffers[f"{name}.{k}"] = t64(buffers[f"{name}.{k}"])
+
+    def forward(self, x):
+        outs, prev = {"input": x}, "input"
+        for layer in self.layers:
+            name = layer["name"]
+            xs = [outs[n] for n in layer["inputs"] or [prev]]
+            self.in_shapes[name] = tuple(xs[0].shape)
+            outs[name] = self.RUN[layer["type"]](self, layer, xs, lambda k: self.params.get(f"{name}.{k}"),
+                                                 lambda k: self.buffers[f"{name}.{k}"])
+            prev = name
+        return outs[prev]
+
+    def _conv(self, layer, xs, p, buf):
+        stride, pad = (tuple(v) if isinstance(v, list) else v for v in (layer["stride"], layer["pad"]))
+        return F.conv2d(xs[0], p("W"), p("b"), stride=stride, padding=pad)
+
+    def _batchnorm(self, layer, xs, p, buf):
+        # netspec's momentum weighs the old statistics, torch's the batch's
+        return F.batch_norm(xs[0], buf("running_mean"), buf("running_var"), p("gamma"), p("beta"),
+                            training=True, momentum=1 - layer["momentum"], eps=layer["eps"])
+
+    def _maxpool(self, layer, xs, p, buf):
+        size = tuple(layer["size"])
+        stride = layer["stride"] or size
+        return F.max_pool2d(xs[0], size, stride=tuple(stride) if isinstance(stride, list) else stride,
+                            padding=layer["pad"])
+
+    RUN = {
+        "conv2d": _conv,
+        "batchnorm": _batchnorm,
+        "relu": lambda self, layer, xs, p, buf: torch.relu(xs[0]),
+        "maxpool2d": _maxpool,
+        "add": lambda self, layer, xs, p, buf: sum(xs[1:], xs[0]),
+        "globalavgpool2d": lambda self, layer, xs, p, buf: xs[0].mean(dim=(2, 3)),
+        "dense": lambda self, layer, xs, p, buf: F.linear(xs[0].flatten(1), p("W"), p("b")),
+    }
+
+
+def test_resnet_fashion_training_step_matches_torch(mnist_batch):
+    """One float64 training step of specs/resnet_fashion.yaml: netspec's Trainer against a torch twin.
+
+    netspec takes the step with ``Trainer.train_step``, as ``netspec train`` does: the
+    optimizer made from ``train.optimizer`` (Nesterov, momentum 0.9, weight decay 5e-4
+    with ``decay_bias_and_norm: false``, so the trainer exempts ``Model.no_decay_names()``:
+    batchnorm gamma/beta and biases), label smoothing 0.1, and the learning rate the
+    schedule gives the first step (``scheduled_lr`` at epoch 0, as the epoch loop sets it:
+    cosine after a one-epoch warm-up, so 0.1 * 1/2 = 0.05; the schedule is not bypassed).
+    The one change to the spec: augmentation off. The spec's Fashion-MNIST is not shipped;
+    the batch is 16 of the shipped mnist-5k digits (any fixed images do).
+
+    torch: the flat spec (``netspec expand`` data) run by TorchTwin with netspec's initial
+    values; torch.optim.SGD(nesterov=True) with weight decay only in the group of conv and
+    dense weights (docs/optimizers.md: netspec's Nesterov is torch's, decay folded into the
+    gradient as g + wd*p); cross_entropy(label_smoothing=0.1), mean over the batch.
+
+    Compared within TOL: the loss, all 59 parameter arrays (and each one's update), the
+    running mean and variance of all 19 batchnorms (torch's unbiased variance converted).
+    """
+    x, t = (a[:16] for a in mnist_batch)
+    flat, _ = expanded(SPECS_DIR / "resnet_fashion.yaml")
+    assert len(flat["layers"]) == 66
+    cfg = flat["train"]
+    model = netspec.compile({**flat, "dtype": "float64", "train": {**cfg, "augment": None}})
+    assert all(a.dtype == np.float64 for a in {**model.params, **model.buffers}.values())
+    data = SimpleNamespace(name="mnist-5k[:16]", x_train=x, t_train=t, x_test=None, t_test=None,
+                           x_val=None, t_val=None, val_index=None)
+    trainer = Trainer(model, data, quiet=True, progress=False)
+    sched = model.spec.train.schedule
+    lr = scheduled_lr(model.spec.train.optimizer.lr, sched, 0, trainer.epochs)
+    assert (sched.type, sched.per, lr) == ("cosine", "epoch", 0.05)
+    trainer.optimizer.lr = lr
+
+    start = {k: v.copy() for k, v in model.params.items()}
+    twin = TorchTwin(flat, model.params, model.buffers)
+    running_start = {k: v.numpy().copy() for k, v in twin.buffers.items()}
+    assert set(twin.params) == set(model.params) and set(twin.buffers) == set(model.buffers)
+    # the decay split, found from layer types alone, is the one the trainer's optimizer applies
+    assert set(twin.params) - twin.decayed == trainer.optimizer.no_decay
+
+    loss = trainer.train_step(np.arange(len(x)))
+
+    decayed = [p for k, p in twin.params.items() if k in twin.decayed]
+    rest = [p for k, p in twin.params.items() if k not in twin.decayed]
+    o = cfg["optimizer"]
+    opt_t = torch.optim.SGD([{"params": decayed, "weight_decay": o["weight_decay"]},
+                             {"params": rest, "weight_decay": 0.0}],
+                            lr=lr, momentum=o["momentum"], nesterov=True)
+    loss_t = F.cross_entropy(twin.forward(t64(x)), torch.from_numpy(t), label_smoothing=cfg["label_smoothing"])
+    loss_t.backward()
+    opt_t.step()
+
+    # relative errors by kind; each entry of each kind must be within TOL
+    errs = {"loss": {"loss": rel_err(loss, loss_t.detach())}, "params": {}, "updates": {},
+            "running_mean": {}, "running_var": {}}
+    for k, p_t in twin.params.items():
+        new_t = p_t.detach().numpy()
+        new_t = new_t.T if k.endswith(".W") and new_t.ndim == 2 else new_t
+        moved = np.abs(new_t - start[k]).max()
+        assert moved > 1e-4, f"{k} moved by {moved:.1e} only: the comparison would be nearly vacuous"
+        errs["params"][k] = rel_err(model.params[k], new_t)
+        errs["updates"][k] = rel_err(model.params[k] - start[k], new_t - start[k])
+    # the spec's own count: conv2d and dense have W (and b with bias: true), batchnorm gamma and beta
+    counts = {"conv2d": lambda s: 1 + s["bias"], "dense": lambda s: 1 + s["bias"], "batchnorm": lambda s: 2}
+    in_spec = sum(counts[s["type"]](s) for s in flat["layers"] if s["type"] in counts)
+    assert len(errs["params"]) == len(model.params) == in_spec == 59, "a parameter array was not compared"
+
+    # running statistics: netspec folds in the biased batch variance, torch the unbiased one.
+    # Recover torch's batch variance from its update, rescale it by (n - 1)/n, apply netspec's rule.
+    momentum = {s["name"]: s["momentum"] for s in flat["layers"] if s["type"] == "batchnorm"}
+    raw_var_gap = 0.0
+    for k, b_t in twin.buffers.items():
+        name, stat = k.rsplit(".", 1)
+        m, ours, ref, before = momentum[name], model.buffers[k], b_t.numpy(), running_start[k]
+        assert rel_err(ours, before) > 1e-4, f"{k} did not change"
+        if stat == "running_var":
+            N, _, H, W = twin.in_shapes[name]
+            n = N * H * W   # values per channel in the batch
+            raw_var_gap = max(raw_var_gap, rel_err(ours, ref))
+            ref = m * before + (1 - m) * ((ref - m * before) / (1 - m)) * (n - 1) / n
+        errs[stat][k] = rel_err(ours, ref)
+    assert len(errs["running_mean"]) == len(errs["running_var"]) == len(momentum) == 19
+    assert raw_var_gap > 1e-4, "running variances should differ by the n/(n-1) factor before the conversion"
+
+    print("max relative errors: " + ", ".join(f"{kind} {max(e.values()):.2e}" for kind, e in errs.items()))
+    for kind, e in errs.items():
+        worst = max(e, key=e.get)
+        assert e[worst] <= TOL, f"{kind} {worst}: relative error {e[worst]:.3e} against torch, expected <= {TOL:g}"
