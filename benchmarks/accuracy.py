@@ -14,7 +14,7 @@ function_approx. The long ones run only when named:
 - ``fashion_plus``  specs/deep_convnet_fashion_plus.yaml, stopped before the
                     CPU time of 2 cores x --budget-minutes (default 30) runs out
 - ``resnet``        specs/resnet_fashion.yaml under the same CPU budget; its
-                    target is 93.5% on the 10,000 test images
+                    target is 94.5% on the 10,000 test images
 
 The two Fashion targets train into run directories under --runs (default
 runs/accuracy/); a directory that already holds a checkpoint is resumed, and a
@@ -286,8 +286,8 @@ def resnet(args):
     cpu = h[-1].get("cpu_seconds") if h else float("inf")
     row = _budget_row(
         args, "resnet_fashion", h, budget, wall, run_dir, params=int(params),
-        target=f">= 93.5% within 2 cores x {args.budget_minutes:g} min (stretch 94.5%)",
-        holds=h.test_acc >= 0.935 and cpu <= budget,
+        target=f">= 94.5% within 2 cores x {args.budget_minutes:g} min (stretch 95.0%)",
+        holds=h.test_acc >= 0.945 and cpu <= budget,
         published="0.935 (VGG16, 26M params, Fashion-MNIST README table, unverified)")
     row["result"] += f" ({params:,} parameters)"
     return {"resnet": row}
