@@ -9,7 +9,9 @@ layer of the spec entry it started from (``node.origin[0]``), through a private
 copy of that layer that reads the node's arrays (a folded weight, say) instead
 of the layer's own; the copy is reset after every call, so no activation
 outlives its last reader. A fused ReLU is applied in place on the node's output
-(a convolution applies its own, with a fused residual add, per sample).
+(a convolution applies its own, with a fused residual add, per sample). The filters of
+convolutions whose weights a pass made (batchnorm folded in) are laid out for the kernel
+once, when the executor is made, not on every call.
 
 Running never touches the model's own layers, and each thread has its own
 arenas and layer copies: predicts may run in several threads at once, and
@@ -24,7 +26,7 @@ import numpy as np
 
 from .layers import MultiInputLayer
 from .memory import plan_memory
-from .ops import OPS
+from .ops import OPS, PACKED
 
 ARENAS_PER_THREAD = 2   # batch sizes whose arena a thread keeps (a full batch and a last, smaller one)
 
@@ -32,10 +34,29 @@ ARENAS_PER_THREAD = 2   # batch sizes whose arena a thread keeps (a full batch a
 class Executor:
     """Inference over ``graph`` with ``layers`` (the model's); ``finish`` post-processes each output in place."""
 
-    def __init__(self, graph, layers, kernels, finish=None):
+    def __init__(self, graph, layers, kernels, finish=None, fixed=()):
         self.graph, self.finish, self.kernels = graph, finish, kernels
         self._by_name = {l.name: l for l in layers}
         self._local = threading.local()
+        self.packed = self._pack(set(fixed))
+        self._arrays = {**graph.arrays, **{PACKED + name: p for name, p in self.packed.items()}}
+
+    def _pack(self, fixed):
+        """{conv node: its filters in the kernel's own layout}, made once here for the convolutions
+        whose arrays all are in ``fixed`` (made by a pass, such as batchnorm folded into the conv,
+        and so unchanged while this graph lives); the model's own weights may change between
+        calls and are laid out by each call. Empty on the numpy backend."""
+        pack, arrays, out = getattr(self.kernels, "conv2d_pack", None), self.graph.arrays, {}
+        for node in self.graph.nodes:
+            keys = list(node.params.values())
+            if pack is None or node.op != "conv2d" or not keys or not set(keys) <= fixed:
+                continue
+            b = node.params.get("b")
+            p = pack(arrays[node.params["W"]], None if b is None else arrays[b], node.attrs["stride"],
+                     node.attrs["pad"])
+            if p is not None:
+                out[node.name] = p
+        return out
 
     def plan(self, batch):
         """The memory plan for ``batch`` samples (cached per thread with its arena)."""
@@ -48,7 +69,7 @@ class Executor:
         if batch in cache:
             cache.move_to_end(batch)
             return cache[batch]
-        plan = plan_memory(self.graph, batch, self.kernels)
+        plan = plan_memory(self.graph, batch, self.kernels, packed=self.packed)
         dtype = self.graph.compute_dtype
         arena = np.empty(plan.arena_bytes // dtype.itemsize + 1, dtype=dtype)
         views = {name: arena[off // dtype.itemsize:(off + n) // dtype.itemsize]
@@ -90,7 +111,7 @@ class Executor:
             else:
                 out = None
             if node.op in OPS:
-                out = OPS[node.op].run(K, node, xs, graph.arrays, out)
+                out = OPS[node.op].run(K, node, xs, self._arrays, out)
             else:
                 layer, pristine = layers[node.name]
                 out = layer.forward(xs if isinstance(layer, MultiInputLayer) else xs[0], False)

@@ -84,8 +84,9 @@ class _Arena:
         self.free = merged
 
 
-def plan_memory(graph, batch, kernels):
-    """The MemoryPlan of ``graph`` at ``batch`` samples, for the kernels of ``kernels`` (workspaces)."""
+def plan_memory(graph, batch, kernels, packed=()):
+    """The MemoryPlan of ``graph`` at ``batch`` samples, for the kernels of ``kernels`` (workspaces);
+    ``packed``: the conv nodes whose filters the executor laid out beforehand (no per-call copy)."""
     itemsize = graph.compute_dtype.itemsize
     shapes = {"input": tuple(graph.input_shape), **{n.name: tuple(n.shape) for n in graph.nodes}}
     last = graph.lifetimes()
@@ -97,8 +98,9 @@ def plan_memory(graph, batch, kernels):
     for k, node in enumerate(graph.nodes):
         op = OPS.get(node.op)
         nbytes = output_bytes(node, batch, itemsize)
+        more = {"packed": True} if node.name in packed else {}
         workspace[node.name] = ws = 0 if op is None else int(
-            op.workspace(kernels, node, [shapes[i] for i in node.inputs], batch, itemsize))
+            op.workspace(kernels, node, [shapes[i] for i in node.inputs], batch, itemsize, **more))
         if op is None:
             own.append(node.name)
             owner[node.name] = node.name

@@ -240,7 +240,8 @@ class Model:
         kept = {key for n in graph.nodes for key in (*n.params.values(), *n.buffers.values())}
         consumed = [(a, a.copy()) for key, a in {**self.params, **self.buffers}.items() if key not in kept]
         # the executor keeps each thread's arena (netspec.memory) between calls with this graph
-        ex = Executor(graph, self.layers, kernels, finish=_round_half if self.half else None)
+        made = set(graph.arrays) - set(self.params) - set(self.buffers)   # by the passes: fixed
+        ex = Executor(graph, self.layers, kernels, finish=_round_half if self.half else None, fixed=made)
         self._inference = (graph, log, consumed, self.optimize, ex)
         return graph, log, ex
 

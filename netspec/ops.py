@@ -17,7 +17,7 @@ from typing import Callable, NamedTuple, Optional
 class Op(NamedTuple):
     run: Callable          # (kernels, node, xs, arrays, out) -> out (or a view, for "alias")
     sharing: Optional[str]  # "alias", "inplace" or None
-    workspace: Callable    # (kernels, node, in_shapes, batch, itemsize) -> bytes
+    workspace: Callable    # (kernels, node, in_shapes, batch, itemsize[, packed]) -> bytes
     activation_inside: bool = False   # run applies the node's fused activation itself
 
 
@@ -30,19 +30,23 @@ def _param(node, arrays, role):
     return None if key is None else arrays[key]
 
 
+# arrays[PACKED + node name]: the node's filters as conv2d_pack laid them out (netspec.executor)
+PACKED = "packed:"
+
+
 def _conv(K, node, xs, arrays, out):
     # a residual add fused into the conv (netspec.passes.fuse_residual_add) is its second input
     a = node.attrs
     return K.conv2d_forward(xs[0], _param(node, arrays, "W"), _param(node, arrays, "b"), a["stride"], a["pad"],
                             out=out, residual=xs[1] if a.get("residual") else None,
-                            relu=node.activation == "relu")
+                            relu=node.activation == "relu", packed=arrays.get(PACKED + node.name))
 
 
-def _conv_workspace(K, node, in_shapes, batch, itemsize):
+def _conv_workspace(K, node, in_shapes, batch, itemsize, packed=False):
     a = node.attrs
     c = in_shapes[0][0]
     w_shape = (a["filters"], c, *a["kernel"])
-    return K.conv2d_workspace((batch, *in_shapes[0]), w_shape, a["stride"], a["pad"], itemsize)
+    return K.conv2d_workspace((batch, *in_shapes[0]), w_shape, a["stride"], a["pad"], itemsize, packed)
 
 
 def _dense(K, node, xs, arrays, out):

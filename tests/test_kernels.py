@@ -286,6 +286,31 @@ def test_conv2d_backward_without_db(dtype):
             np.testing.assert_array_equal(dW, full[1])
 
 
+@pytest.mark.parametrize("k,stride,pad,bias", [((3, 3), 1, 1, False), ((3, 3), 2, 1, True), ((1, 1), 2, 0, False),
+                                               ((5, 3), 1, 2, True)])
+def test_conv2d_forward_with_packed_filters_is_the_same(k, stride, pad, bias):
+    """conv2d_pack lays W and b out once; conv2d_forward with them gives the same bits as without
+    (plain, and with a residual add and ReLU); the reference packs nothing."""
+    rng = np.random.default_rng(11)
+    x, W = data(rng, (4, 9, 8, 7), np.float32), data(rng, (20, 9) + k, np.float32)
+    b = data(rng, (20,), np.float32) if bias else None
+    assert ref.conv2d_pack(W, b, stride, pad) is None
+    packed = compiled.conv2d_pack(W, b, stride, pad)
+    assert packed is not None
+    plain = compiled.conv2d_forward(x, W, b, stride, pad)
+    np.testing.assert_array_equal(compiled.conv2d_forward(x, W, b, stride, pad, packed=packed), plain)
+    r = data(rng, plain.shape, np.float32)
+    np.testing.assert_array_equal(compiled.conv2d_forward(x, W, b, stride, pad, residual=r, relu=True, packed=packed),
+                                  compiled.conv2d_forward(x, W, b, stride, pad, residual=r, relu=True))
+
+
+def test_conv2d_pack_declines_where_the_direct_kernel_does_not_run():
+    rng = np.random.default_rng(12)
+    assert compiled.conv2d_pack(data(rng, (4, 3, 3, 3), np.float64), None, 1, 1) is None     # float64: im2col
+    assert compiled.conv2d_pack(data(rng, (4, 3, 3, 9), np.float32), None, 1, 1) is None     # wider than 8
+    assert compiled.conv2d_pack(data(rng, (4, 3, 1, 1), np.float32), None, 1, 0) is None     # 1x1: one GEMM
+
+
 # (C, H, W, F, k, stride, pad): 3x3/s2 as in resnet_fashion (odd and even maps), a 5x5, an
 # asymmetric window at stride 3, and windows smaller than the stride, where some phases of the
 # input are reached by no tap (k=1 with pad 1, k=3 at stride 4) and their d/dx must be 0.

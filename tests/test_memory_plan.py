@@ -134,3 +134,42 @@ def test_a_spec_plans_without_weights_and_agrees_with_its_model():
     from_model = netspec.compile(spec, dtype="float32").memory_plan(64)
     assert (from_spec.arena_bytes, from_spec.peak_bytes, from_spec.slots) == (
         from_model.arena_bytes, from_model.peak_bytes, from_model.slots)
+
+
+def test_folded_convolutions_are_packed_once_with_the_same_values():
+    """Convolutions whose weights a pass made (batchnorm folded in) get their filters laid out for
+    the compiled kernel when the inference graph is made, not on every call: the outputs equal
+    those of laying them out per call bit for bit, and the plan's per-call workspace of each
+    such node no longer holds the filters."""
+    from netspec import kernels
+    from netspec.executor import Executor
+    model = netspec.compile(SPECS_DIR / "resnet_fashion.yaml", dtype="float32")
+    graph, _, ex = model._inference_state()
+    convs = [n for n in graph.nodes if n.op == "conv2d"]
+    assert len(convs) == 19 and all("+" in n.params["W"] for n in convs)   # every conv has its batchnorm folded
+    per_call = Executor(graph, model.layers, kernels)                      # nothing fixed: nothing packed
+    assert per_call.packed == {}
+    if kernels.BACKEND == "numpy":
+        assert ex.packed == {}
+        return
+    assert sorted(ex.packed) == sorted(n.name for n in convs)
+    x = np.random.default_rng(3).random((37, *model.input_shape)).astype(np.float32)
+    with kernels.blas_scope():
+        np.testing.assert_array_equal(model.predict(x), per_call.run(x))
+    with_packing, without = ex.plan(37), per_call.plan(37)
+    for n in convs:
+        F, C, kh, kw = graph.arrays[n.params["W"]].shape
+        lanes = -(-F // 16) * 16
+        assert without.workspace[n.name] - with_packing.workspace[n.name] == 4 * (C * kh * kw * lanes + lanes)
+
+
+def test_the_models_own_conv_weights_are_read_live_not_packed():
+    """deep_convnet's convolutions keep the model's own weights (no batchnorm to fold): they may
+    change between predicts (training beside them), so nothing is packed and a change shows."""
+    model = netspec.compile(SPECS_DIR / "deep_convnet.yaml", dtype="float32")
+    x = np.random.default_rng(4).random((5, *model.input_shape)).astype(np.float32)
+    before = model.predict(x)
+    assert model._inference_state()[2].packed == {}
+    first = next(l for l in model.layers if l.spec.type == "conv2d")
+    first.params["W"] *= 2
+    assert not np.array_equal(model.predict(x), before)

@@ -3,6 +3,7 @@ import math
 
 from .. import jsonout, kernels
 from ..checkpoint import load_model
+from ..executor import Executor
 from ..ir import graph_of_model, graph_of_spec
 from ..memory import plan_memory
 from ..passes import optimize
@@ -36,7 +37,11 @@ def plan(path, mode="predict", batch=100):
                 "passes": [{"pass": name, "changes": changes} for name, changes in log],
                 "nodes": nodes, "layers_in_spec": len(graph.nodes), "nodes_after": len(optimized.nodes),
                 "flops": sum(n["flops"] for n in nodes), "weight_bytes": weights, "memory": None}
-    memory = plan_memory(optimized, batch, kernels.load())
+    # a checkpoint's convolutions with a folded batchnorm get their filters packed once, as predict
+    # does (netspec.executor); a spec has no weights to pack: its plan lays them out per call
+    made = set(optimized.arrays) - set(graph.arrays)
+    packed = Executor(optimized, [], kernels.load(), fixed=made).packed if made else {}
+    memory = plan_memory(optimized, batch, kernels.load(), packed=packed)
     for n in nodes:
         name = n["name"]
         n["memory"] = ("arena" if name in memory.slots else "own" if name in memory.own
@@ -49,7 +54,7 @@ def plan(path, mode="predict", batch=100):
             "memory": {"arena_bytes": memory.arena_bytes, "peak_bytes": memory.peak_bytes,
                        "workspace_bytes": max(memory.workspace.values(), default=0),
                        "shared": sorted(memory.shares), "own": list(memory.own),
-                       "kernels": kernels.BACKEND},
+                       "kernels": kernels.BACKEND, "packed": sorted(packed)},
             "peak_bytes_unoptimized": plan_memory(graph, batch, kernels).peak_bytes}
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from ..numerics import out_size
 
 __all__ = [
-    "im2col", "col2im", "conv2d_forward", "conv2d_backward",
+    "im2col", "col2im", "conv2d_forward", "conv2d_pack", "conv2d_backward",
     "maxpool2d_forward", "maxpool2d_backward", "maxpool2d_infer",
     "conv2d_workspace", "pool_workspace",
     "avgpool2d_forward", "avgpool2d_backward", "relu_forward", "relu_backward", "round_half",
@@ -69,10 +69,11 @@ def col2im(col, x_shape, kh, kw, stride, pad):
     return xp[:, :, pad:pad + H, pad:pad + W].copy() if pad else xp
 
 
-def conv2d_forward(x, W, b, stride, pad, out=None, residual=None, relu=False):
+def conv2d_forward(x, W, b, stride, pad, out=None, residual=None, relu=False, packed=None):
     """out[n, f] = sum_c W[f, c] (*) x[n, c] + b[f]; x (N,C,H,W), W (FN,C,kh,kw), b (FN,) or None.
     ``out``: a C-contiguous (N,FN,OH,OW) array to write into (else a new one). ``residual``
-    (shaped like the output) is then added and with ``relu`` the ReLU applied, in place."""
+    (shaped like the output) is then added and with ``relu`` the ReLU applied, in place.
+    ``packed``: what conv2d_pack returned for W and b (here always None, and ignored)."""
     N, C, H, Wd = x.shape
     FN, _, kh, kw = W.shape
     OH, OW = out_size(H, kh, stride, pad), out_size(Wd, kw, stride, pad)
@@ -89,13 +90,20 @@ def conv2d_forward(x, W, b, stride, pad, out=None, residual=None, relu=False):
     return out
 
 
-def conv2d_workspace(x_shape, W_shape, stride, pad, itemsize):
-    """Bytes conv2d_forward allocates besides its output: the padded input and the im2col columns."""
+def conv2d_workspace(x_shape, W_shape, stride, pad, itemsize, packed=False):
+    """Bytes conv2d_forward allocates besides its output: the padded input and the im2col columns
+    (``packed`` changes nothing here: the reference packs no weights)."""
     N, C, H, Wd = x_shape
     FN, _, kh, kw = W_shape
     OH, OW = out_size(H, kh, stride, pad), out_size(Wd, kw, stride, pad)
     padded = N * C * (H + 2 * pad) * (Wd + 2 * pad) if pad else 0
     return itemsize * (padded + N * C * kh * kw * OH * OW)
+
+
+def conv2d_pack(W, b, stride, pad):
+    """W and b laid out once for conv2d_forward's ``packed``, for weights that do not change
+    (an inference graph's folded convolutions). The reference has no packed layout: None."""
+    return None
 
 
 def conv2d_backward(dout, x, W, stride, pad, need_dx=True, need_db=True):
