@@ -123,6 +123,47 @@ def test_all_transforms_in_their_fixed_order():
     assert rng.random() == draws.random()
 
 
+def hidden_by_cutout(h, w, cy, cx, size):
+    """The (h, w) mask of pixels a size x size square centred on (cy, cx) covers, written out pixel by pixel."""
+    mask = np.zeros((h, w), dtype=bool)
+    for y in range(h):
+        for x in range(w):
+            mask[y, x] = cy - size // 2 <= y < cy - size // 2 + size and cx - size // 2 <= x < cx - size // 2 + size
+    return mask
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 9])
+def test_cutout_zeroes_one_square_per_image_in_every_channel(size):
+    """Each image loses exactly the pixels of one size x size square (clipped at the border) in every
+    channel, centred on a pixel drawn uniformly: rows then columns, one draw per image each; the rest
+    is untouched."""
+    x = images(40, c=2, h=7, w=8)
+    out = augment(x, AugmentSpec(cutout=size), np.random.default_rng(5))
+    draws = np.random.default_rng(5)
+    cy, cx = draws.integers(0, 7, 40), draws.integers(0, 8, 40)
+    clipped = 0
+    for img, o, y, c in zip(x, out, cy, cx):
+        mask = hidden_by_cutout(7, 8, y, c, size)
+        clipped += mask.sum() < size * size
+        np.testing.assert_array_equal(o, np.where(mask, 0, img))
+    assert clipped > 0 or size == 1   # some squares met the border and were cut there
+
+
+def test_cutout_runs_after_the_other_transforms_and_only_draws_when_on():
+    """With cutout on, the other transforms see the same draws as without it (it draws last), and a
+    spec without cutout draws nothing for it."""
+    x = images(32, c=1, h=6, w=6)
+    base = AugmentSpec(flip=True, crop=1, brightness=0.1)
+    plain_rng, cut_rng = np.random.default_rng(8), np.random.default_rng(8)
+    plain = augment(x, base, plain_rng)
+    cut = augment(x, AugmentSpec(flip=True, crop=1, brightness=0.1, cutout=3), cut_rng)
+    assert ((cut == 0) | (cut == plain)).all() and (cut != plain).any()
+    cy, cx = plain_rng.integers(0, 6, 32), plain_rng.integers(0, 6, 32)   # the draws cutout made next
+    for p, c, y, xx in zip(plain, cut, cy, cx):
+        np.testing.assert_array_equal(c, np.where(hidden_by_cutout(6, 6, y, xx, 3), 0, p))
+    assert plain_rng.random() == cut_rng.random()
+
+
 def test_integer_images_become_float32_and_the_input_is_never_written():
     x = np.random.default_rng(2).integers(0, 256, (8, 1, 4, 5)).astype(np.uint8)
     before = x.copy()

@@ -7,7 +7,11 @@ the input batch is never written. Pixels moved in from outside the image are
 zero (the background of MNIST-like data). ``shift`` and ``crop`` are the same
 translation drawn two ways: ``crop`` is the pad-then-random-crop recipe of
 CIFAR training, ``shift`` a translation by up to N pixels; both offsets lie in
-[-N, N].
+[-N, N]. ``cutout`` (DeVries & Taylor, 2017) runs last and sets a square of
+side N to zero in every channel, its centre uniform over the image's pixels
+and the square clipped at the border (so near an edge less is hidden); it
+draws from the generator only when on, so specs without it see the same draws
+as before it existed.
 """
 
 import numpy as np
@@ -42,7 +46,23 @@ def augment(x, spec, rng):
     if spec.brightness:
         factors = rng.uniform(1.0 - spec.brightness, 1.0 + spec.brightness, size=n).astype(out.dtype)
         out *= factors[:, None, None, None]
+    if spec.cutout:
+        H, W = out.shape[2:]
+        cy, cx = rng.integers(0, H, size=n), rng.integers(0, W, size=n)
+        out = cutout(out, cy, cx, spec.cutout)
     return out
+
+
+def cutout(x, cy, cx, size):
+    """Zero, in place, the size x size square of image i whose centre is (cy[i], cx[i]) (for an
+    even size, the centre is the lower right of the middle four pixels), clipped at the border."""
+    H, W = x.shape[2:]
+    top, left = np.asarray(cy) - size // 2, np.asarray(cx) - size // 2
+    rows, cols = np.arange(H), np.arange(W)
+    hidden = (((rows >= top[:, None]) & (rows < top[:, None] + size))[:, :, None]
+              & ((cols >= left[:, None]) & (cols < left[:, None] + size))[:, None, :])   # (N, H, W)
+    np.putmask(x, np.broadcast_to(hidden[:, None], x.shape), 0)
+    return x
 
 
 def translate(x, dy, dx):

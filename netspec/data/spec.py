@@ -211,11 +211,15 @@ class AugmentSpec(Strict):
     brightness: float = Field(
         0.0, ge=0.0, le=1.0, description="scale each image's intensity by a factor in [1-b, 1+b] (0: off)"
     )
+    cutout: NonNegativeInt = Field(
+        0, description="zero a square of this side in each image, centred on a random pixel, clipped at "
+                       "the border (0: off)"
+    )
 
     @property
     def enabled(self):
         """True when at least one transform is on."""
-        return bool(self.shift or self.rotate or self.flip or self.crop or self.brightness)
+        return bool(self.shift or self.rotate or self.flip or self.crop or self.brightness or self.cutout)
 
 
 def data_spec_adapter():
