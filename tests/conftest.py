@@ -18,6 +18,12 @@ from netspec.threads import blas_info, limit_blas_threads
 # their OpenMP threads (the tests should run the parallel loops); netspec.kernels has
 # already made idle OpenMP threads sleep instead of spin (netspec/threads.py).
 limit_blas_threads(1)
+# The runs tests start as subprocesses (`netspec run`, then resumed here) get the same one BLAS
+# thread: OpenBLAS's sgemm does not round the same at 1 and 2 threads, so on the numpy backend
+# a run interrupted in a 2-thread subprocess and resumed in this process would end a bit apart
+# from one trained here, and the bit-identical resume tests would fail for that alone.
+for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS"):
+    os.environ[_var] = "1"
 
 
 def _cache_database():
