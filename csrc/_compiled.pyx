@@ -15,7 +15,9 @@ built; d/dx of a stride-1 convolution is the forward kernel applied to dout
 with rotated filters, and each thread sums its own partial dW. Measured on
 deep_convnet's layers at 2 threads, forward 1.1-2.1x and backward 1.4-2.5x
 faster than the im2col path below, which serves float64, kernels wider than
-8, strided d/dx, and d/dx of layers with fewer than 8 input channels.
+8, and d/dx of layers with fewer than 8 input channels. In the AVX-512 build,
+stride-1 3x3 layers of 16+ input channels run Winograd F(2x2, 3x3) instead
+(csrc/conv_winograd.h), forward and d/dx.
 
 The im2col path is one GEMM per *batch chunk*: a chunk of samples is
 unrolled into a "wide" column buffer (C*kh*kw, nb*OH*OW) of about 4 MB, so
@@ -73,6 +75,14 @@ cdef extern from "conv_direct.h" nogil:
                                  int N, int C, int H, int W, int F, int Fp, int kh, int kw,
                                  int s, int ph, int pw, int OH, int OW, int nthreads)
 
+cdef extern from "conv_winograd.h" nogil:
+    int NS_HAS_WINOGRAD
+    void nsw_filter_transform(const float* g, float* u, int F, int C, int Fp)
+    size_t nsw_workspace_floats(int C, int H, int W, int F, int pad, int N, int nthreads)
+    int nsw_conv_forward(const float* x, const float* u, const float* bias, float* out,
+                         int N, int C, int H, int W, int F, int Fp, int pad, int nthreads,
+                         const float* residual, int relu, float* work)
+
 cdef extern from "half.h" nogil:
     int NS_HAS_FLOAT16
     int ns_round_half(float* x, Py_ssize_t n, int nthreads)
@@ -118,6 +128,7 @@ def backend_info():
         "compiled_with": f"Cython {v >> 24}.{(v >> 16) & 0xff}.{(v >> 8) & 0xff}",
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "float16_kernel": bool(NS_HAS_FLOAT16),   # False: round_half uses the numpy reference
+        "winograd": WINOGRAD,   # stride-1 3x3 convolutions by Winograd F(2x2, 3x3) (AVX-512 build)
     }
 
 
@@ -514,6 +525,15 @@ def _lane_major(W4):
     return wt
 
 
+cdef const float* _residual_ptr(residual) except? NULL:
+    """The float32 (N, F, OH, OW) residual's data, or NULL for None (the caller keeps it alive)."""
+    cdef const float[:, :, :, ::1] rv
+    if residual is None:
+        return NULL
+    rv = residual
+    return &rv[0, 0, 0, 0]
+
+
 def _direct_conv(x, wt, bias, Py_ssize_t F, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t stride,
                  Py_ssize_t ph, Py_ssize_t pw, out=None, residual=None, bint relu=False):
     """out (N, F, OH, OW) = direct convolution of float32 x with lane-major weights (+ bias);
@@ -527,11 +547,7 @@ def _direct_conv(x, wt, bias, Py_ssize_t F, Py_ssize_t kh, Py_ssize_t kw, Py_ssi
     if out is None:
         out = np.empty((N, F, OH, OW), dtype=np.float32)
     cdef float[:, :, :, ::1] ov = out
-    cdef const float[:, :, :, ::1] rv
-    cdef const float* rp = NULL
-    if residual is not None:
-        rv = residual
-        rp = &rv[0, 0, 0, 0]
+    cdef const float* rp = _residual_ptr(residual)
     cdef int rc = 0, nt = netspec_max_threads()
     if N and F and OH > 0 and OW > 0:
         with nogil:
@@ -577,31 +593,108 @@ def _direct_dx_ok(W, stride, pad):
 
 def _direct_forward(x, W, b, stride, pad, out=None, residual=None, relu=False, packed=None):
     F, C, kh, kw = W.shape
-    if packed is not None and packed[2] == W.shape:
+    wino = _winograd_ok(C, F, kh, kw, stride, pad, x.shape[2], x.shape[3])
+    if packed is not None and packed[2] == W.shape and packed[3] == wino:
         wt, bias = packed[0], packed[1]
     else:
-        wt, bias = _pack(W, b)
+        wt, bias = _pack(W, b, wino, scratch=True)
+    if wino:
+        return _winograd_conv(np.ascontiguousarray(x), wt, bias, F, pad, out, residual, relu)
     return _direct_conv(np.ascontiguousarray(x), wt, bias, F, kh, kw, stride, pad, pad, out, residual, relu)
 
 
-def _pack(W, b):
-    """(lane-major filters, bias zero-padded to whole lanes) for the direct forward kernel."""
+def _pack(W, b, wino=False, scratch=False):
+    """(filters laid out for the kernel, bias zero-padded to whole lanes): lane-major for the
+    direct kernel, Winograd's U for the Winograd kernel (``scratch``: see _winograd_filters)."""
     bias = np.zeros(_lanes(W.shape[0]), dtype=np.float32)
     if b is not None:
         bias[:W.shape[0]] = b
-    return _lane_major(W), bias
+    return (_winograd_filters(W, scratch) if wino else _lane_major(W)), bias
 
 
-def conv2d_pack(W, b, stride, pad):
+# --- Winograd F(2x2, 3x3) (csrc/conv_winograd.h; AVX-512 build only) ------------------------
+
+# Stride-1 3x3 float32 convolutions run Winograd's algorithm (2.25x fewer multiplies) where this
+# build has it, the layer has at least WINOGRAD_MIN_CHANNELS input channels (its transforms work on
+# 16 channels at a time) and the partly unused tiles of an odd-sized output leave it at most
+# WINOGRAD_MAX_WORK of the direct kernel's multiplies. NETSPEC_WINOGRAD=0 turns it off (the direct
+# kernel then runs these layers, as in builds without AVX-512).
+WINOGRAD = bool(NS_HAS_WINOGRAD) and os.environ.get("NETSPEC_WINOGRAD", "1") != "0"
+WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MAX_WORK = 0.7
+
+
+def _winograd_ok(C, F, kh, kw, stride, pad, H, W):
+    if not (WINOGRAD and kh == 3 and kw == 3 and stride == 1 and 0 <= pad <= 2 and C >= WINOGRAD_MIN_CHANNELS):
+        return False
+    OH, OW = H + 2 * pad - 2, W + 2 * pad - 2
+    if OH < 1 or OW < 1:
+        return False
+    return 16 * ((OH + 1) // 2) * ((OW + 1) // 2) <= WINOGRAD_MAX_WORK * 9 * OH * OW
+
+
+def _winograd_filters(W, scratch=False):
+    """U [16][C][Fp] = G g G^T of every (F, C, 3, 3) float32 filter, filters in lanes; with
+    ``scratch``, in the thread's scratch buffer (for use within one call: a fresh 1 MB array
+    cost more in page faults than the transform itself)."""
+    cdef const float[:, :, :, ::1] wv = np.ascontiguousarray(W, dtype=np.float32)
+    cdef Py_ssize_t F = W.shape[0], C = W.shape[1], Fp = _lanes(F)
+    if scratch:
+        u = _buffer("winograd_u", 16 * C * Fp, np.float32).reshape(16, C, Fp)
+    else:
+        u = np.empty((16, C, Fp), dtype=np.float32)
+    cdef float[:, :, ::1] uv = u
+    if F and C:
+        with nogil:
+            nsw_filter_transform(&wv[0, 0, 0, 0], &uv[0, 0, 0], F, C, Fp)
+    else:
+        u[...] = 0
+    return u
+
+
+def _winograd_conv(x, u, bias, Py_ssize_t F, Py_ssize_t pad, out=None, residual=None, bint relu=False):
+    """out (N, F, OH, OW) = the stride-1 3x3 convolution of float32 x by Winograd's algorithm,
+    from U (_winograd_filters) and the lane-padded bias; then + residual and the ReLU, as _direct_conv."""
+    cdef const float[:, :, :, ::1] xv = x
+    cdef const float[:, :, ::1] uv = u
+    cdef const float[::1] bv = bias
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = H + 2 * pad - 2, OW = W + 2 * pad - 2
+    if out is None:
+        out = np.empty((N, F, OH, OW), dtype=np.float32)
+    cdef float[:, :, :, ::1] ov = out
+    cdef const float* rp = _residual_ptr(residual)
+    cdef int rc = 0, nt = netspec_max_threads()
+    # the threads' buffers, 64-byte aligned, for this call only (a numpy array, so that what the
+    # memory plan counts is what a measurement of the call sees)
+    cdef Py_ssize_t need = nsw_workspace_floats(C, H, W, F, pad, N, nt) if N and F else 0
+    scratch = np.empty(need + 16, dtype=np.float32)
+    cdef float[::1] sv = scratch[(-scratch.ctypes.data // 4) % 16:][:max(need, 1)]
+    if N and F:
+        with nogil:
+            rc = nsw_conv_forward(&xv[0, 0, 0, 0], &uv[0, 0, 0], &bv[0], &ov[0, 0, 0, 0], N, C, H, W, F,
+                                  uv.shape[2], pad, nt, rp, relu, &sv[0])
+    if rc:
+        raise MemoryError("conv2d: no memory for the Winograd buffers")
+    return out
+
+
+def conv2d_pack(W, b, stride, pad, in_shape=None):
     """W and b laid out once for conv2d_forward's ``packed``, for weights that do not change
     (an inference graph's folded convolutions): re-laying out resnet_fashion's filters took
-    0.5 ms of every predict. None where conv2d_forward would not run the direct kernel."""
+    0.5 ms of every predict. ``in_shape``: one sample's (C, H, W), which decides between the
+    direct and the Winograd layout (without it, the channels alone decide, and conv2d_forward
+    lays the filters out again where the input's size decides otherwise). None where
+    conv2d_forward would not run the direct or Winograd kernel."""
     kh, kw = W.shape[2], W.shape[3]
     if (W.dtype != np.float32 or (b is not None and b.dtype != np.float32) or kw > 8
             or _is_pointwise(kh, kw, stride, pad)):
         return None
-    wt, bias = _pack(np.ascontiguousarray(W), None if b is None else np.ascontiguousarray(b).reshape(-1))
-    return wt, bias, tuple(W.shape)
+    F, C, kh, kw = W.shape
+    H, Wd = (in_shape[1], in_shape[2]) if in_shape is not None else (64, 64)
+    wino = _winograd_ok(C, F, kh, kw, stride, pad, H, Wd)
+    wt, bias = _pack(np.ascontiguousarray(W), None if b is None else np.ascontiguousarray(b).reshape(-1), wino)
+    return wt, bias, tuple(W.shape), wino
 
 
 def _epilogue(out, residual, relu):
@@ -625,6 +718,9 @@ def conv2d_workspace(x_shape, W_shape, stride, pad, itemsize, packed=False):
         return _ref.conv2d_workspace(x_shape, W_shape, stride, pad, itemsize)
     if _is_pointwise(kh, kw, stride, pad):
         return 0
+    if itemsize == 4 and _winograd_ok(C, FN, kh, kw, stride, pad, H, Wd):
+        weights = 0 if packed else 16 * C * _lanes(FN) + _lanes(FN)
+        return 4 * (weights + 16 + nsw_workspace_floats(C, H, Wd, FN, pad, N, netspec_max_threads()))
     if itemsize == 4 and kw <= 8:
         Fp = _lanes(FN)
         per_thread = C * (H + 2 * pad) * (Wd + 2 * pad) + 6 * stride + kw + 16
@@ -640,6 +736,9 @@ def _direct_dx(dout, W, pad):
     180 degrees and their in/out channels swapped."""
     F, C, kh, kw = W.shape
     rot = np.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    if _winograd_ok(F, C, kh, kw, 1, kh - 1 - pad, dout.shape[2], dout.shape[3]):
+        return _winograd_conv(np.ascontiguousarray(dout), _winograd_filters(rot, scratch=True), np.zeros(_lanes(C), dtype=np.float32),
+                              C, kh - 1 - pad)
     return _direct_conv(np.ascontiguousarray(dout), _lane_major(rot), np.zeros(_lanes(C), dtype=np.float32),
                         C, kh, kw, 1, kh - 1 - pad, kw - 1 - pad)
 

@@ -346,17 +346,25 @@ static int ns512_conv_forward(const float *x, const float *wt, const float *bias
     return failed ? -1 : 0;
 }
 
+/* m[l] = column p0 + l of d (rows x P), over rows r0 .. r0+15 (0 past the last row or column):
+ * a 16x16 block loaded (masked at the last columns) and transposed in registers. Returns how many
+ * of the 16 columns exist. */
+static inline int ns512_load_transposed(const float *d, int rows, int P, int r0, int p0, __m512 m[16]) {
+    const int np = P - p0 < 16 ? P - p0 : 16;
+    const __mmask16 mask = (__mmask16)((1u << np) - 1);
+    for (int l = 0; l < 16; l++)
+        m[l] = r0 + l < rows ? _mm512_maskz_loadu_ps(mask, d + (size_t)(r0 + l) * P + p0) : _mm512_setzero_ps();
+    ns512_transpose16(m);
+    return np;
+}
+
 /* dt [P][Fp] = one sample's d (F, P) transposed, filters F .. Fp-1 zero: blocks of 16 filters x
  * 16 pixels are transposed in registers (masked loads at the last pixels). */
 static void ns512_transpose_dout(const float *d, float *dt, int F, int Fp, int P) {
     for (int f0 = 0; f0 < Fp; f0 += 16)
         for (int p0 = 0; p0 < P; p0 += 16) {
-            const int np = P - p0 < 16 ? P - p0 : 16;
-            const __mmask16 mask = (__mmask16)((1u << np) - 1);
             __m512 m[16];
-            for (int l = 0; l < 16; l++)
-                m[l] = f0 + l < F ? _mm512_maskz_loadu_ps(mask, d + (size_t)(f0 + l) * P + p0) : _mm512_setzero_ps();
-            ns512_transpose16(m);
+            const int np = ns512_load_transposed(d, F, P, f0, p0, m);
             for (int l = 0; l < np; l++) _mm512_storeu_ps(dt + (size_t)(p0 + l) * Fp + f0, m[l]);
         }
 }

@@ -52,8 +52,10 @@ class Executor:
             if pack is None or node.op != "conv2d" or not keys or not set(keys) <= fixed:
                 continue
             b = node.params.get("b")
+            src = node.inputs[0]
+            in_shape = self.graph.input_shape if src == "input" else self.graph.node(src).shape
             p = pack(arrays[node.params["W"]], None if b is None else arrays[b], node.attrs["stride"],
-                     node.attrs["pad"])
+                     node.attrs["pad"], in_shape=tuple(in_shape))
             if p is not None:
                 out[node.name] = p
         return out

@@ -339,6 +339,85 @@ def test_conv2d_strided_dx_by_phases(case):
         assert (~reached).any() and not dx[:, :, ~reached].any()
 
 
+WINOGRAD = bool(compiled.backend_info().get("winograd"))
+needs_winograd = pytest.mark.skipif(not WINOGRAD, reason="this build has no Winograd kernel (AVX-512 only)")
+
+
+@needs_winograd
+@SETTINGS
+@given(C=st.integers(16, 40), F=st.integers(1, 40), pad=st.integers(0, 2), H=st.integers(1, 13),
+       W=st.integers(1, 13), N=st.integers(1, 9), x_size=st.sampled_from([1e-3, 1.0, 1e3]),
+       seed=st.integers(0, 2**16))
+def test_winograd_conv2d_matches_the_reference(C, F, pad, H, W, N, x_size, seed):
+    """Stride-1 3x3 float32 layers of 16+ channels run Winograd F(2x2, 3x3) (forward, and d/dx as
+    the forward of dout with rotated filters): against the float64 reference, the error within
+    1e-5 of the largest sum of |terms| of an output. Odd and even sizes, every padding, partly
+    unused tiles, sample groups split over the threads."""
+    if H + 2 * pad < 3 or W + 2 * pad < 3:
+        return
+    rng = np.random.default_rng(seed)
+    x = data(rng, (N, C, H, W), np.float32) * np.float32(x_size)
+    Wt, b = data(rng, (F, C, 3, 3), np.float32), data(rng, (F,), np.float32)
+    x64, W64, b64 = x.astype(np.float64), Wt.astype(np.float64), b.astype(np.float64)
+    out = compiled.conv2d_forward(x, Wt, b, 1, pad)
+    magnitude = ref.conv2d_forward(np.abs(x64), np.abs(W64), np.abs(b64), 1, pad).max()
+    close(out, ref.conv2d_forward(x64, W64, b64, 1, pad).astype(np.float32), np.float32, magnitude)
+    dout = data(rng, out.shape, np.float32)
+    dx = compiled.conv2d_backward(dout, x, Wt, 1, pad, need_db=False)[0]
+    want = ref.conv2d_backward(dout.astype(np.float64), x64, W64, 1, pad)[0]
+    scale = ref.conv2d_backward(np.abs(dout).astype(np.float64), np.abs(x64), np.abs(W64), 1, pad)[0].max()
+    close(dx, want.astype(np.float32), np.float32, scale)
+
+
+@needs_winograd
+def test_winograd_runs_where_it_should():
+    """The choice: stride 1, 3x3, 16+ input channels, float32, and outputs whose partly unused
+    tiles leave at most 70% of the direct kernel's multiplies (3x3 outputs: 79%, direct)."""
+    ok = compiled._winograd_ok
+    assert ok(32, 32, 3, 3, 1, 1, 14, 14) and ok(64, 64, 3, 3, 1, 1, 7, 7) and ok(128, 128, 3, 3, 1, 1, 4, 4)
+    assert not ok(15, 32, 3, 3, 1, 1, 14, 14)       # too few input channels
+    assert not ok(32, 32, 3, 3, 2, 1, 14, 14)       # strided
+    assert not ok(32, 32, 5, 5, 1, 2, 14, 14)       # not 3x3
+    assert not ok(32, 32, 3, 3, 1, 1, 3, 3)         # 3x3 output: 4 tiles = 64 multiplies for 81
+    rng = np.random.default_rng(5)
+    W = data(rng, (24, 32, 3, 3), np.float32)
+    assert compiled.conv2d_pack(W, None, 1, 1, in_shape=(32, 8, 8))[3] is True
+    assert compiled.conv2d_pack(W, None, 1, 1, in_shape=(32, 3, 3))[3] is False
+    assert compiled.conv2d_pack(W, None, 2, 1, in_shape=(32, 8, 8))[3] is False
+
+
+@needs_winograd
+def test_winograd_equals_the_direct_kernel():
+    """The same layer through the Winograd and the direct kernel: equal within float32 rounding of
+    the sums (both are exact algorithms; only the rounding differs)."""
+    rng = np.random.default_rng(8)
+    for N, C, F, H in [(5, 32, 32, 14), (7, 64, 64, 7), (9, 128, 128, 4), (3, 16, 10, 9)]:
+        x, Wt, b = data(rng, (N, C, H, H), np.float32), data(rng, (F, C, 3, 3), np.float32), data(rng, (F,), np.float32)
+        wt, bias = compiled._pack(Wt, b)
+        direct = compiled._direct_conv(x, wt, bias, F, 3, 3, 1, 1, 1)
+        u, bias = compiled._pack(Wt, b, wino=True)
+        wino = compiled._winograd_conv(x, u, bias, F, 1)
+        close(wino, direct, np.float32, C * 9 * 4)
+
+
+@needs_winograd
+@pytest.mark.parametrize("N", [1, 2, 37, 100])
+def test_winograd_packed_filters_residual_and_relu(N):
+    """Filters packed once as U give the bits of U made per call; the fused residual add and ReLU
+    are the add and ReLU kernels' arithmetic, bit for bit; any batch size (sample groups)."""
+    rng = np.random.default_rng(N)
+    x, Wt, b = data(rng, (N, 128, 4, 4), np.float32), data(rng, (128, 128, 3, 3), np.float32), data(rng, (128,), np.float32)
+    packed = compiled.conv2d_pack(Wt, b, 1, 1, in_shape=x.shape[1:])
+    assert packed[3] is True and packed[0].shape == (16, 128, 128)
+    plain = compiled.conv2d_forward(x, Wt, b, 1, 1)
+    np.testing.assert_array_equal(compiled.conv2d_forward(x, Wt, b, 1, 1, packed=packed), plain)
+    r = data(rng, plain.shape, np.float32)
+    np.testing.assert_array_equal(compiled.conv2d_forward(x, Wt, b, 1, 1, residual=r, relu=True, packed=packed),
+                                  compiled.relu_forward(plain + r))
+    for n in range(N):   # a sample's output does not depend on which group or thread computed it
+        np.testing.assert_array_equal(compiled.conv2d_forward(x[n:n + 1], Wt, b, 1, 1), plain[n:n + 1])
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kernels", ["compiled", "reference"])
 def test_read_only_inputs(dtype, kernels):

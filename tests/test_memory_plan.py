@@ -157,10 +157,18 @@ def test_folded_convolutions_are_packed_once_with_the_same_values():
     with kernels.blas_scope():
         np.testing.assert_array_equal(model.predict(x), per_call.run(x))
     with_packing, without = ex.plan(37), per_call.plan(37)
+    winograd = kernels.backend_info()["winograd"]
     for n in convs:
         F, C, kh, kw = graph.arrays[n.params["W"]].shape
         lanes = -(-F // 16) * 16
-        assert without.workspace[n.name] - with_packing.workspace[n.name] == 4 * (C * kh * kw * lanes + lanes)
+        # stride-1 3x3 layers of 16+ channels run Winograd's algorithm where the build has it:
+        # their filters are held as U, 16 values per (input channel, filter)
+        wino = winograd and (kh, kw) == (3, 3) and n.attrs["stride"] == 1 and C >= 16
+        assert ex.packed[n.name][3] == wino, n.name
+        per_filter = 16 if wino else kh * kw
+        assert without.workspace[n.name] - with_packing.workspace[n.name] == 4 * (C * per_filter * lanes + lanes)
+    if winograd:
+        assert sum(p[3] for p in ex.packed.values()) == 14   # resnet_fashion's stride-1 3x3 convs after the stem
 
 
 def test_the_models_own_conv_weights_are_read_live_not_packed():

@@ -1,6 +1,8 @@
 """``netspec plan``: what the compiler does to a network before it runs."""
 import math
 
+import numpy as np
+
 from .. import jsonout, kernels
 from ..checkpoint import load_model
 from ..executor import Executor
@@ -37,10 +39,16 @@ def plan(path, mode="predict", batch=100):
                 "passes": [{"pass": name, "changes": changes} for name, changes in log],
                 "nodes": nodes, "layers_in_spec": len(graph.nodes), "nodes_after": len(optimized.nodes),
                 "flops": sum(n["flops"] for n in nodes), "weight_bytes": weights, "memory": None}
-    # a checkpoint's convolutions with a folded batchnorm get their filters packed once, as predict
-    # does (netspec.executor); a spec has no weights to pack: its plan lays them out per call
+    # convolutions with a folded batchnorm get their filters packed once, as predict does
+    # (netspec.executor): a checkpoint's are packed here; a spec has no weights, so its folded
+    # convolutions are packed as zeros of their shapes, which lays them out the same way
     made = set(optimized.arrays) - set(graph.arrays)
-    packed = Executor(optimized, [], kernels.load(), fixed=made).packed if made else {}
+    pack_graph = optimized
+    if not graph.arrays:
+        made = {k for n in optimized.nodes for k in n.params.values()} - {
+            k for n in graph.nodes for k in n.params.values()}
+        pack_graph = optimized.replace(arrays=_zero_filters(optimized, made))
+    packed = Executor(pack_graph, [], kernels.load(), fixed=made).packed if made else {}
     memory = plan_memory(optimized, batch, kernels.load(), packed=packed)
     for n in nodes:
         name = n["name"]
@@ -56,6 +64,20 @@ def plan(path, mode="predict", batch=100):
                        "shared": sorted(memory.shares), "own": list(memory.own),
                        "kernels": kernels.BACKEND, "packed": sorted(packed)},
             "peak_bytes_unoptimized": plan_memory(graph, batch, kernels).peak_bytes}
+
+
+def _zero_filters(graph, made):
+    """Zero arrays shaped like the pass-made filters and biases of ``graph``'s convolutions."""
+    shapes = {"input": tuple(graph.input_shape), **{n.name: tuple(n.shape) for n in graph.nodes}}
+    arrays = {}
+    for n in graph.nodes:
+        if n.op != "conv2d" or not set(n.params.values()) <= made:
+            continue
+        filters, channels = n.attrs["filters"], shapes[n.inputs[0]][0]
+        arrays[n.params["W"]] = np.zeros((filters, channels, *n.attrs["kernel"]), dtype=graph.compute_dtype)
+        if "b" in n.params:
+            arrays[n.params["b"]] = np.zeros(filters, dtype=graph.compute_dtype)
+    return arrays
 
 
 def _mb(n):

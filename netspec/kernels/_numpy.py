@@ -100,9 +100,10 @@ def conv2d_workspace(x_shape, W_shape, stride, pad, itemsize, packed=False):
     return itemsize * (padded + N * C * kh * kw * OH * OW)
 
 
-def conv2d_pack(W, b, stride, pad):
+def conv2d_pack(W, b, stride, pad, in_shape=None):
     """W and b laid out once for conv2d_forward's ``packed``, for weights that do not change
-    (an inference graph's folded convolutions). The reference has no packed layout: None."""
+    (an inference graph's folded convolutions); ``in_shape``: one sample's (C, H, W), where the
+    layout depends on it. The reference has no packed layout: None."""
     return None
 
 
