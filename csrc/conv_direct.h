@@ -55,6 +55,15 @@ typedef float ns_v8u __attribute__((vector_size(32), aligned(4)));   /* unaligne
 static inline ns_v8 ns_load(const float *p) { return *(const ns_v8u *)p; }
 static inline ns_v8 ns_splat(float v) { ns_v8 r = {v, v, v, v, v, v, v, v}; return r; }
 
+/* n floats starting on a 64-byte boundary (a cache line: 16-float vector loads of them never
+ * straddle two lines), zeroed if zero; free() releases them. NULL if out of memory. */
+static float *ns_alloc64(size_t n, int zero) {
+    const size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
+    float *p = (float *)aligned_alloc(64, bytes > 0 ? bytes : 64);
+    if (p && zero) memset(p, 0, bytes);
+    return p;
+}
+
 static int ns_threads(int requested, long work_items) {
     int t = requested < 1 ? 1 : requested;
     return work_items < t ? (int)(work_items > 0 ? work_items : 1) : t;
@@ -434,7 +443,7 @@ static int ns512_conv_backward_weights(const float *x, const float *dout, float 
         if (ki[k] > 5) ki[k] = 5;
         if (ki[k] > kh) ki[k] = kh;
     }
-    float *parts = (float *)calloc((size_t)nt * wlen, sizeof(float));
+    float *parts = ns_alloc64((size_t)nt * wlen, 1);
     if (!parts) return -1;
     int failed = 0;
     #pragma omp parallel num_threads(nt) reduction(|:failed)
@@ -445,7 +454,7 @@ static int ns512_conv_backward_weights(const float *x, const float *dout, float 
         float *part = parts;
 #endif
         float *xp = (float *)malloc(sizeof(float) * ((size_t)C * Hp * Wp + 16));
-        float *dt = (float *)malloc(sizeof(float) * ((size_t)OH * OW * Fp + 16));
+        float *dt = ns_alloc64((size_t)OH * OW * Fp + 16, 0);
         if (!xp || !dt) failed = 1;
         #pragma omp for schedule(static)   /* every thread reaches it, even one whose malloc failed; static, not
                                               dynamic: which samples a thread sums into its partial dW must not vary
@@ -569,7 +578,7 @@ static int ns_conv_backward_weights(const float *x, const float *dout, float *dw
     const int Hp = H + 2 * ph, Wp = W + 2 * pw;
     const size_t wlen = (size_t)C * kh * kw * Fp;
     const int nt = ns_threads(nthreads, N);
-    float *parts = (float *)calloc((size_t)nt * wlen, sizeof(float));
+    float *parts = ns_alloc64((size_t)nt * wlen, 1);
     if (!parts) return -1;
     int failed = 0;
     #pragma omp parallel num_threads(nt) reduction(|:failed)
@@ -580,7 +589,7 @@ static int ns_conv_backward_weights(const float *x, const float *dout, float *dw
         float *part = parts;
 #endif
         float *xp = (float *)malloc(sizeof(float) * ((size_t)C * Hp * Wp + 16));
-        float *dt = (float *)malloc(sizeof(float) * ((size_t)OH * OW * Fp + 16));
+        float *dt = ns_alloc64((size_t)OH * OW * Fp + 16, 0);
         if (!xp || !dt) failed = 1;
         #pragma omp for schedule(static)   /* every thread reaches it, even one whose malloc failed; static, not
                                               dynamic: which samples a thread sums into its partial dW must not vary

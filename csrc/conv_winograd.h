@@ -272,7 +272,7 @@ static int nsw_conv_forward(const float *x, const float *u, const float *bias, f
 #else
         const int tid = 0;
 #endif
-        float *buf = work ? work + (size_t)tid * per_thread : (float *)aligned_alloc(64, sizeof(float) * per_thread);
+        float *buf = work ? work + (size_t)tid * per_thread : ns_alloc64(per_thread, 0);
         float *xt = buf, *vt = buf + g.xt_len, *m = vt + g.vt_len, *yt = m + g.m_len;
         if (!buf) failed = 1;
         else memset(vt, 0, sizeof(float) * g.vt_len);   /* tiles past the samples: 0, never garbage */
