@@ -17,7 +17,7 @@ deep_convnet's layers at 2 threads, forward 1.1-2.1x and backward 1.4-2.5x
 faster than the im2col path below, which serves float64, kernels wider than
 8, and d/dx of layers with fewer than 8 input channels. In the AVX-512 build,
 stride-1 3x3 layers of 16+ input channels run Winograd F(2x2, 3x3) instead
-(csrc/conv_winograd.h), forward and d/dx.
+(csrc/conv_winograd.h): forward, d/dx and dW.
 
 The im2col path is one GEMM per *batch chunk*: a chunk of samples is
 unrolled into a "wide" column buffer (C*kh*kw, nb*OH*OW) of about 4 MB, so
@@ -82,6 +82,8 @@ cdef extern from "conv_winograd.h" nogil:
     int nsw_conv_forward(const float* x, const float* u, const float* bias, float* out,
                          int N, int C, int H, int W, int F, int Fp, int pad, int nthreads,
                          const float* residual, int relu, float* work)
+    int nsw_conv_backward_weights(const float* x, const float* dout, float* dw, int N, int C, int H, int W,
+                                  int F, int Fp, int pad, int nthreads)
 
 cdef extern from "half.h" nogil:
     int NS_HAS_FLOAT16
@@ -477,7 +479,10 @@ def conv2d_backward(dout, x, W, stride, pad, need_dx=True, need_db=True):
             dx[:, :, ::stride, ::stride] = np.matmul(W2.T, dout3).reshape(N, C, OH, OW)
         return dx, dW.reshape(W.shape), db
     if direct_dw:
-        dW[...] = _direct_dw(x, dout3.reshape(N, FN, OH, OW), kh, kw, stride, pad).reshape(FN, K)
+        if _winograd_ok(C, FN, kh, kw, stride, pad, x.shape[2], x.shape[3]):
+            dW[...] = _winograd_dw(x, dout3.reshape(N, FN, OH, OW), pad).reshape(FN, K)
+        else:
+            dW[...] = _direct_dw(x, dout3.reshape(N, FN, OH, OW), kh, kw, stride, pad).reshape(FN, K)
         if not need_dx:
             return dx, dW.reshape(W.shape), db
         if direct_dx:
@@ -667,6 +672,27 @@ def _winograd_filters(W, scratch=False):
     else:
         u[...] = 0
     return u
+
+
+def _winograd_dw(x, dout, Py_ssize_t pad):
+    """dW (F, C, 3, 3) of a stride-1 3x3 float32 convolution by Winograd's algorithm, from its
+    input and d/d(output) (see csrc/conv_winograd.h)."""
+    cdef const float[:, :, :, ::1] xv = x
+    cdef const float[:, :, :, ::1] dv = dout
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = dout.shape[1], Fp = _lanes(F)
+    dw = _aligned((C, 3, 3, Fp))
+    cdef float[:, :, :, ::1] wv = dw
+    cdef int rc = 0, nt = netspec_max_threads()
+    if N and C and F:
+        with nogil:
+            rc = nsw_conv_backward_weights(&xv[0, 0, 0, 0], &dv[0, 0, 0, 0], &wv[0, 0, 0, 0], N, C, H, W, F, Fp,
+                                           pad, nt)
+    else:
+        dw[...] = 0
+    if rc:
+        raise MemoryError("conv2d: no memory for the Winograd weight-gradient buffers")
+    return np.ascontiguousarray(dw[..., :F].transpose(3, 0, 1, 2))
 
 
 def _winograd_conv(x, u, bias, Py_ssize_t F, Py_ssize_t pad, out=None, residual=None, bint relu=False):

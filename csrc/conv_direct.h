@@ -55,6 +55,16 @@ typedef float ns_v8u __attribute__((vector_size(32), aligned(4)));   /* unaligne
 static inline ns_v8 ns_load(const float *p) { return *(const ns_v8u *)p; }
 static inline ns_v8 ns_splat(float v) { ns_v8 r = {v, v, v, v, v, v, v, v}; return r; }
 
+/* This thread's slice of len floats in base (one slice per thread of the team). */
+static inline float *ns_thread_slice(float *base, size_t len) {
+#ifdef _OPENMP
+    return base + (size_t)omp_get_thread_num() * len;
+#else
+    (void)len;
+    return base;
+#endif
+}
+
 /* n floats starting on a 64-byte boundary (a cache line: 16-float vector loads of them never
  * straddle two lines), zeroed if zero; free() releases them. NULL if out of memory. */
 static float *ns_alloc64(size_t n, int zero) {
@@ -448,11 +458,7 @@ static int ns512_conv_backward_weights(const float *x, const float *dout, float 
     int failed = 0;
     #pragma omp parallel num_threads(nt) reduction(|:failed)
     {
-#ifdef _OPENMP
-        float *part = parts + (size_t)omp_get_thread_num() * wlen;
-#else
-        float *part = parts;
-#endif
+        float *part = ns_thread_slice(parts, wlen);
         float *xp = (float *)malloc(sizeof(float) * ((size_t)C * Hp * Wp + 16));
         float *dt = ns_alloc64((size_t)OH * OW * Fp + 16, 0);
         if (!xp || !dt) failed = 1;
@@ -583,11 +589,7 @@ static int ns_conv_backward_weights(const float *x, const float *dout, float *dw
     int failed = 0;
     #pragma omp parallel num_threads(nt) reduction(|:failed)
     {
-#ifdef _OPENMP
-        float *part = parts + (size_t)omp_get_thread_num() * wlen;
-#else
-        float *part = parts;
-#endif
+        float *part = ns_thread_slice(parts, wlen);
         float *xp = (float *)malloc(sizeof(float) * ((size_t)C * Hp * Wp + 16));
         float *dt = ns_alloc64((size_t)OH * OW * Fp + 16, 0);
         if (!xp || !dt) failed = 1;

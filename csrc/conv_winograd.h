@@ -117,26 +117,34 @@ static void nsw_input_transform(const float *xt, float *vt, int TH, int TW, int 
         }
 }
 
-/* m [T][Fp] (16V filters from m's start) = sum over c < C of vt[t][c] (broadcast) times
- * u[c][16V filters]: one GEMM tile of one Winograd position. V and T are constants after inlining. */
+/* One register tile of the Winograd products: for r < R and v < V,
+ *     out[r][16v .. 16v+15] (+)= sum over k < K of a[r*sa + k*sk] * b[k*ldb + 16v .. 16v+15],
+ * out's rows ldo apart, overwritten (add = 0) or added to (add = 1). R broadcasts and V vector
+ * loads per k feed R*V accumulators; V and R are constants after inlining. The forward runs it
+ * with r over tiles and k over channels (M = V U), the weight gradient with r over channels and
+ * k over tiles (M += V^T Z). */
 static inline __attribute__((always_inline)) void
-nsw_gemm_tile(const float *vt, const float *u, float *m, int C, int Cp, int Fp, const int V, const int T) {
+nsw_outer_tile(const float *a, size_t sa, size_t sk, const float *b, size_t ldb, int K,
+               float *out, size_t ldo, int add, const int V, const int R) {
     ns_v16 acc[NSW_ACC_MAX];
 #pragma GCC unroll 28
-    for (int a = 0; a < T * V; a++) acc[a] = (ns_v16){0};
-    for (int c = 0; c < C; c++) {
-        ns_v16 wv[4];
+    for (int i = 0; i < R * V; i++) acc[i] = (ns_v16){0};
+    for (int k = 0; k < K; k++) {
+        ns_v16 bv[4];
 #pragma GCC unroll 4
-        for (int v = 0; v < V; v++) wv[v] = ns512_load(u + (size_t)c * Fp + 16 * v);
+        for (int v = 0; v < V; v++) bv[v] = ns512_load(b + (size_t)k * ldb + 16 * v);
 #pragma GCC unroll 28
-        for (int t = 0; t < T; t++) {
-            const float xs = vt[(size_t)t * Cp + c];
+        for (int r = 0; r < R; r++) {
+            const float xs = a[(size_t)r * sa + (size_t)k * sk];
 #pragma GCC unroll 4
-            for (int v = 0; v < V; v++) acc[t * V + v] += xs * wv[v];
+            for (int v = 0; v < V; v++) acc[r * V + v] += xs * bv[v];
         }
     }
 #pragma GCC unroll 28
-    for (int a = 0; a < T * V; a++) *(ns_v16u *)(m + (size_t)(a / V) * Fp + 16 * (a % V)) = acc[a];
+    for (int i = 0; i < R * V; i++) {
+        float *q = out + (size_t)(i / V) * ldo + 16 * (i % V);
+        *(ns_v16u *)q = add ? ns512_load(q) + acc[i] : acc[i];
+    }
 }
 
 /* The GEMM tile shapes compiled, X(V, T), T*V <= 28. */
@@ -146,7 +154,7 @@ nsw_gemm_tile(const float *vt, const float *u, float *m, int C, int Cp, int Fp, 
     X(4, 2) X(4, 3) X(4, 4) X(4, 5) X(4, 6) X(4, 7)
 
 static void nsw_gemm_dispatch(const float *vt, const float *u, float *m, int C, int Cp, int Fp, int V, int T) {
-#define NSW_CASE(v, t) case (v) * 32 + (t): nsw_gemm_tile(vt, u, m, C, Cp, Fp, v, t); break;
+#define NSW_CASE(v, t) case (v) * 32 + (t): nsw_outer_tile(vt, Cp, 1, u, Fp, C, m, Fp, 0, v, t); break;
     switch (V * 32 + T) { NSW_TILES(NSW_CASE) default: break; }
 #undef NSW_CASE
 }
@@ -267,12 +275,7 @@ static int nsw_conv_forward(const float *x, const float *u, const float *bias, f
     int failed = 0;
     #pragma omp parallel num_threads(g.threads) reduction(|:failed)
     {
-#ifdef _OPENMP
-        const int tid = omp_get_thread_num();
-#else
-        const int tid = 0;
-#endif
-        float *buf = work ? work + (size_t)tid * per_thread : ns_alloc64(per_thread, 0);
+        float *buf = work ? ns_thread_slice(work, per_thread) : ns_alloc64(per_thread, 0);
         float *xt = buf, *vt = buf + g.xt_len, *m = vt + g.vt_len, *yt = m + g.m_len;
         if (!buf) failed = 1;
         else memset(vt, 0, sizeof(float) * g.vt_len);   /* tiles past the samples: 0, never garbage */
@@ -308,6 +311,120 @@ static int nsw_conv_forward(const float *x, const float *u, const float *bias, f
     return failed ? -1 : 0;
 }
 
+/* ---- the weight gradient: F(3x3, 2x2) in the same Winograd space ----------------------
+ *
+ * The forward is y = A^T [(G g G^T) . (B^T d B)] A, linear in g; its transpose gives the
+ * gradient of the filter: dg = G^T [(B^T d B) . (A dy A^T)] G, where dy is the 2x2 block of
+ * d/d(output) the tile produced (0 past the output's edge). Summed over every tile of every
+ * sample, in Winograd space first:
+ *     M[xi][c][f] = sum_tiles V[xi][tile][c] * Z[xi][tile][f],   Z = A dy A^T,
+ *     dW[f][c] = G^T M[.][c][f] G                                  (once, at the end).
+ * In one dimension, A dy = (dy0, dy0 + dy1, dy0 - dy1, -dy1) and G^T = [1 1/2 1/2 0;
+ * 0 1/2 -1/2 0; 0 1/2 1/2 1]. The products: a register tile of R channels x V registers of
+ * 16 filters walks over a group's tiles (one broadcast of V and V loads of Z per tile), then
+ * adds into the thread's partial M; the partials are summed in thread order at the end, and a
+ * thread's groups are fixed (static schedule), so the result repeats from run to run. */
+
+#define NSW_DW_GROUP_TILES 96
+
+/* The dW tile shapes compiled, X(V, R): R channels (a divisor of 16, or 16 itself) x V registers
+ * of filters (nsw_outer_tile with r over channels, k over a group's tiles). */
+#define NSW_DW_TILES(X) X(1, 16) X(2, 8) X(4, 4)
+
+static void nsw_dw_dispatch(const float *vt, const float *zt, float *part, int K, int Cp, int Fp, int V) {
+#define NSW_DW_CASE(v, r) case v: for (int c0 = 0; c0 < Cp; c0 += r) \
+        nsw_outer_tile(vt + c0, 1, Cp, zt, Fp, K, part + (size_t)c0 * Fp, Fp, 1, v, r); break;
+    switch (V) { NSW_DW_TILES(NSW_DW_CASE) default: break; }
+#undef NSW_DW_CASE
+}
+
+/* zt [16][Pp][Fp] rows from p0: Z = A dy A^T of each 2x2 block of dyt [2TH][2TW][Fp] (a sample's
+ * d/d(output), channels last, 0 past the output's edge). */
+static void nsw_dout_transform(const float *dyt, float *zt, int p0, int TH, int TW, int Fp, int Pp) {
+    const size_t xi_stride = (size_t)Pp * Fp;
+    for (int ty = 0; ty < TH; ty++)
+        for (int tx = 0; tx < TW; tx++) {
+            float *o = zt + (size_t)(p0 + ty * TW + tx) * Fp;
+            const float *d = dyt + ((size_t)(2 * ty) * 2 * TW + 2 * tx) * Fp;
+            for (int f0 = 0; f0 < Fp; f0 += 16) {
+                const ns_v16 d00 = ns512_load(d + f0), d01 = ns512_load(d + Fp + f0);
+                const ns_v16 d10 = ns512_load(d + (size_t)2 * TW * Fp + f0), d11 = ns512_load(d + (size_t)(2 * TW + 1) * Fp + f0);
+                const ns_v16 r[4][2] = {{d00, d01}, {d00 + d10, d01 + d11}, {d00 - d10, d01 - d11}, {-d10, -d11}};
+                for (int i = 0; i < 4; i++) {
+                    *(ns_v16u *)(o + (size_t)(4 * i + 0) * xi_stride + f0) = r[i][0];
+                    *(ns_v16u *)(o + (size_t)(4 * i + 1) * xi_stride + f0) = r[i][0] + r[i][1];
+                    *(ns_v16u *)(o + (size_t)(4 * i + 2) * xi_stride + f0) = r[i][0] - r[i][1];
+                    *(ns_v16u *)(o + (size_t)(4 * i + 3) * xi_stride + f0) = -r[i][1];
+                }
+            }
+        }
+}
+
+/* dw [C][3][3][Fp] (zeroed by the caller) = the weight gradient of the stride-1 3x3 convolution
+ * of x (N, C, H, W), padding pad, from dout (N, F, OH, OW). Returns 0, or -1 if out of memory. */
+static int nsw_conv_backward_weights(const float *x, const float *dout, float *dw,
+                                     int N, int C, int H, int W, int F, int Fp, int pad, int nthreads) {
+    const int OH = H + 2 * pad - 2, OW = W + 2 * pad - 2;
+    const int TH = (OH + 1) / 2, TW = (OW + 1) / 2, P = TH * TW;
+    const int Hp = 2 * TH + 2, Wp = 2 * TW + 2, Cp = (C + 15) / 16 * 16;
+    const int S = (NSW_DW_GROUP_TILES + P - 1) / P, groups = (N + S - 1) / S;
+    const int nt = ns_threads(nthreads, groups);
+    const int V = Fp % 64 == 0 ? 4 : Fp % 32 == 0 ? 2 : 1;
+    const size_t Pp = (size_t)S * P;
+    const size_t xt_len = (size_t)Hp * Wp * Cp, vt_len = 16 * Pp * Cp, dy_len = (size_t)4 * TH * TW * Fp;
+    const size_t zt_len = 16 * Pp * Fp, m_len = 16 * (size_t)Cp * Fp;
+    float *parts = ns_alloc64((size_t)nt * m_len, 1);
+    if (!parts) return -1;
+    int failed = 0;
+    #pragma omp parallel num_threads(nt) reduction(|:failed)
+    {
+        float *part = ns_thread_slice(parts, m_len);
+        float *buf = ns_alloc64(xt_len + vt_len + dy_len + zt_len, 0);
+        float *xt = buf, *vt = buf + xt_len, *dyt = vt + vt_len, *zt = dyt + dy_len;
+        if (!buf) failed = 1;
+        #pragma omp for schedule(static)   /* fixed groups per thread: the float32 sums repeat */
+        for (int grp = 0; grp < groups; grp++) {
+            if (!buf) continue;
+            const int n0 = grp * S, ns = N - n0 < S ? N - n0 : S;
+            for (int s = 0; s < ns; s++) {
+                memset(xt, 0, sizeof(float) * xt_len);
+                nsw_to_hwc(x + (size_t)(n0 + s) * C * H * W, xt, C, H, W, Wp, Cp, pad);
+                nsw_input_transform(xt, vt + (size_t)s * P * Cp, TH, TW, Wp, Cp, (int)Pp);
+                memset(dyt, 0, sizeof(float) * dy_len);
+                nsw_to_hwc(dout + (size_t)(n0 + s) * F * OH * OW, dyt, F, OH, OW, 2 * TW, Fp, 0);
+                nsw_dout_transform(dyt, zt, s * P, TH, TW, Fp, (int)Pp);
+            }
+            for (int xi = 0; xi < 16; xi++)
+                for (int f0 = 0; f0 < Fp; f0 += 16 * V)
+                    nsw_dw_dispatch(vt + (size_t)xi * Pp * Cp, zt + (size_t)xi * Pp * Fp + f0,
+                                    part + (size_t)xi * Cp * Fp + f0, ns * P, Cp, Fp, V);
+        }
+        free(buf);
+    }
+    if (!failed) {
+        for (int t = 1; t < nt; t++)
+            for (size_t k = 0; k < m_len; k++) parts[k] += parts[(size_t)t * m_len + k];
+        for (int c = 0; c < C; c++)   /* dW = G^T M G, 16 filters at a time */
+            for (int f0 = 0; f0 < Fp; f0 += 16) {
+                ns_v16 m[4][4], t[3][4];
+                for (int q = 0; q < 16; q++) m[q / 4][q % 4] = ns512_load(parts + ((size_t)q * Cp + c) * Fp + f0);
+                for (int j = 0; j < 4; j++) {
+                    t[0][j] = m[0][j] + 0.5f * (m[1][j] + m[2][j]);
+                    t[1][j] = 0.5f * (m[1][j] - m[2][j]);
+                    t[2][j] = 0.5f * (m[1][j] + m[2][j]) + m[3][j];
+                }
+                for (int i = 0; i < 3; i++) {
+                    float *o = dw + ((size_t)c * 9 + 3 * i) * Fp + f0;
+                    *(ns_v16u *)o = t[i][0] + 0.5f * (t[i][1] + t[i][2]);
+                    *(ns_v16u *)(o + Fp) = 0.5f * (t[i][1] - t[i][2]);
+                    *(ns_v16u *)(o + 2 * Fp) = 0.5f * (t[i][1] + t[i][2]) + t[i][3];
+                }
+            }
+    }
+    free(parts);
+    return failed ? -1 : 0;
+}
+
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options
 #endif
@@ -323,6 +440,11 @@ static int nsw_conv_forward(const float *x, const float *u, const float *bias, f
                             const float *residual, int relu, float *work) {
     (void)x; (void)u; (void)bias; (void)out; (void)N; (void)C; (void)H; (void)W; (void)F; (void)Fp;
     (void)pad; (void)nthreads; (void)residual; (void)relu; (void)work;
+    return -2;
+}
+static int nsw_conv_backward_weights(const float *x, const float *dout, float *dw,
+                                     int N, int C, int H, int W, int F, int Fp, int pad, int nthreads) {
+    (void)x; (void)dout; (void)dw; (void)N; (void)C; (void)H; (void)W; (void)F; (void)Fp; (void)pad; (void)nthreads;
     return -2;
 }
 #endif  /* __AVX512F__ */

@@ -21,9 +21,10 @@ limit_blas_threads(1)
 # The runs tests start as subprocesses (`netspec run`, then resumed here) get the same one BLAS
 # thread: OpenBLAS's sgemm does not round the same at 1 and 2 threads, so on the numpy backend
 # a run interrupted in a 2-thread subprocess and resumed in this process would end a bit apart
-# from one trained here, and the bit-identical resume tests would fail for that alone.
-for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS"):
-    os.environ[_var] = "1"
+# from one trained here, and the bit-identical resume tests would fail for that alone. Only
+# OpenBLAS's variable (numpy's BLAS): torch, imported by the parity tests, reads MKL_NUM_THREADS
+# and would set the OpenMP team it shares with the compiled kernels (one libgomp) to that size.
+os.environ["OPENBLAS_NUM_THREADS"] = "1"
 
 
 def _cache_database():

@@ -349,10 +349,10 @@ needs_winograd = pytest.mark.skipif(not WINOGRAD, reason="this build has no Wino
        W=st.integers(1, 13), N=st.integers(1, 9), x_size=st.sampled_from([1e-3, 1.0, 1e3]),
        seed=st.integers(0, 2**16))
 def test_winograd_conv2d_matches_the_reference(C, F, pad, H, W, N, x_size, seed):
-    """Stride-1 3x3 float32 layers of 16+ channels run Winograd F(2x2, 3x3) (forward, and d/dx as
-    the forward of dout with rotated filters): against the float64 reference, the error within
-    1e-5 of the largest sum of |terms| of an output. Odd and even sizes, every padding, partly
-    unused tiles, sample groups split over the threads."""
+    """Stride-1 3x3 float32 layers of 16+ channels run Winograd F(2x2, 3x3) (forward, d/dx as
+    the forward of dout with rotated filters, and dW by F(3x3, 2x2)): against the float64
+    reference, the error within 1e-5 of the largest sum of |terms| of an output. Odd and even
+    sizes, every padding, partly unused tiles, sample groups split over the threads."""
     if H + 2 * pad < 3 or W + 2 * pad < 3:
         return
     rng = np.random.default_rng(seed)
@@ -363,10 +363,11 @@ def test_winograd_conv2d_matches_the_reference(C, F, pad, H, W, N, x_size, seed)
     magnitude = ref.conv2d_forward(np.abs(x64), np.abs(W64), np.abs(b64), 1, pad).max()
     close(out, ref.conv2d_forward(x64, W64, b64, 1, pad).astype(np.float32), np.float32, magnitude)
     dout = data(rng, out.shape, np.float32)
-    dx = compiled.conv2d_backward(dout, x, Wt, 1, pad, need_db=False)[0]
-    want = ref.conv2d_backward(dout.astype(np.float64), x64, W64, 1, pad)[0]
-    scale = ref.conv2d_backward(np.abs(dout).astype(np.float64), np.abs(x64), np.abs(W64), 1, pad)[0].max()
-    close(dx, want.astype(np.float32), np.float32, scale)
+    dx, dW, _ = compiled.conv2d_backward(dout, x, Wt, 1, pad, need_db=False)
+    want = ref.conv2d_backward(dout.astype(np.float64), x64, W64, 1, pad)
+    scale = ref.conv2d_backward(np.abs(dout).astype(np.float64), np.abs(x64), np.abs(W64), 1, pad)
+    close(dx, want[0].astype(np.float32), np.float32, scale[0].max())
+    close(dW, want[1].astype(np.float32), np.float32, scale[1].max())
 
 
 @needs_winograd
@@ -398,6 +399,8 @@ def test_winograd_equals_the_direct_kernel():
         u, bias = compiled._pack(Wt, b, wino=True)
         wino = compiled._winograd_conv(x, u, bias, F, 1)
         close(wino, direct, np.float32, C * 9 * 4)
+        dout = data(rng, direct.shape, np.float32)
+        close(compiled._winograd_dw(x, dout, 1), compiled._direct_dw(x, dout, 3, 3, 1, 1), np.float32, N * H * H * 4)
 
 
 @needs_winograd

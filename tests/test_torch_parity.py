@@ -680,9 +680,10 @@ def test_resnet_fashion_training_step_matches_torch(mnist_batch):
     netspec takes the step with ``Trainer.train_step``, as ``netspec train`` does: the
     optimizer made from ``train.optimizer`` (Nesterov, momentum 0.9, weight decay 5e-4
     with ``decay_bias_and_norm: false``, so the trainer exempts ``Model.no_decay_names()``:
-    batchnorm gamma/beta and biases), label smoothing 0.1, and the learning rate the
-    schedule gives the first step (``scheduled_lr`` at epoch 0, as the epoch loop sets it:
-    cosine after a one-epoch warm-up, so 0.1 * 1/2 = 0.05; the schedule is not bypassed).
+    batchnorm gamma/beta and biases), label smoothing 0.1, and a learning rate the schedule
+    gives (``scheduled_lr``, stepped per iteration as the epoch loop does: at the first step
+    after the one-epoch warm-up the cosine starts at the full 0.1; the schedule is not
+    bypassed, and the warm-up's first steps would move the weights too little to compare).
     The one change to the spec: augmentation off. The spec's Fashion-MNIST is not shipped;
     the batch is 16 of the shipped mnist-5k digits (any fixed images do).
 
@@ -704,8 +705,9 @@ def test_resnet_fashion_training_step_matches_torch(mnist_batch):
                            x_val=None, t_val=None, val_index=None)
     trainer = Trainer(model, data, quiet=True, progress=False)
     sched = model.spec.train.schedule
-    lr = scheduled_lr(model.spec.train.optimizer.lr, sched, 0, trainer.epochs)
-    assert (sched.type, sched.per, lr) == ("cosine", "epoch", 0.05)
+    steps = 469   # per epoch of Fashion-MNIST's 60,000 images in batches of 128
+    lr = scheduled_lr(model.spec.train.optimizer.lr, sched, steps * sched.warmup_epochs, trainer.epochs * steps, steps)
+    assert (sched.type, sched.per, sched.warmup_epochs, lr) == ("cosine", "step", 1, 0.1)
     trainer.optimizer.lr = lr
 
     start = {k: v.copy() for k, v in model.params.items()}
