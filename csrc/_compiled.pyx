@@ -96,11 +96,13 @@ cdef enum:
     # OpenMP team costs a few microseconds, more than the loop itself.
     PAR_MIN = 32768
     # Passes over memory that do a few operations per element (batchnorm, ReLU) run on one
-    # thread below this many elements. The OpenMP worker sleeps between loops
-    # (OMP_WAIT_POLICY=PASSIVE), and waking it cost more than it saved: resnet_fashion's
+    # thread below _pass_min elements. When the OpenMP worker sleeps between loops
+    # (OMP_WAIT_POLICY=PASSIVE), waking it cost more than it saved: resnet_fashion's
     # batchnorm forward took 10.8 ms per train step on one thread and 14.7 ms on two, its maps
-    # being 0.2-0.6M elements; from about 1M elements (100x32x28x28 is 2.5M) two threads win.
-    PAR_MIN_PASS = 1048576
+    # being 0.2-0.6M elements; from about 1M elements (100x32x28x28 is 2.5M) two threads won.
+    # While it spins (netspec.runtime's default), two threads win from about 64K elements.
+    PAR_MIN_PASS_SLEEPING = 1048576
+    PAR_MIN_PASS_SPINNING = 65536
     # Target size of one chunk of conv columns: large enough for an efficient
     # GEMM, small enough to stay in the last-level cache.
     CHUNK_BYTES = 4194304
@@ -114,9 +116,117 @@ cdef int _nthreads(Py_ssize_t work) noexcept nogil:
     return netspec_max_threads()
 
 
+# --- dense products: the BLAS numpy loaded, called from the OpenMP team -----------------
+#
+# netspec.threads finds cblas_sgemm / cblas_dgemm in the BLAS library numpy loaded and hands
+# their addresses to set_blas_gemm. A dense layer's product is then split by rows over this
+# module's OpenMP threads, each calling that BLAS on one thread (as row_parallel_matmul does
+# from Python threads): the same calls on the same rows, but run by the team the convolutions
+# use, so no second pool of threads competes with it for the cores. Integer arguments are
+# passed as 64-bit values: the ILP64 entry points (names ending in 64_) take them so, and the
+# LP64 ones read the low half of each 8-byte argument slot (x86-64 and AArch64 calling
+# conventions; set_blas_gemm is only called there).
+ctypedef void (*_sgemm_t)(int order, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
+                          const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
+                          float* C, int64_t ldc) noexcept nogil
+ctypedef void (*_dgemm_t)(int order, int ta, int tb, int64_t M, int64_t N, int64_t K, double alpha,
+                          const double* A, int64_t lda, const double* B, int64_t ldb, double beta,
+                          double* C, int64_t ldc) noexcept nogil
+
+cdef _sgemm_t _sgemm = NULL
+cdef _dgemm_t _dgemm = NULL
+
+cdef enum:
+    ROW_MAJOR = 101
+    NO_TRANS = 111
+    TRANS = 112
+
+
+def set_blas_gemm(size_t sgemm_address, size_t dgemm_address):
+    """Use the cblas_sgemm / cblas_dgemm at these addresses (0: none) for gemm_rows."""
+    global _sgemm, _dgemm
+    _sgemm = <_sgemm_t>sgemm_address
+    _dgemm = <_dgemm_t>dgemm_address
+
+
+cdef bint _blas_layout(a, int* trans, int64_t* ld):
+    """The CBLAS description of a 2-D array: row-major rows (trans NO_TRANS, ld = row stride)
+    or the transpose of such an array (TRANS); False when it is neither."""
+    cdef Py_ssize_t item = a.itemsize
+    s0, s1 = a.strides
+    if s1 == item and s0 % item == 0 and s0 // item >= max(1, a.shape[1]):
+        trans[0], ld[0] = NO_TRANS, s0 // item
+        return True
+    if s0 == item and s1 % item == 0 and s1 // item >= max(1, a.shape[0]):
+        trans[0], ld[0] = TRANS, s1 // item
+        return True
+    return False
+
+
+def gemm_rows(a, b, out, int nthreads):
+    """out = a @ b with the rows of ``a`` split over ``nthreads`` OpenMP threads, each one BLAS
+    call on its rows; False (nothing done) when no BLAS was set for the dtype or an array is
+    laid out in a way CBLAS cannot take. ``a``, ``b``: 2-D, row-major or transposed views of
+    row-major arrays; ``out``: C-contiguous, all three one dtype (float32 or float64)."""
+    cdef int ta, tb, t, nt
+    cdef int64_t lda, ldb, M, N, K, r0, r1
+    cdef char* pa
+    cdef char* pb
+    cdef char* po
+    dt = out.dtype
+    if a.ndim != 2 or b.ndim != 2 or out.ndim != 2 or a.dtype != dt or b.dtype != dt:
+        return False
+    if b.shape[0] != a.shape[1] or out.shape[0] != a.shape[0] or out.shape[1] != b.shape[1]:
+        raise ValueError(f"gemm_rows: {a.shape} @ {b.shape} does not fit an output shaped {out.shape}")
+    if (dt == np.float32 and _sgemm == NULL) or (dt == np.float64 and _dgemm == NULL) \
+            or dt not in (np.float32, np.float64):
+        return False
+    if not out.flags.c_contiguous or not _blas_layout(a, &ta, &lda) or not _blas_layout(b, &tb, &ldb):
+        return False
+    M, K, N = a.shape[0], a.shape[1], b.shape[1]
+    if M == 0 or N == 0:
+        return True
+    if K == 0:
+        out[...] = 0
+        return True
+    nt = max(1, min(nthreads, M))
+    pa = <char*><size_t>a.ctypes.data
+    pb = <char*><size_t>b.ctypes.data
+    po = <char*><size_t>out.ctypes.data
+    cdef Py_ssize_t item = dt.itemsize
+    cdef bint single = dt == np.float32
+    for t in prange(nt, nogil=True, schedule="static", chunksize=1, num_threads=nt):
+        r0 = M * t // nt
+        r1 = M * (t + 1) // nt
+        if r1 > r0:
+            # row r0 of a: r0 rows down a row-major a, r0 columns along the array a transposes
+            if single:
+                _sgemm(ROW_MAJOR, ta, tb, r1 - r0, N, K, 1.0,
+                       <const float*>(pa + r0 * (lda if ta == NO_TRANS else 1) * item), lda,
+                       <const float*>pb, ldb, 0.0, <float*>(po + r0 * N * item), N)
+            else:
+                _dgemm(ROW_MAJOR, ta, tb, r1 - r0, N, K, 1.0,
+                       <const double*>(pa + r0 * (lda if ta == NO_TRANS else 1) * item), lda,
+                       <const double*>pb, ldb, 0.0, <double*>(po + r0 * N * item), N)
+    return True
+
+
+def _worker_sleeps():
+    """Whether idle OpenMP threads sleep at once (a passive policy, or a spin count of 0), as
+    libgomp read it when it loaded (netspec.runtime sets it before this module is imported)."""
+    policy = os.environ.get("OMP_WAIT_POLICY", "").strip().lower()
+    spins = os.environ.get("GOMP_SPINCOUNT", "").strip()
+    if spins:
+        return spins == "0"
+    return policy == "passive"
+
+
+cdef Py_ssize_t _pass_min = PAR_MIN_PASS_SLEEPING if _worker_sleeps() else PAR_MIN_PASS_SPINNING
+
+
 cdef int _pass_threads(Py_ssize_t elements) noexcept nogil:
-    """Threads for a light pass over ``elements`` values (see PAR_MIN_PASS)."""
-    if elements < PAR_MIN_PASS:
+    """Threads for a light pass over ``elements`` values (see PAR_MIN_PASS_SLEEPING)."""
+    if elements < _pass_min:
         return 1
     return netspec_max_threads()
 
@@ -129,8 +239,11 @@ def backend_info():
         "openmp_max_threads": int(netspec_max_threads()),
         "compiled_with": f"Cython {v >> 24}.{(v >> 16) & 0xff}.{(v >> 8) & 0xff}",
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        "omp_spin_count": os.environ.get("GOMP_SPINCOUNT", ""),
+        "light_pass_min_elements": _pass_min,   # batchnorm / ReLU passes below this: one thread
         "float16_kernel": bool(NS_HAS_FLOAT16),   # False: round_half uses the numpy reference
         "winograd": WINOGRAD,   # stride-1 3x3 convolutions by Winograd F(2x2, 3x3) (AVX-512 build)
+        "dense_on_openmp": _sgemm != NULL,   # dense products: numpy's BLAS called from the OpenMP team
     }
 
 
@@ -1361,6 +1474,29 @@ def avgpool2d_forward(x, kh, kw, stride, pad, out=None):
         out = np.empty(_pool_shape(x.shape, kh, kw, stride, pad), dtype=x.dtype)
     if out.size:
         _avgpool_fwd(x, out, kh, kw, stride, pad)
+    return out
+
+
+def _gap_fwd(const floating[:, ::1] x, floating[::1] out):
+    cdef Py_ssize_t R = x.shape[0], S = x.shape[1], r
+    cdef int nt = _pass_threads(R * S)
+    for r in prange(R, nogil=True, schedule="static", num_threads=nt):
+        out[r] = <floating>(_row_total(&x[r, 0], S) / S)
+
+
+def global_avgpool_forward(x, out=None):
+    """(N, C, H, W) -> (N, C): the mean of each channel's map, in x's dtype (summed in double,
+    one pass; numpy's strided mean over two short axes took 0.34 ms on resnet_fashion's last
+    maps, 100x128x4x4)."""
+    if x.ndim != 4 or not _supported(x) or (out is not None and not out.flags.c_contiguous):
+        return _ref.global_avgpool_forward(x, out=out)
+    N, C, H, W = x.shape
+    if out is None:
+        out = np.empty((N, C), dtype=x.dtype)
+    if N * C and H * W:
+        _gap_fwd(np.ascontiguousarray(x).reshape(N * C, H * W), out.reshape(N * C))
+    elif N * C:
+        out[...] = np.nan   # the mean of nothing, as numpy gives it
     return out
 
 

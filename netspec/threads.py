@@ -8,7 +8,14 @@ MPI rank) are netspec.runtime's; this module changes BLAS limits while running.
 ``limit_blas_threads(n)`` caps the BLAS pool at run time through threadpoolctl
 (no environment variable has to be set before numpy is imported). Scripts that
 run many tiny matrix products (tests, examples) call it with 1.
+
+``blas_gemm_addresses()`` finds cblas_sgemm and cblas_dgemm in the BLAS library
+numpy loaded, so the compiled kernels can call it from their own OpenMP threads
+(``gemm_rows`` in csrc/_compiled.pyx); ``row_parallel_matmul`` is the Python-thread
+split used where they cannot.
 """
+import ctypes
+import platform
 
 from concurrent.futures import ThreadPoolExecutor
 
@@ -47,7 +54,41 @@ def blas_info():
             for i in threadpool_info() if i.get("user_api") == "blas"]
 
 
+# CBLAS entry points, by how OpenBLAS builds name them: numpy's wheels bundle an ILP64 build
+# whose symbols carry a scipy_ prefix and a 64_ suffix; system builds export plain names.
+_GEMM_NAMES = (("scipy_cblas_sgemm64_", "scipy_cblas_dgemm64_"), ("cblas_sgemm64_", "cblas_dgemm64_"),
+               ("scipy_cblas_sgemm", "scipy_cblas_dgemm"), ("cblas_sgemm", "cblas_dgemm"))
+
+
+def blas_gemm_addresses():
+    """(address of cblas_sgemm, of cblas_dgemm) in the BLAS library numpy loaded, or (0, 0) when
+    it cannot be found or called safely from C here (only x86-64 and AArch64 Linux, whose calling
+    conventions let one call take both 32- and 64-bit integer arguments; see gemm_rows)."""
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64", "aarch64", "arm64"):
+        return 0, 0
+    for info in threadpool_info():
+        if info.get("user_api") != "blas" or not info.get("filepath"):
+            continue
+        try:
+            lib = ctypes.CDLL(info["filepath"])
+        except OSError:
+            continue
+        for s_name, d_name in _GEMM_NAMES:
+            try:
+                s_fn, d_fn = getattr(lib, s_name), getattr(lib, d_name)
+            except AttributeError:
+                continue
+            return ctypes.cast(s_fn, ctypes.c_void_p).value, ctypes.cast(d_fn, ctypes.c_void_p).value
+    return 0, 0
+
+
 _pool = None
+
+
+def split_worthwhile(a, b, threads):
+    """Whether a @ b is worth splitting by rows over ``threads``: at least two rows a thread and
+    4 MFLOP in all (below that, waking a thread costs more than it saves)."""
+    return threads >= 2 and a.shape[0] >= 2 * threads and 2 * a.shape[0] * a.shape[1] * b.shape[1] >= 4_000_000
 
 
 def row_parallel_matmul(a, b, threads, out=None):
@@ -58,7 +99,7 @@ def row_parallel_matmul(a, b, threads, out=None):
     products (under ~4 MFLOP) stay on the calling thread: waking a thread costs more."""
     global _pool
     rows = a.shape[0]
-    if threads < 2 or rows < 2 * threads or 2 * a.shape[0] * a.shape[1] * b.shape[1] < 4_000_000:
+    if not split_worthwhile(a, b, threads):
         return np.matmul(a, b, out=out)
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="netspec-matmul")

@@ -184,6 +184,20 @@ def test_avgpool2d(dtype, win, seed):
           ref.avgpool2d_backward(dout, x.shape, kh, kw, stride, pad), dtype, kh * kw)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 5, 4, 4), (2, 3, 1, 1), (1, 2, 7, 9), (100, 128, 4, 4)])
+def test_global_avgpool(dtype, shape):
+    """The mean of each channel's map, as numpy's mean gives it, into a fresh array or ``out``."""
+    x = data(np.random.default_rng(5), shape, dtype)
+    want = x.mean(axis=(2, 3), dtype=np.float64).astype(dtype)
+    close(compiled.global_avgpool_forward(x), want, dtype)
+    close(ref.global_avgpool_forward(x), want, dtype)
+    out = np.full(shape[:2], 7, dtype=dtype)
+    assert compiled.global_avgpool_forward(x, out=out) is out
+    close(out, want, dtype)
+    close(compiled.global_avgpool_forward(x.transpose(0, 1, 3, 2)), want, dtype)   # not contiguous
+
+
 def test_pooling_noncontiguous_input():
     rng = np.random.default_rng(3)
     x = data(rng, (2, 3, 9, 8), np.float64).transpose(0, 1, 3, 2)
@@ -610,3 +624,50 @@ def test_conv2d_with_a_residual_and_relu_equals_conv_add_relu_bit_for_bit(module
     out = np.empty_like(plain)
     assert module.conv2d_forward(x, Wt, b, s, p, out=out, relu=True) is not None
     np.testing.assert_array_equal(out, module.relu_forward(plain))
+
+
+# --- dense products on the OpenMP team ----------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_rows_equals_numpy_matmul_by_rows(dtype):
+    """gemm_rows splits a @ b by rows over the OpenMP threads, each one call of the BLAS numpy
+    uses: with that BLAS on one thread, the values of numpy's matmul on the same row blocks (as
+    row_parallel_matmul computes them) bit for bit, for row-major operands and for transposed
+    views of them (the dense layers' x.T @ dout and dout @ W.T)."""
+    from netspec.threads import blas_gemm_addresses, single_threaded_blas
+    addresses = blas_gemm_addresses()
+    if not any(addresses):
+        pytest.skip("no CBLAS gemm found in numpy's BLAS here")
+    compiled.set_blas_gemm(*addresses)   # as kernels.load() does (this module may not be the one in use)
+    rng = np.random.default_rng(11)
+    a, b = data(rng, (100, 300), dtype), data(rng, (300, 70), dtype)
+    cases = [(a, b), (np.ascontiguousarray(a.T).T, b), (a, np.ascontiguousarray(b.T).T),
+             (a[5:97], b[:, 3:60]), (data(rng, (3, 300), dtype), b)]
+    with single_threaded_blas():
+        for threads in (1, 2, 3):
+            for x, y in cases:
+                m = len(x)
+                if m // threads < 2:   # numpy multiplies a single row by gemv, not gemm
+                    continue
+                want = np.concatenate([np.matmul(x[m * t // threads:m * (t + 1) // threads], y)
+                                       for t in range(threads)])
+                out = np.full((m, y.shape[1]), np.nan, dtype=dtype)
+                assert compiled.gemm_rows(x, y, out, threads)
+                np.testing.assert_array_equal(out, want)
+                close(out, np.matmul(x, y), dtype)
+
+
+def test_gemm_rows_declines_what_cblas_cannot_take():
+    """Strided rows, mixed dtypes, integers and a non-contiguous output are left to numpy
+    (gemm_rows returns False and writes nothing); matmul still gives numpy's values."""
+    rng = np.random.default_rng(12)
+    a, b = data(rng, (64, 400), np.float32), data(rng, (400, 48), np.float32)
+    out = np.zeros((64, 48), np.float32)
+    assert not compiled.gemm_rows(a[:, ::2], b[::2], out, 2)
+    assert not compiled.gemm_rows(a, b.astype(np.float64), out, 2)
+    assert not compiled.gemm_rows(a.astype(np.int64), b.astype(np.int64), out.astype(np.int64), 2)
+    assert not compiled.gemm_rows(a, b, np.zeros((48, 64), np.float32).T, 2)
+    assert not out.any()
+    with pytest.raises(ValueError, match="does not fit"):
+        compiled.gemm_rows(a, b, np.zeros((64, 47), np.float32), 2)
+    close(netspec.kernels.matmul(a[:, ::2], b[::2]), np.matmul(a[:, ::2], b[::2]), np.float32)

@@ -27,7 +27,7 @@ import numpy as np
 
 from . import _numpy
 from .. import runtime
-from ..threads import row_parallel_matmul, single_threaded_blas
+from ..threads import blas_gemm_addresses, row_parallel_matmul, single_threaded_blas, split_worthwhile
 
 # variant -> (module suffix, CPU features it needs, as numpy names them)
 VARIANTS = {
@@ -86,6 +86,7 @@ def _choose():
                                       "compiler; `pip install -v .` shows why the build failed)")
         runtime.configure(compiled=True)  # before libgomp loads with the compiled module
         module = importlib.import_module(f"{__name__}._compiled{VARIANTS[variants[0]][0]}")
+        module.set_blas_gemm(*blas_gemm_addresses())   # dense products on the OpenMP team (matmul)
         return module, "cython", None, variants[0]
     except ImportError as exc:
         if os.environ.get("NETSPEC_REQUIRE_CYTHON", "") not in ("", "0"):
@@ -132,12 +133,17 @@ def blas_scope():
 
 
 def matmul(a, b, out=None):
-    """a @ b for the dense layers: with the compiled backend, rows split over its threads
-    (each a one-thread BLAS call, see blas_scope); with numpy, numpy's own BLAS threads.
-    ``out``: where to write it (else a new array)."""
-    if _is_compiled():
-        return row_parallel_matmul(a, b, _impl.backend_info()["openmp_max_threads"], out=out)
-    return np.matmul(a, b, out=out)
+    """a @ b for the dense layers: with the compiled backend, rows split over its OpenMP threads,
+    each a one-thread BLAS call (see blas_scope; Python threads where that BLAS could not be
+    found); with numpy, numpy's own BLAS threads. ``out``: where to write it (else a new array)."""
+    if not _is_compiled():
+        return np.matmul(a, b, out=out)
+    threads = _impl.backend_info()["openmp_max_threads"]
+    if a.ndim == 2 and b.ndim == 2 and split_worthwhile(a, b, threads):
+        dest = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b)) if out is None else out
+        if _impl.gemm_rows(a, b, dest, threads):
+            return dest
+    return row_parallel_matmul(a, b, threads, out=out)
 
 
 def compiled_module():

@@ -27,7 +27,7 @@ __all__ = [
     "im2col", "col2im", "conv2d_forward", "conv2d_pack", "conv2d_backward",
     "maxpool2d_forward", "maxpool2d_backward", "maxpool2d_infer",
     "conv2d_workspace", "pool_workspace",
-    "avgpool2d_forward", "avgpool2d_backward", "relu_forward", "relu_backward", "round_half",
+    "avgpool2d_forward", "avgpool2d_backward", "global_avgpool_forward", "relu_forward", "relu_backward", "round_half",
     "batchnorm_stats", "batchnorm_forward", "batchnorm_backward",
     "sgd_update", "momentum_update", "nesterov_update",
     "adagrad_update", "rmsprop_update", "adam_update",
@@ -210,6 +210,11 @@ def avgpool2d_forward(x, kh, kw, stride, pad, out=None):
     OH, OW = out_size(H, kh, stride, pad), out_size(W, kw, stride, pad)
     win = _windows(_pad(x, pad), kh, kw, stride, OH, OW)
     return win.mean(axis=(2, 3), dtype=x.dtype, out=out)
+
+
+def global_avgpool_forward(x, out=None):
+    """(N, C, H, W) -> (N, C): the mean of each channel's map, in x's dtype."""
+    return x.mean(axis=(2, 3), dtype=x.dtype, out=out)
 
 
 def avgpool2d_backward(dout, x_shape, kh, kw, stride, pad):
