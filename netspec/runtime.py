@@ -1,11 +1,19 @@
 """Process settings for netspec's compiled kernels, applied once, when they load — never on import.
 
 What ``configure()`` does, each step keeping a value the user already set:
-- OpenMP idle threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``).
-  libgomp's idle threads otherwise spin for milliseconds after each parallel
-  loop; on a 2-core machine that starved the next BLAS product (conv steps
-  measured 10-100x slower). libgomp reads the variable once, when it loads, so
-  this runs before the compiled module is imported.
+- OpenMP idle threads spin for about a millisecond before they sleep
+  (``GOMP_SPINCOUNT=100000``; ``KMP_BLOCKTIME=1`` for LLVM's OpenMP). A thread
+  that sleeps between two kernels has to be woken for the next one, and on the
+  2-core VMs this project is measured on that took 70-125 us per parallel loop,
+  about 25 of them per resnet_fashion predict: with the spin, predict took
+  0.88x the time at 2 threads (6 alternated process pairs). libgomp's own
+  default spins 3x longer, and a fully active policy spins forever, which
+  costs CPU time a neighbour could use. The dense products run on the same
+  OpenMP threads (``gemm_rows``), so no second pool spins against them.
+  ``OMP_WAIT_POLICY=PASSIVE`` (sleep at once: least CPU time, more wall time;
+  ``benchmarks/accuracy.py`` runs so, its budget being CPU time) or any
+  ``GOMP_SPINCOUNT`` you set is kept. libgomp reads these once, when it loads,
+  so this runs before the compiled module is imported.
 - Under an MPI launcher, each rank gets cores / ranks-on-this-host OpenMP
   threads (``OMP_NUM_THREADS``) and as many BLAS threads.
 - glibc's malloc keeps large blocks for reuse (``configure_allocator``;
@@ -29,7 +37,8 @@ _applied = None
 
 def configure(compiled=True):
     """Apply the settings once (the OpenMP and malloc ones only for the compiled kernels);
-    return what was applied: {"omp_wait_policy", "omp_threads_per_rank", "malloc_tuned"}."""
+    return what was applied: {"omp_wait_policy", "omp_threads_per_rank", "malloc_tuned"}
+    (omp_wait_policy: the user's OMP_WAIT_POLICY, else "spin <GOMP_SPINCOUNT>")."""
     global _applied
     if _applied is None:
         _applied = {"omp_threads_per_rank": configure_threads(),
@@ -43,9 +52,17 @@ def applied():
     return _applied
 
 
+# Spins an idle libgomp thread makes before it sleeps (libgomp counts about 100,000 a millisecond).
+SPIN_COUNT = 100000
+
+
 def configure_openmp():
-    """Default OMP_WAIT_POLICY to PASSIVE unless the user chose a policy; returns the policy."""
-    return os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    """Unless the user chose a wait policy or a spin count, let idle OpenMP threads spin for
+    about a millisecond before sleeping (see the module docstring); returns the policy in use."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        return os.environ["OMP_WAIT_POLICY"]
+    os.environ.setdefault("KMP_BLOCKTIME", "1")   # LLVM's OpenMP: milliseconds
+    return "spin " + os.environ.setdefault("GOMP_SPINCOUNT", str(SPIN_COUNT))
 
 
 def configure_threads():

@@ -48,7 +48,7 @@ def pytest_report_header(config):
     note = f" ({netspec.kernels.BACKEND_ERROR})" if netspec.kernels.BACKEND_ERROR else ""
     return (f"netspec {Path(netspec.__file__).parent}, kernel backend: {netspec.kernels.BACKEND}{note}; "
             f"BLAS threads {[pool['threads'] for pool in blas_info()]}, "
-            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}")
 
 
 @pytest.fixture(autouse=True)
