@@ -26,21 +26,11 @@ tables are rebuilt from all stored results, so targets can be measured in
 separate invocations. Seconds per epoch are training time only (no
 evaluation), wall clock, on whatever else the machine was doing: the load
 average at the start and end of each target is stored next to it.
-
-The budgets are CPU time, so idle OpenMP threads sleep at once here
-(``OMP_WAIT_POLICY=PASSIVE``, unless you set a policy or ``GOMP_SPINCOUNT``):
-netspec's default lets them spin about a millisecond between kernels, which
-took resnet_fashion's 2-thread step from 137 to 111 ms of wall time but from
-209 to 225 ms of CPU time (4 alternated process pairs).
 """
-import os
-
-if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"   # before netspec loads its kernels (netspec.runtime)
-
 import argparse
 import datetime
 import json
+import os
 import platform
 import re
 import sys

@@ -100,7 +100,7 @@ cdef enum:
     # (OMP_WAIT_POLICY=PASSIVE), waking it cost more than it saved: resnet_fashion's
     # batchnorm forward took 10.8 ms per train step on one thread and 14.7 ms on two, its maps
     # being 0.2-0.6M elements; from about 1M elements (100x32x28x28 is 2.5M) two threads won.
-    # While it spins (netspec.runtime's default), two threads win from about 64K elements.
+    # While it spins (GOMP_SPINCOUNT set), two threads win from about 64K elements.
     PAR_MIN_PASS_SLEEPING = 1048576
     PAR_MIN_PASS_SPINNING = 65536
     # Target size of one chunk of conv columns: large enough for an efficient
@@ -126,19 +126,21 @@ cdef int _nthreads(Py_ssize_t work) noexcept nogil:
 # passed as 64-bit values: the ILP64 entry points (names ending in 64_) take them so, and the
 # LP64 ones read the low half of each 8-byte argument slot (x86-64 and AArch64 calling
 # conventions; set_blas_gemm is only called there).
-ctypedef void (*_sgemm_t)(int order, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
-                          const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
-                          float* C, int64_t ldc) noexcept nogil
-ctypedef void (*_dgemm_t)(int order, int ta, int tb, int64_t M, int64_t N, int64_t K, double alpha,
-                          const double* A, int64_t lda, const double* B, int64_t ldb, double beta,
-                          double* C, int64_t ldc) noexcept nogil
+cdef extern from "gemm_rows.h" nogil:
+    ctypedef void (*_sgemm_t)(int order, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
+                              const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
+                              float* C, int64_t ldc) noexcept nogil
+    ctypedef void (*_dgemm_t)(int order, int ta, int tb, int64_t M, int64_t N, int64_t K, double alpha,
+                              const double* A, int64_t lda, const double* B, int64_t ldb, double beta,
+                              double* C, int64_t ldc) noexcept nogil
+    void ns_gemm_rows(_sgemm_t sgemm, _dgemm_t dgemm, int ta, int tb, int64_t M, int64_t N, int64_t K,
+                      const char* a, int64_t lda, const char* b, int64_t ldb, char* out, int nthreads)
 
 cdef _sgemm_t _sgemm = NULL
 cdef _dgemm_t _dgemm = NULL
 
 cdef enum:
-    ROW_MAJOR = 101
-    NO_TRANS = 111
+    NO_TRANS = 111   # CBLAS_TRANSPOSE values
     TRANS = 112
 
 
@@ -168,11 +170,8 @@ def gemm_rows(a, b, out, int nthreads):
     call on its rows; False (nothing done) when no BLAS was set for the dtype or an array is
     laid out in a way CBLAS cannot take. ``a``, ``b``: 2-D, row-major or transposed views of
     row-major arrays; ``out``: C-contiguous, all three one dtype (float32 or float64)."""
-    cdef int ta, tb, t, nt
-    cdef int64_t lda, ldb, M, N, K, r0, r1
-    cdef char* pa
-    cdef char* pb
-    cdef char* po
+    cdef int ta, tb, nt
+    cdef int64_t lda, ldb, M, N, K
     dt = out.dtype
     if a.ndim != 2 or b.ndim != 2 or out.ndim != 2 or a.dtype != dt or b.dtype != dt:
         return False
@@ -190,24 +189,13 @@ def gemm_rows(a, b, out, int nthreads):
         out[...] = 0
         return True
     nt = max(1, min(nthreads, M))
-    pa = <char*><size_t>a.ctypes.data
-    pb = <char*><size_t>b.ctypes.data
-    po = <char*><size_t>out.ctypes.data
-    cdef Py_ssize_t item = dt.itemsize
-    cdef bint single = dt == np.float32
-    for t in prange(nt, nogil=True, schedule="static", chunksize=1, num_threads=nt):
-        r0 = M * t // nt
-        r1 = M * (t + 1) // nt
-        if r1 > r0:
-            # row r0 of a: r0 rows down a row-major a, r0 columns along the array a transposes
-            if single:
-                _sgemm(ROW_MAJOR, ta, tb, r1 - r0, N, K, 1.0,
-                       <const float*>(pa + r0 * (lda if ta == NO_TRANS else 1) * item), lda,
-                       <const float*>pb, ldb, 0.0, <float*>(po + r0 * N * item), N)
-            else:
-                _dgemm(ROW_MAJOR, ta, tb, r1 - r0, N, K, 1.0,
-                       <const double*>(pa + r0 * (lda if ta == NO_TRANS else 1) * item), lda,
-                       <const double*>pb, ldb, 0.0, <double*>(po + r0 * N * item), N)
+    cdef _sgemm_t sgemm = _sgemm if dt == np.float32 else NULL
+    cdef _dgemm_t dgemm = _dgemm if dt == np.float64 else NULL
+    cdef const char* pa = <const char*><size_t>a.ctypes.data
+    cdef const char* pb = <const char*><size_t>b.ctypes.data
+    cdef char* po = <char*><size_t>out.ctypes.data
+    with nogil:
+        ns_gemm_rows(sgemm, dgemm, ta, tb, M, N, K, pa, lda, pb, ldb, po, nt)
     return True
 
 

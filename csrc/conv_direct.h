@@ -37,6 +37,7 @@
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
+#include <sched.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -72,6 +73,36 @@ static float *ns_alloc64(size_t n, int zero) {
     float *p = (float *)aligned_alloc(64, bytes > 0 ? bytes : 64);
     if (p && zero) memset(p, 0, bytes);
     return p;
+}
+
+/* The last statement of a thread's work in a parallel region (the work loop ends with nowait).
+ * Every thread counts itself in *done; the master thread (0) then waits, spinning and after
+ * NS_JOIN_SPINS spins yielding its core, until all have, so that it reaches the region's closing
+ * barrier last. Why: with OMP_WAIT_POLICY=PASSIVE a thread that reaches a barrier before the
+ * others sleeps, and waking it cost 70-125 us on the 2-core VMs this is measured on; a sleeping
+ * worker costs the master nothing (the last to arrive only posts the wake-up), a sleeping master
+ * costs the whole wake-up. The yield keeps a busy neighbour process from starving the worker
+ * the master waits for. */
+#ifndef NS_JOIN_SPINS
+#define NS_JOIN_SPINS 5000   /* about 0.1 ms of PAUSE on Zen 4: as long as a wake-up takes */
+#endif
+static inline void ns_team_done(int *done) {
+#ifdef _OPENMP
+    const int n = omp_get_num_threads();
+    __atomic_add_fetch(done, 1, __ATOMIC_ACQ_REL);
+    if (n == 1 || omp_get_thread_num() != 0) return;
+    for (long spins = 0; __atomic_load_n(done, __ATOMIC_ACQUIRE) < n; spins++) {
+        if (spins < NS_JOIN_SPINS) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        } else {
+            sched_yield();
+        }
+    }
+#else
+    (void)done;
+#endif
 }
 
 static int ns_threads(int requested, long work_items) {
@@ -337,13 +368,13 @@ static int ns512_conv_forward(const float *x, const float *wt, const float *bias
     const size_t xp_len = (size_t)C * Hp * Wp + (size_t)NS512_R_MAX * s * Wp + (size_t)NS512_T_MAX * s + kw + 16;
     int plan[3][2];   /* (R, T) for V = 1, 2, 4 */
     for (int k = 0; k < 3; k++) ns512_plan(1 << k, OH, OW, &plan[k][0], &plan[k][1]);
-    int failed = 0;
+    int failed = 0, done = 0;
     #pragma omp parallel num_threads(ns_threads(nthreads, N)) reduction(|:failed)
     {
         float *xp = (float *)malloc(sizeof(float) * xp_len);
         if (!xp) failed = 1;
         else memset(xp + (size_t)C * Hp * Wp, 0, sizeof(float) * (xp_len - (size_t)C * Hp * Wp));
-        #pragma omp for schedule(dynamic, 1)   /* every thread reaches it, even one whose malloc failed; samples are handed out one at a time, so a thread slowed by another process takes fewer */
+        #pragma omp for schedule(dynamic, 1) nowait   /* every thread reaches it, even one whose malloc failed; samples are handed out one at a time, so a thread slowed by another process takes fewer */
         for (int n = 0; n < N; n++) {
             if (!xp) continue;
             ns_pad_sample(x + (size_t)n * C * H * W, xp, C, H, W, ph, pw);
@@ -361,6 +392,7 @@ static int ns512_conv_forward(const float *x, const float *wt, const float *bias
                 ns_epilogue(out_n, residual ? residual + (size_t)n * F * OH * OW : NULL, (size_t)F * OH * OW, relu);
         }
         free(xp);
+        ns_team_done(&done);
     }
     return failed ? -1 : 0;
 }
@@ -455,14 +487,14 @@ static int ns512_conv_backward_weights(const float *x, const float *dout, float 
     }
     float *parts = ns_alloc64((size_t)nt * wlen, 1);
     if (!parts) return -1;
-    int failed = 0;
+    int failed = 0, done = 0;
     #pragma omp parallel num_threads(nt) reduction(|:failed)
     {
         float *part = ns_thread_slice(parts, wlen);
         float *xp = (float *)malloc(sizeof(float) * ((size_t)C * Hp * Wp + 16));
         float *dt = ns_alloc64((size_t)OH * OW * Fp + 16, 0);
         if (!xp || !dt) failed = 1;
-        #pragma omp for schedule(static)   /* every thread reaches it, even one whose malloc failed; static, not
+        #pragma omp for schedule(static) nowait   /* every thread reaches it, even one whose malloc failed; static, not
                                               dynamic: which samples a thread sums into its partial dW must not vary
                                               from run to run, or float32 sums (and so training) would not repeat */
         for (int n = 0; n < N; n++) {
@@ -484,6 +516,7 @@ static int ns512_conv_backward_weights(const float *x, const float *dout, float 
         }
         free(xp);
         free(dt);
+        ns_team_done(&done);
     }
     if (!failed)
         for (int t = 0; t < nt; t++)
@@ -513,13 +546,13 @@ static int ns_conv_forward(const float *x, const float *wt, const float *bias, f
     /* slack after the last row: a partial tile reads (but never uses) up to NS_TILE_MAX*s + kw values past it */
     const size_t xp_len = (size_t)C * Hp * Wp + (size_t)NS_TILE_MAX * s + kw + 16;
     const int T = ns_tile_for(OW);
-    int failed = 0;
+    int failed = 0, done = 0;
     #pragma omp parallel num_threads(ns_threads(nthreads, N)) reduction(|:failed)
     {
         float *xp = (float *)malloc(sizeof(float) * xp_len);
         if (!xp) failed = 1;
         else memset(xp + (size_t)C * Hp * Wp, 0, sizeof(float) * (xp_len - (size_t)C * Hp * Wp));
-        #pragma omp for schedule(dynamic, 1)   /* every thread reaches it, even one whose malloc failed; samples are handed out one at a time, so a thread slowed by another process takes fewer */
+        #pragma omp for schedule(dynamic, 1) nowait   /* every thread reaches it, even one whose malloc failed; samples are handed out one at a time, so a thread slowed by another process takes fewer */
         for (int n = 0; n < N; n++) {
             if (!xp) continue;
             ns_pad_sample(x + (size_t)n * C * H * W, xp, C, H, W, ph, pw);
@@ -539,6 +572,7 @@ static int ns_conv_forward(const float *x, const float *wt, const float *bias, f
                 ns_epilogue(out_n, residual ? residual + (size_t)n * F * OH * OW : NULL, (size_t)F * OH * OW, relu);
         }
         free(xp);
+        ns_team_done(&done);
     }
     return failed ? -1 : 0;
 }
@@ -586,14 +620,14 @@ static int ns_conv_backward_weights(const float *x, const float *dout, float *dw
     const int nt = ns_threads(nthreads, N);
     float *parts = ns_alloc64((size_t)nt * wlen, 1);
     if (!parts) return -1;
-    int failed = 0;
+    int failed = 0, done = 0;
     #pragma omp parallel num_threads(nt) reduction(|:failed)
     {
         float *part = ns_thread_slice(parts, wlen);
         float *xp = (float *)malloc(sizeof(float) * ((size_t)C * Hp * Wp + 16));
         float *dt = ns_alloc64((size_t)OH * OW * Fp + 16, 0);
         if (!xp || !dt) failed = 1;
-        #pragma omp for schedule(static)   /* every thread reaches it, even one whose malloc failed; static, not
+        #pragma omp for schedule(static) nowait   /* every thread reaches it, even one whose malloc failed; static, not
                                               dynamic: which samples a thread sums into its partial dW must not vary
                                               from run to run, or float32 sums (and so training) would not repeat */
         for (int n = 0; n < N; n++) {
@@ -616,6 +650,7 @@ static int ns_conv_backward_weights(const float *x, const float *dout, float *dw
         }
         free(xp);
         free(dt);
+        ns_team_done(&done);
     }
     if (!failed)
         for (int t = 0; t < nt; t++)

@@ -272,14 +272,14 @@ static int nsw_conv_forward(const float *x, const float *u, const float *bias, f
                             const float *residual, int relu, float *work) {
     const nsw_geometry_t g = nsw_geometry(C, H, W, F, pad, N, nthreads);
     const size_t per_thread = g.xt_len + g.vt_len + g.m_len + g.yt_len;   /* a multiple of 16 */
-    int failed = 0;
+    int failed = 0, done = 0;
     #pragma omp parallel num_threads(g.threads) reduction(|:failed)
     {
         float *buf = work ? ns_thread_slice(work, per_thread) : ns_alloc64(per_thread, 0);
         float *xt = buf, *vt = buf + g.xt_len, *m = vt + g.vt_len, *yt = m + g.m_len;
         if (!buf) failed = 1;
         else memset(vt, 0, sizeof(float) * g.vt_len);   /* tiles past the samples: 0, never garbage */
-        #pragma omp for schedule(dynamic, 1)   /* every thread reaches it, even one whose allocation failed */
+        #pragma omp for schedule(dynamic, 1) nowait   /* every thread reaches it, even one whose allocation failed */
         for (int grp = 0; grp < g.groups; grp++) {
             if (!buf) continue;
             const int n0 = (int)((long)grp * N / g.groups), ns = (int)((long)(grp + 1) * N / g.groups) - n0;
@@ -307,6 +307,7 @@ static int nsw_conv_forward(const float *x, const float *u, const float *bias, f
             }
         }
         if (!work) free(buf);
+        ns_team_done(&done);
     }
     return failed ? -1 : 0;
 }
@@ -375,14 +376,14 @@ static int nsw_conv_backward_weights(const float *x, const float *dout, float *d
     const size_t zt_len = 16 * Pp * Fp, m_len = 16 * (size_t)Cp * Fp;
     float *parts = ns_alloc64((size_t)nt * m_len, 1);
     if (!parts) return -1;
-    int failed = 0;
+    int failed = 0, done = 0;
     #pragma omp parallel num_threads(nt) reduction(|:failed)
     {
         float *part = ns_thread_slice(parts, m_len);
         float *buf = ns_alloc64(xt_len + vt_len + dy_len + zt_len, 0);
         float *xt = buf, *vt = buf + xt_len, *dyt = vt + vt_len, *zt = dyt + dy_len;
         if (!buf) failed = 1;
-        #pragma omp for schedule(static)   /* fixed groups per thread: the float32 sums repeat */
+        #pragma omp for schedule(static) nowait   /* fixed groups per thread: the float32 sums repeat */
         for (int grp = 0; grp < groups; grp++) {
             if (!buf) continue;
             const int n0 = grp * S, ns = N - n0 < S ? N - n0 : S;
@@ -400,6 +401,7 @@ static int nsw_conv_backward_weights(const float *x, const float *dout, float *d
                                     part + (size_t)xi * Cp * Fp + f0, ns * P, Cp, Fp, V);
         }
         free(buf);
+        ns_team_done(&done);
     }
     if (!failed) {
         for (int t = 1; t < nt; t++)

@@ -1,19 +1,18 @@
 """Process settings for netspec's compiled kernels, applied once, when they load — never on import.
 
 What ``configure()`` does, each step keeping a value the user already set:
-- OpenMP idle threads spin for about a millisecond before they sleep
-  (``GOMP_SPINCOUNT=100000``; ``KMP_BLOCKTIME=1`` for LLVM's OpenMP). A thread
-  that sleeps between two kernels has to be woken for the next one, and on the
-  2-core VMs this project is measured on that took 70-125 us per parallel loop,
-  about 25 of them per resnet_fashion predict: with the spin, predict took
-  0.88x the time at 2 threads (6 alternated process pairs). libgomp's own
-  default spins 3x longer, and a fully active policy spins forever, which
-  costs CPU time a neighbour could use. The dense products run on the same
-  OpenMP threads (``gemm_rows``), so no second pool spins against them.
-  ``OMP_WAIT_POLICY=PASSIVE`` (sleep at once: least CPU time, more wall time;
-  ``benchmarks/accuracy.py`` runs so, its budget being CPU time) or any
-  ``GOMP_SPINCOUNT`` you set is kept. libgomp reads these once, when it loads,
-  so this runs before the compiled module is imported.
+- OpenMP idle threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``).
+  A spinning idle thread holds a core: on a 2-core machine that starved a
+  BLAS product beside it (conv steps measured 10-100x slower), and beside a
+  busy process a ~1 ms spin (``GOMP_SPINCOUNT=100000``) made the 2-thread
+  train steps 8.0-8.5x slower than quiet (3.0-3.9x for torch; 1.4-1.6x
+  sleeping). Sleeping has its own cost: waking a sleeping thread took 70-125
+  us on the 2-core VMs this is measured on, so the convolution kernels end
+  their parallel loops so that the master thread is not the one asleep
+  (``ns_team_done`` in csrc/conv_direct.h). Any ``OMP_WAIT_POLICY`` or
+  ``GOMP_SPINCOUNT`` you set is kept (see docs/kernels.md for what a spin
+  buys on a quiet machine). libgomp reads these once, when it loads, so
+  this runs before the compiled module is imported.
 - Under an MPI launcher, each rank gets cores / ranks-on-this-host OpenMP
   threads (``OMP_NUM_THREADS``) and as many BLAS threads.
 - glibc's malloc keeps large blocks for reuse (``configure_allocator``;
@@ -37,8 +36,7 @@ _applied = None
 
 def configure(compiled=True):
     """Apply the settings once (the OpenMP and malloc ones only for the compiled kernels);
-    return what was applied: {"omp_wait_policy", "omp_threads_per_rank", "malloc_tuned"}
-    (omp_wait_policy: the user's OMP_WAIT_POLICY, else "spin <GOMP_SPINCOUNT>")."""
+    return what was applied: {"omp_wait_policy", "omp_threads_per_rank", "malloc_tuned"}."""
     global _applied
     if _applied is None:
         _applied = {"omp_threads_per_rank": configure_threads(),
@@ -52,17 +50,12 @@ def applied():
     return _applied
 
 
-# Spins an idle libgomp thread makes before it sleeps (libgomp counts about 100,000 a millisecond).
-SPIN_COUNT = 100000
-
-
 def configure_openmp():
-    """Unless the user chose a wait policy or a spin count, let idle OpenMP threads spin for
-    about a millisecond before sleeping (see the module docstring); returns the policy in use."""
-    if "OMP_WAIT_POLICY" in os.environ:
-        return os.environ["OMP_WAIT_POLICY"]
-    os.environ.setdefault("KMP_BLOCKTIME", "1")   # LLVM's OpenMP: milliseconds
-    return "spin " + os.environ.setdefault("GOMP_SPINCOUNT", str(SPIN_COUNT))
+    """Default OMP_WAIT_POLICY to PASSIVE unless the user chose a policy or a libgomp spin
+    count; returns the policy in use ("spin <count>" for a spin count alone)."""
+    if "GOMP_SPINCOUNT" in os.environ and "OMP_WAIT_POLICY" not in os.environ:
+        return "spin " + os.environ["GOMP_SPINCOUNT"]
+    return os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def configure_threads():
