@@ -162,12 +162,18 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
     out = tmp_path / "t"
     rc, stdout, err = finish(tune_cli(spec, "--workers", "2", "--out", out))
     assert rc == 0, err
-    study = study_of(out)
-    assert sorted(t.number for t in study.trials) == list(range(6))  # none lost, none duplicated
-    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
-    assert len({t.user_attrs["run_dir"] for t in study.trials}) == 6
+    trials = study_of(out).trials
+    counted = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert sorted(t.number for t in counted) == list(range(6))  # none lost, none duplicated
+    # Both workers may start a trial for the last place at once: the later one is recorded as
+    # failed and never trained ("not run", netspec.tuning.Worker._check_place), after the six.
+    for t in trials:
+        if t not in counted:
+            assert t.state.name == "FAIL" and t.number >= 6, (t.number, t.state.name)
+            assert t.user_attrs["note"] == "not run: the study has its 6 trials" and "run_dir" not in t.user_attrs
+    assert len({t.user_attrs["run_dir"] for t in counted}) == 6
     assert sorted(os.listdir(out / "trials")) == [f"{n:04d}" for n in range(6)]
-    assert len({t.user_attrs["pid"] for t in study.trials}) == 2, stdout  # both workers ran trials
+    assert len({t.user_attrs["pid"] for t in counted}) == 2, stdout  # both workers ran trials
     assert "6 of 6 trials ended" in stdout
 
 
