@@ -37,10 +37,10 @@
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
-#include <sched.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#include "team.h"   /* ns_team_done */
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
@@ -73,36 +73,6 @@ static float *ns_alloc64(size_t n, int zero) {
     float *p = (float *)aligned_alloc(64, bytes > 0 ? bytes : 64);
     if (p && zero) memset(p, 0, bytes);
     return p;
-}
-
-/* The last statement of a thread's work in a parallel region (the work loop ends with nowait).
- * Every thread counts itself in *done; the master thread (0) then waits, spinning and after
- * NS_JOIN_SPINS spins yielding its core, until all have, so that it reaches the region's closing
- * barrier last. Why: with OMP_WAIT_POLICY=PASSIVE a thread that reaches a barrier before the
- * others sleeps, and waking it cost 70-125 us on the 2-core VMs this is measured on; a sleeping
- * worker costs the master nothing (the last to arrive only posts the wake-up), a sleeping master
- * costs the whole wake-up. The yield keeps a busy neighbour process from starving the worker
- * the master waits for. */
-#ifndef NS_JOIN_SPINS
-#define NS_JOIN_SPINS 5000   /* about 0.1 ms of PAUSE on Zen 4: as long as a wake-up takes */
-#endif
-static inline void ns_team_done(int *done) {
-#ifdef _OPENMP
-    const int n = omp_get_num_threads();
-    __atomic_add_fetch(done, 1, __ATOMIC_ACQ_REL);
-    if (n == 1 || omp_get_thread_num() != 0) return;
-    for (long spins = 0; __atomic_load_n(done, __ATOMIC_ACQUIRE) < n; spins++) {
-        if (spins < NS_JOIN_SPINS) {
-#if defined(__x86_64__) || defined(__i386__)
-            __builtin_ia32_pause();
-#endif
-        } else {
-            sched_yield();
-        }
-    }
-#else
-    (void)done;
-#endif
 }
 
 static int ns_threads(int requested, long work_items) {

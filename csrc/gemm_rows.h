@@ -8,7 +8,7 @@
 #define NS_GEMM_ROWS_H
 
 #include <stdint.h>
-#include "conv_direct.h"   /* ns_team_done */
+#include "team.h"   /* ns_team_done */
 
 typedef void (*_sgemm_t)(int order, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
                          const float *A, int64_t lda, const float *B, int64_t ldb, float beta,

@@ -7,9 +7,9 @@ What ``configure()`` does, each step keeping a value the user already set:
   busy process a ~1 ms spin (``GOMP_SPINCOUNT=100000``) made the 2-thread
   train steps 8.0-8.5x slower than quiet (3.0-3.9x for torch; 1.4-1.6x
   sleeping). Sleeping has its own cost: waking a sleeping thread took 70-125
-  us on the 2-core VMs this is measured on, so the convolution kernels end
+  us on the 2-core VMs this is measured on, so the compiled kernels end
   their parallel loops so that the master thread is not the one asleep
-  (``ns_team_done`` in csrc/conv_direct.h). Any ``OMP_WAIT_POLICY`` or
+  (``ns_team_done`` in csrc/team.h). Any ``OMP_WAIT_POLICY`` or
   ``GOMP_SPINCOUNT`` you set is kept (see docs/kernels.md for what a spin
   buys on a quiet machine). libgomp reads these once, when it loads, so
   this runs before the compiled module is imported.

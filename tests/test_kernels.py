@@ -605,6 +605,30 @@ def test_maxpool2d_2x2_stride_2_fast_path(dtype, shape):
         np.testing.assert_array_equal(arg, arg_r)
         np.testing.assert_array_equal(compiled.maxpool2d_infer(x, 2, 2, 2, 0), out_r)
         np.testing.assert_array_equal(ref.maxpool2d_infer(x, 2, 2, 2, 0), out_r)
+        dout = data(rng, out.shape, dtype)
+        dout.reshape(-1)[::5] = -0.0   # routed as 0 + dout: +0.0, as the reference's add into zeros
+        dx = compiled.maxpool2d_backward(dout, arg, x.shape, 2, 2, 2, 0)
+        dx_r = ref.maxpool2d_backward(dout, arg_r, x.shape, 2, 2, 2, 0)
+        np.testing.assert_array_equal(dx, dx_r)   # odd last rows and columns: 0
+        assert not np.signbit(dx[dx == 0]).any()
+    # windows with NaN and -inf, as numpy's argmax: the first NaN wins (and is the output), else
+    # the first maximum; an all -inf window reports index 0
+    x = np.full((1, 1, 2, 12), -np.inf, dtype)
+    x[0, 0, :, 2:4] = [[1, np.nan], [1, np.nan]]
+    x[0, 0, :, 4:6] = np.nan
+    x[0, 0, :, 6:8] = [[2, -np.inf], [-np.inf, np.nan]]
+    x[0, 0, :, 8:10] = [[-np.inf, 3], [3, 1]]
+    x[0, 0, :, 10:12] = [[-np.inf, -np.inf], [np.inf, np.inf]]
+    for mod in (compiled, ref):
+        for args in ((2, 2, 2, 0), (2, 2, 2, 1)):   # the 2x2 loop, and the general one (padded)
+            out, arg = mod.maxpool2d_forward(x, *args)
+            np.testing.assert_array_equal(mod.maxpool2d_infer(x, *args), out)
+            if args[3] == 0:
+                np.testing.assert_array_equal(out[0, 0, 0], [-np.inf, np.nan, np.nan, np.nan, 3, np.inf])
+                np.testing.assert_array_equal(arg[0, 0, 0], [0, 1, 0, 3, 1, 2])
+            else:   # windows shifted by one, the first row of outputs sees row 0 below padding (-inf)
+                np.testing.assert_array_equal(out[0, 0, 0], [-np.inf, 1, np.nan, np.nan, -np.inf, 3, -np.inf])
+                np.testing.assert_array_equal(arg[0, 0, 0], [0, 3, 2, 2, 0, 2, 0])
 
 
 @pytest.mark.parametrize("module", [compiled, ref], ids=["compiled", "numpy"])
@@ -675,3 +699,71 @@ def test_gemm_rows_declines_what_cblas_cannot_take():
     with pytest.raises(ValueError, match="does not fit"):
         compiled.gemm_rows(a, b, np.zeros((64, 47), np.float32), 2)
     close(netspec.kernels.matmul(a[:, ::2], b[::2]), np.matmul(a[:, ::2], b[::2]), np.float32)
+
+
+@pytest.fixture
+def light_pass_threshold():
+    """Set the compiled module's light-pass threshold for one test (restored after it)."""
+    old = compiled._set_light_pass_min(1)
+    compiled._set_light_pass_min(old)
+    yield compiled._set_light_pass_min
+    compiled._set_light_pass_min(old)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(9, 3, 5, 5), (33, 8, 12, 12), (50, 16, 14, 14)])
+def test_light_passes_give_the_same_bits_on_one_thread_and_on_the_team(light_pass_threshold, dtype, shape):
+    """Batchnorm, ReLU, pooling and global average pooling hand their rows, planes or sample
+    blocks out in chunks to whichever thread asks first (csrc/team.h). Run once on one thread
+    and once on the whole team with every pass split into many chunks (the threshold forced to
+    one element), every output must be identical bit for bit: which thread computed a chunk
+    never changes a value. Each run is also held to the numpy reference."""
+    rng = np.random.default_rng(21)
+    x = (1 + 2 * rng.standard_normal(shape)).astype(dtype)
+    x.reshape(-1)[::13] = 0.0
+    dout = data(rng, shape, dtype)
+    x3, d3 = x.reshape(shape[0], shape[1], -1), dout.reshape(shape[0], shape[1], -1)
+    C = shape[1]
+    gamma, beta = data(rng, (C,), dtype), data(rng, (C,), dtype)
+
+    def run():
+        mean, var = compiled.batchnorm_stats(x3)
+        inv = (1 / np.sqrt(var + 1e-5)).astype(dtype)
+        out, xhat = compiled.batchnorm_forward(x3, gamma, beta, mean, inv, relu=True)
+        res = {"mean": mean, "var": var, "bn_out": out, "xhat": xhat}
+        for train in (True, False):
+            for fused in (out, None):
+                grads = compiled.batchnorm_backward(d3, xhat, gamma, inv, train, fused)
+                for name, g in zip(("dx", "dgamma", "dbeta"), grads):
+                    res[f"bn_{name}_{train}_{fused is None}"] = g
+        res["relu"] = compiled.relu_forward(x)
+        res["relu_dx"] = compiled.relu_backward(dout, res["relu"])
+        res["max2"], arg2 = compiled.maxpool2d_forward(x, 2, 2, 2, 0)
+        res["max2_dx"] = compiled.maxpool2d_backward(res["max2"], arg2, x.shape, 2, 2, 2, 0)
+        res["max3"], arg3 = compiled.maxpool2d_forward(x, 3, 3, 2, 1)
+        res["max3_dx"] = compiled.maxpool2d_backward(res["max3"], arg3, x.shape, 3, 3, 2, 1)
+        res["max3_infer"] = compiled.maxpool2d_infer(x, 3, 3, 2, 1)
+        res["avg"] = compiled.avgpool2d_forward(x, 3, 3, 2, 1)
+        res["avg_dx"] = compiled.avgpool2d_backward(res["avg"], x.shape, 3, 3, 2, 1)
+        res["gap"] = compiled.global_avgpool_forward(x)
+        return res
+
+    light_pass_threshold(2**62)
+    alone = run()
+    light_pass_threshold(1)
+    team = run()
+    for name in alone:
+        np.testing.assert_array_equal(team[name], alone[name], err_msg=name)
+    mean, var = ref.batchnorm_stats(x3)
+    close(alone["mean"], mean, dtype, 10)
+    close(alone["var"], var, dtype, 10)
+    inv = (1 / np.sqrt(alone["var"] + 1e-5)).astype(dtype)
+    out, xhat = ref.batchnorm_forward(x3, gamma, beta, alone["mean"], inv, True)
+    close(alone["bn_out"], out, dtype, 10)
+    for name, want in zip(("dx", "dgamma", "dbeta"),
+                          ref.batchnorm_backward(d3, alone["xhat"], gamma, inv, True, alone["bn_out"])):
+        close(alone[f"bn_{name}_True_False"], want, dtype, shape[0] * shape[2] * shape[3])
+    np.testing.assert_array_equal(alone["relu"], ref.relu_forward(x))
+    np.testing.assert_array_equal(alone["max2"], ref.maxpool2d_forward(x, 2, 2, 2, 0)[0])
+    np.testing.assert_array_equal(alone["max3_infer"], ref.maxpool2d_forward(x, 3, 3, 2, 1)[0])
+    close(alone["avg_dx"], ref.avgpool2d_backward(alone["avg"], x.shape, 3, 3, 2, 1), dtype)
