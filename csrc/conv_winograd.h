@@ -81,9 +81,13 @@ static void nsw_to_hwc(const float *x, float *xt, int C, int H, int W, int Wp, i
         for (int p0 = 0; p0 < P; p0 += 16) {
             __m512 m[16];
             const int np = ns512_load_transposed(x, C, P, c0, p0, m);
+            int h = p0 / W, w = p0 % W;   /* pixel p0 + l, stepped along: no division per pixel */
             for (int l = 0; l < np; l++) {
-                const int h = (p0 + l) / W, w = (p0 + l) % W;
                 _mm512_storeu_ps(xt + ((size_t)(h + pad) * Wp + w + pad) * Cp + c0, m[l]);
+                if (++w == W) {
+                    w = 0;
+                    h++;
+                }
             }
         }
 }
