@@ -129,8 +129,11 @@ def open_storage(url):
         engine = {}
     for attempt in range(3):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_INTERVAL,
-                                              grace_period=GRACE_PERIOD)
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_INTERVAL,
+                                                 grace_period=GRACE_PERIOD)
+            if url.startswith("sqlite"):
+                _serialize_sqlite(storage.engine)
+            return storage
         except ImportError as exc:
             raise TuneError(f"cannot open the study storage {shown(url)}: its database driver is not installed "
                             f"({exc}); for PostgreSQL: pip install 'netspec[tune]'") from None
@@ -141,6 +144,29 @@ def open_storage(url):
                 time.sleep(1 + attempt)
                 continue
             raise TuneError(f"cannot open the study storage {shown(url)}: {reason[:300]}") from None
+
+
+def _serialize_sqlite(engine):
+    """Make every transaction on an SQLite study take the database's write lock when it begins.
+
+    Optuna claims a queued trial (the baseline) by reading that it is waiting and then marking it
+    running, in one transaction, with SELECT ... FOR UPDATE. SQLite has no row locks, and Python's
+    sqlite3 module only opens a transaction at the first write, so two workers could both read
+    "waiting" and both run the trial (measured: 2 processes popping 60 queued trials took 7-11 of
+    them twice). With BEGIN IMMEDIATE the second worker waits for the first to commit and then
+    reads "running". Connections made while the storage was opened are dropped, so every
+    connection from here on begins this way."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection, record):
+        dbapi_connection.isolation_level = None   # sqlite3 leaves BEGIN to the "begin" event below
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()
 
 
 # -- this process ----------------------------------------------------------------------------------

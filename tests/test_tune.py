@@ -177,6 +177,54 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
     assert "6 of 6 trials ended" in stdout
 
 
+POP = """\
+import sys, time
+import optuna
+from netspec.tuning import open_storage
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+study = optuna.load_study(study_name="race", storage=open_storage(sys.argv[1]))
+while time.time() < float(sys.argv[2]):
+    pass
+taken = []
+while (trial_id := study._pop_waiting_trial_id()) is not None:
+    taken.append(trial_id)
+print(" ".join(map(str, taken)))
+"""
+
+
+def test_two_workers_never_take_the_same_queued_trial_from_sqlite(tmp_path):
+    """Optuna takes a queued trial (the baseline) by reading it waiting, then marking it running.
+    On SQLite that was not atomic between processes: two workers both took the trial and both
+    trained it in trials/0000 (measured before the fix: two processes popping 40 queued trials at
+    once took 7-11 of them twice, in each of 3 runs). Every trial must go to exactly one."""
+    from netspec.tuning import open_storage
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    study = optuna.create_study(study_name="race", storage=open_storage(url))
+    for i in range(40):
+        study.enqueue_trial({"x": float(i)})
+    start = time.time() + 3   # both processes load the study first, then race from the same moment
+    procs = [subprocess.Popen([sys.executable, "-c", POP, url, str(start)], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    taken = [p.communicate(timeout=120)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sorted(taken[0] + taken[1], key=int) == [str(t._trial_id) for t in study.get_trials()]
+    assert not set(taken[0]) & set(taken[1])
+
+
+def test_an_sqlite_study_begins_every_transaction_with_the_write_lock(tmp_path):
+    """The mechanism behind the test above, checked directly: BEGIN IMMEDIATE, not sqlite3's
+    deferred begin at the first write."""
+    from sqlalchemy import event
+    from netspec.tuning import open_storage
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    seen = []
+    event.listen(storage.engine, "before_cursor_execute", lambda conn, cur, sql, *a: seen.append(sql))
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.enqueue_trial({"x": 1.0})
+    assert study._pop_waiting_trial_id() is not None
+    assert seen.count("BEGIN IMMEDIATE") >= 3 and not any(s.strip().upper() == "BEGIN" for s in seen)
+
+
 def test_sigterm_fails_the_running_trial_and_the_same_command_resumes(tmp_path):
     spec = write(tmp_path, trials=2, **SLOW)
     out = tmp_path / "t"
