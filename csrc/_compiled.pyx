@@ -106,7 +106,7 @@ cdef enum:
     PAR_MIN = 32768
     # Passes over memory that do a few operations per element (batchnorm, ReLU, pooling) run on
     # one thread below _pass_min units of work, a unit being what a ReLU does to one element
-    # (see PASS_COST). With OMP_WAIT_POLICY=PASSIVE (netspec's default) the OpenMP worker sleeps
+    # (see PassCost). With OMP_WAIT_POLICY=PASSIVE (netspec's default) the OpenMP worker sleeps
     # between regions and takes 70-125 us to wake; the passes hand out chunks on demand
     # (csrc/team.h), so the master starts at once and the worker joins when it is up. Measured
     # on 2 cores, one thread against the team: a ReLU of 627K elements 66 vs 73 us, of 2.5M 334
