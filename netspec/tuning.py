@@ -34,6 +34,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 import zlib
@@ -132,7 +133,7 @@ def open_storage(url):
             storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_INTERVAL,
                                                  grace_period=GRACE_PERIOD)
             if url.startswith("sqlite"):
-                _serialize_sqlite(storage.engine)
+                _serialize_sqlite(storage)
             return storage
         except ImportError as exc:
             raise TuneError(f"cannot open the study storage {shown(url)}: its database driver is not installed "
@@ -146,27 +147,43 @@ def open_storage(url):
             raise TuneError(f"cannot open the study storage {shown(url)}: {reason[:300]}") from None
 
 
-def _serialize_sqlite(engine):
-    """Make every transaction on an SQLite study take the database's write lock when it begins.
+_claiming = threading.local()   # set while this thread claims a queued trial (_SQLiteClaims)
+
+# A write that changes nothing: SQLite takes the database's write lock when the statement starts.
+_TAKE_WRITE_LOCK = "UPDATE studies SET study_name = study_name WHERE 0 = 1"
+
+
+def _serialize_sqlite(storage):
+    """Make Optuna's claim of a queued trial atomic on SQLite.
 
     Optuna claims a queued trial (the baseline) by reading that it is waiting and then marking it
     running, in one transaction, with SELECT ... FOR UPDATE. SQLite has no row locks, and Python's
     sqlite3 module only opens a transaction at the first write, so two workers could both read
     "waiting" and both run the trial (measured: 2 processes popping 60 queued trials took 7-11 of
-    them twice). With BEGIN IMMEDIATE the second worker waits for the first to commit and then
-    reads "running". Connections made while the storage was opened are dropped, so every
-    connection from here on begins this way."""
+    them twice). So a claim's transaction starts with a write that changes nothing, which takes
+    the database's write lock first: the second worker waits for the first to commit, then reads
+    "running". Every other transaction is left as it was (taking the lock in all of them made a
+    reader of the study wait on the workers' every read)."""
     from sqlalchemy import event
 
-    @event.listens_for(engine, "connect")
-    def _no_implicit_begin(dbapi_connection, record):
-        dbapi_connection.isolation_level = None   # sqlite3 leaves BEGIN to the "begin" event below
+    @event.listens_for(storage.engine, "begin")
+    def _lock_claims(conn):
+        if getattr(_claiming, "active", False):
+            conn.exec_driver_sql(_TAKE_WRITE_LOCK)
 
-    @event.listens_for(engine, "begin")
-    def _begin_immediate(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    claim = storage.set_trial_state_values
 
-    engine.dispose()
+    def set_trial_state_values(trial_id, state, values=None):
+        from optuna.trial import TrialState
+        if state != TrialState.RUNNING:
+            return claim(trial_id, state, values)
+        _claiming.active = True
+        try:
+            return claim(trial_id, state, values)
+        finally:
+            _claiming.active = False
+
+    storage.set_trial_state_values = set_trial_state_values
 
 
 # -- this process ----------------------------------------------------------------------------------

@@ -211,18 +211,27 @@ def test_two_workers_never_take_the_same_queued_trial_from_sqlite(tmp_path):
     assert not set(taken[0]) & set(taken[1])
 
 
-def test_an_sqlite_study_begins_every_transaction_with_the_write_lock(tmp_path):
-    """The mechanism behind the test above, checked directly: BEGIN IMMEDIATE, not sqlite3's
-    deferred begin at the first write."""
+def test_an_sqlite_claim_of_a_queued_trial_takes_the_write_lock_first(tmp_path):
+    """The mechanism behind the test above, checked directly: the transaction that marks a queued
+    trial running starts with a write (SQLite's write lock), before it reads the trial's state;
+    other transactions (reads, a finished trial's state) are as sqlite3 makes them."""
     from sqlalchemy import event
-    from netspec.tuning import open_storage
+    from netspec.tuning import _TAKE_WRITE_LOCK, open_storage
     storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
-    seen = []
-    event.listen(storage.engine, "before_cursor_execute", lambda conn, cur, sql, *a: seen.append(sql))
     study = optuna.create_study(study_name="s", storage=storage)
     study.enqueue_trial({"x": 1.0})
-    assert study._pop_waiting_trial_id() is not None
-    assert seen.count("BEGIN IMMEDIATE") >= 3 and not any(s.strip().upper() == "BEGIN" for s in seen)
+    seen = []
+    event.listen(storage.engine, "before_cursor_execute", lambda conn, cur, sql, *a: seen.append(sql))
+    trial_id = study._pop_waiting_trial_id()
+    assert trial_id is not None
+    assert seen.count(_TAKE_WRITE_LOCK) == 1
+    lock = seen.index(_TAKE_WRITE_LOCK)
+    update = next(i for i, sql in enumerate(seen) if sql.lstrip().upper().startswith("UPDATE TRIALS"))
+    assert lock < update and any("FROM trials" in sql for sql in seen[lock + 1:update])   # lock, read, mark
+    seen.clear()
+    study.get_trials()
+    study.tell(study.trials[0].number, 1.0)
+    assert seen and _TAKE_WRITE_LOCK not in seen
 
 
 def test_sigterm_fails_the_running_trial_and_the_same_command_resumes(tmp_path):
