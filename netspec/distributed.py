@@ -38,8 +38,9 @@ from .spec import first_difference
 
 # What MPI launchers put in the environment: MPICH/Intel MPI (Hydra), Open MPI, MVAPICH.
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
-ABORT_GRACE = 0.5   # seconds a failing rank waits after reporting, before MPI Abort
 _LOCAL_SIZE_VARS = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE")
+
+ABORT_GRACE = 0.5   # seconds a failing rank waits after reporting its error, before MPI Abort
 
 
 def _env_int(names):

@@ -147,7 +147,7 @@ def open_storage(url):
             raise TuneError(f"cannot open the study storage {shown(url)}: {reason[:300]}") from None
 
 
-_claiming = threading.local()   # set while this thread claims a queued trial (_SQLiteClaims)
+_claiming = threading.local()   # active while this thread claims a queued trial (_serialize_sqlite)
 
 # A write that changes nothing: SQLite takes the database's write lock when the statement starts.
 _TAKE_WRITE_LOCK = "UPDATE studies SET study_name = study_name WHERE 0 = 1"
