@@ -79,7 +79,7 @@ cdef extern from "conv_direct.h" nogil:
     int ns_conv_forward(const float* x, const float* wt, const float* bias, float* out,
                         int N, int C, int H, int W, int F, int Fp, int kh, int kw,
                         int s, int ph, int pw, int OH, int OW, int nthreads,
-                        const float* residual, int relu)
+                        const float* residual, int relu, float* pool)
     int ns_conv_backward_weights(const float* x, const float* dout, float* dw,
                                  int N, int C, int H, int W, int F, int Fp, int kh, int kw,
                                  int s, int ph, int pw, int OH, int OW, int nthreads)
@@ -90,7 +90,7 @@ cdef extern from "conv_winograd.h" nogil:
     size_t nsw_workspace_floats(int C, int H, int W, int F, int pad, int N, int nthreads)
     int nsw_conv_forward(const float* x, const float* u, const float* bias, float* out,
                          int N, int C, int H, int W, int F, int Fp, int pad, int nthreads,
-                         const float* residual, int relu, float* work)
+                         const float* residual, int relu, int pool, float* work)
     int nsw_conv_backward_weights(const float* x, const float* dout, float* dw, int N, int C, int H, int W,
                                   int F, int Fp, int pad, int nthreads)
 
@@ -523,6 +523,17 @@ def _is_pointwise(kh, kw, stride, pad):
     return kh == 1 and kw == 1 and stride == 1 and pad == 0
 
 
+# the max pool the direct and Winograd kernels apply to each sample's output (conv2d_forward's pool)
+POOL_FUSED = (2, 2, 2, 0)
+
+
+def _pool_fuses(W_shape, stride, pad, pool, residual):
+    """Whether a conv that the direct or Winograd kernel runs (float32, _direct_ok) pools inside
+    it: a 2x2 stride-2 unpadded pool, no residual, not a pointwise product."""
+    return (tuple(pool) == POOL_FUSED and not residual and W_shape[3] <= 8
+            and not _is_pointwise(W_shape[2], W_shape[3], stride, pad))
+
+
 def _conv_shapes(x, W, stride, pad):
     N, C, H, Wd = x.shape
     FN, C2, kh, kw = W.shape
@@ -532,16 +543,27 @@ def _conv_shapes(x, W, stride, pad):
     return N, C, FN, kh, kw, out_size(H, kh, stride, pad), out_size(Wd, kw, stride, pad)
 
 
-def conv2d_forward(x, W, b, stride, pad, out=None, residual=None, relu=False, packed=None):
+def conv2d_forward(x, W, b, stride, pad, out=None, residual=None, relu=False, packed=None, pool=None):
     """out[n, f] = sum_c W[f, c] (*) x[n, c] + b[f]; x (N,C,H,W), W (FN,C,kh,kw), b (FN,) or None.
     ``out``: a C-contiguous (N,FN,OH,OW) array of x's dtype to write into (else a new one).
     ``residual`` (an array shaped like the output, not in out's memory) is then added and with
     ``relu`` the ReLU applied: a conv, a residual add and a ReLU as one node. ``packed``: what
-    conv2d_pack returned for these W and b (the direct kernel then skips laying them out)."""
+    conv2d_pack returned for these W and b (the direct kernel then skips laying them out).
+    ``pool``: (kh, kw, stride, pad) of a max pool that then reads the result, which ``out``
+    then holds instead: the direct and Winograd kernels pool each sample's output while it is
+    in cache when the pool is 2x2 with stride 2 (POOL_FUSED), other paths pool after the conv."""
     if residual is not None and (residual.dtype != x.dtype or not residual.flags.c_contiguous):
         residual = np.ascontiguousarray(residual, dtype=x.dtype)
     if not _supported(x, W, b):
-        return _ref.conv2d_forward(x, W, b, stride, pad, out=out, residual=residual, relu=relu)
+        return _ref.conv2d_forward(x, W, b, stride, pad, out=out, residual=residual, relu=relu, pool=pool)
+    if pool is not None:
+        if _direct_ok(x, W) and _pool_fuses(W.shape, stride, pad, pool, residual is not None):
+            N, C, FN, kh, kw, OH, OW = _conv_shapes(x, W, stride, pad)
+            if out is None:
+                out = np.empty((N, FN, OH // 2, OW // 2), dtype=x.dtype)
+            return _direct_forward(x, W, b, stride, pad, out, None, relu, packed, True)
+        full = conv2d_forward(x, W, b, stride, pad, None, residual, relu, packed)
+        return maxpool2d_infer(full, *pool, out=out)
     if (residual is not None or relu) and not _direct_ok(x, W):
         return _epilogue(conv2d_forward(x, W, b, stride, pad, out), residual, relu)
     N, C, FN, kh, kw, OH, OW = _conv_shapes(x, W, stride, pad)
@@ -690,24 +712,29 @@ cdef const float* _residual_ptr(residual) except? NULL:
 
 
 def _direct_conv(x, wt, bias, Py_ssize_t F, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t stride,
-                 Py_ssize_t ph, Py_ssize_t pw, out=None, residual=None, bint relu=False):
+                 Py_ssize_t ph, Py_ssize_t pw, out=None, residual=None, bint relu=False, bint pool=False):
     """out (N, F, OH, OW) = direct convolution of float32 x with lane-major weights (+ bias);
     into ``out`` when given; then + residual (same shape, not out's memory) and the ReLU, per
-    sample while it is in cache."""
+    sample while it is in cache; with ``pool``, out is (N, F, OH//2, OW//2): the 2x2 stride-2
+    max pool of that."""
     cdef const float[:, :, :, ::1] xv = x
     cdef const float[:, :, :, ::1] wv = wt
     cdef const float[::1] bv = bias
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = out_size(H, kh, stride, ph), OW = out_size(W, kw, stride, pw)
     if out is None:
-        out = np.empty((N, F, OH, OW), dtype=np.float32)
+        out = np.empty((N, F, OH // 2, OW // 2) if pool else (N, F, OH, OW), dtype=np.float32)
     cdef float[:, :, :, ::1] ov = out
     cdef const float* rp = _residual_ptr(residual)
     cdef int rc = 0, nt = netspec_max_threads()
-    if N and F and OH > 0 and OW > 0:
+    # pooled: each thread's unpooled sample (a numpy array, so that what the memory plan counts
+    # is what a measurement of the call sees)
+    cdef float[::1] pv = _aligned((nt * F * OH * OW,)) if pool else None
+    cdef float* pp = &pv[0] if pool else NULL
+    if N and F and out.size:
         with nogil:
             rc = ns_conv_forward(&xv[0, 0, 0, 0], &wv[0, 0, 0, 0], &bv[0], &ov[0, 0, 0, 0], N, C, H, W, F,
-                                 wv.shape[3], kh, kw, stride, ph, pw, OH, OW, nt, rp, relu)
+                                 wv.shape[3], kh, kw, stride, ph, pw, OH, OW, nt, rp, relu, pp)
     if rc:
         raise MemoryError("conv2d: no memory for the padded-sample buffers")
     return out
@@ -746,7 +773,7 @@ def _direct_dx_ok(W, stride, pad):
     return stride == 1 and pad <= W.shape[2] - 1 and pad <= W.shape[3] - 1
 
 
-def _direct_forward(x, W, b, stride, pad, out=None, residual=None, relu=False, packed=None):
+def _direct_forward(x, W, b, stride, pad, out=None, residual=None, relu=False, packed=None, pool=False):
     F, C, kh, kw = W.shape
     wino = _winograd_ok(C, F, kh, kw, stride, pad, x.shape[2], x.shape[3])
     if packed is not None and packed[2] == W.shape and packed[3] == wino:
@@ -754,8 +781,8 @@ def _direct_forward(x, W, b, stride, pad, out=None, residual=None, relu=False, p
     else:
         wt, bias = _pack(W, b, wino, scratch=True)
     if wino:
-        return _winograd_conv(np.ascontiguousarray(x), wt, bias, F, pad, out, residual, relu)
-    return _direct_conv(np.ascontiguousarray(x), wt, bias, F, kh, kw, stride, pad, pad, out, residual, relu)
+        return _winograd_conv(np.ascontiguousarray(x), wt, bias, F, pad, out, residual, relu, pool)
+    return _direct_conv(np.ascontiguousarray(x), wt, bias, F, kh, kw, stride, pad, pad, out, residual, relu, pool)
 
 
 def _pack(W, b, wino=False, scratch=False):
@@ -828,16 +855,18 @@ def _winograd_dw(x, dout, Py_ssize_t pad):
     return np.ascontiguousarray(dw[..., :F].transpose(3, 0, 1, 2))
 
 
-def _winograd_conv(x, u, bias, Py_ssize_t F, Py_ssize_t pad, out=None, residual=None, bint relu=False):
+def _winograd_conv(x, u, bias, Py_ssize_t F, Py_ssize_t pad, out=None, residual=None, bint relu=False,
+                   bint pool=False):
     """out (N, F, OH, OW) = the stride-1 3x3 convolution of float32 x by Winograd's algorithm,
-    from U (_winograd_filters) and the lane-padded bias; then + residual and the ReLU, as _direct_conv."""
+    from U (_winograd_filters) and the lane-padded bias; then + residual and the ReLU, or (no
+    residual) the ReLU and the 2x2 stride-2 max pool, as _direct_conv."""
     cdef const float[:, :, :, ::1] xv = x
     cdef const float[:, :, ::1] uv = u
     cdef const float[::1] bv = bias
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = H + 2 * pad - 2, OW = W + 2 * pad - 2
     if out is None:
-        out = np.empty((N, F, OH, OW), dtype=np.float32)
+        out = np.empty((N, F, OH // 2, OW // 2) if pool else (N, F, OH, OW), dtype=np.float32)
     cdef float[:, :, :, ::1] ov = out
     cdef const float* rp = _residual_ptr(residual)
     cdef int rc = 0, nt = netspec_max_threads()
@@ -845,10 +874,10 @@ def _winograd_conv(x, u, bias, Py_ssize_t F, Py_ssize_t pad, out=None, residual=
     # memory plan counts is what a measurement of the call sees)
     cdef Py_ssize_t need = nsw_workspace_floats(C, H, W, F, pad, N, nt) if N and F else 0
     cdef float[::1] sv = _aligned((max(need, 1),))
-    if N and F:
+    if N and F and out.size:
         with nogil:
             rc = nsw_conv_forward(&xv[0, 0, 0, 0], &uv[0, 0, 0], &bv[0], &ov[0, 0, 0, 0], N, C, H, W, F,
-                                  uv.shape[2], pad, nt, rp, relu, &sv[0])
+                                  uv.shape[2], pad, nt, rp, relu, pool, &sv[0])
     if rc:
         raise MemoryError("conv2d: no memory for the Winograd buffers")
     return out
@@ -881,16 +910,24 @@ def _epilogue(out, residual, relu):
     return out
 
 
-def conv2d_workspace(x_shape, W_shape, stride, pad, itemsize, packed=False):
+def conv2d_workspace(x_shape, W_shape, stride, pad, itemsize, packed=False, pool=None):
     """Bytes conv2d_forward allocates besides its output, for the memory plan: the lane-major
     weights and bias (unless ``packed``: conv2d_pack made them beforehand) and each thread's
-    padded sample (direct kernel), or the im2col chunk buffers, which stay allocated for later
-    calls (other shapes, dtypes: the numpy reference's)."""
+    padded sample (direct kernel; with a fused pool, also the sample's unpooled output), or the
+    im2col chunk buffers, which stay allocated for later calls (other shapes, dtypes: the numpy
+    reference's); with a pool that is not fused, the whole unpooled output too."""
     N, C, H, Wd = x_shape
     FN, _, kh, kw = W_shape
     OH, OW = out_size(H, kh, stride, pad), out_size(Wd, kw, stride, pad)
     if itemsize not in (4, 8):
-        return _ref.conv2d_workspace(x_shape, W_shape, stride, pad, itemsize)
+        return _ref.conv2d_workspace(x_shape, W_shape, stride, pad, itemsize, pool=pool)
+    if pool is not None:
+        if itemsize == 4 and N > 0 and _pool_fuses(W_shape, stride, pad, pool, False):
+            direct = not _winograd_ok(C, FN, kh, kw, stride, pad, H, Wd)
+            return (conv2d_workspace(x_shape, W_shape, stride, pad, itemsize, packed)
+                    + direct * 4 * (netspec_max_threads() * FN * OH * OW + 16))
+        return (conv2d_workspace(x_shape, W_shape, stride, pad, itemsize, packed)
+                + itemsize * N * FN * OH * OW + pool_workspace((N, FN, OH, OW), pool[3], itemsize))
     if _is_pointwise(kh, kw, stride, pad):
         return 0
     if itemsize == 4 and _winograd_ok(C, FN, kh, kw, stride, pad, H, Wd):

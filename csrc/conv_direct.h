@@ -90,6 +90,27 @@ static void ns_epilogue(float *o, const float *r, size_t n, int relu) {
         for (size_t k = 0; k < n; k++) o[k] = o[k] <= 0.0f ? 0.0f : o[k];
 }
 
+/* o (planes, H/2, W/2) = the 2x2, stride-2 max pool of y (planes, H, W) (a ragged last row or
+ * column dropped): the pool kernel's own arithmetic (selects only, so that it vectorizes), the
+ * largest of the four values, or NaN when one of them is NaN. For a conv whose output is pooled
+ * (a pass fused the pool into it), on each sample's output while it is in cache. */
+static void ns_maxpool2x2(const float *y, float *o, int planes, int H, int W) {
+    const int PH = H / 2, PW = W / 2;
+    for (int c = 0; c < planes; c++)
+        for (int ph = 0; ph < PH; ph++) {
+            const float *r0 = y + ((size_t)c * H + 2 * ph) * W, *r1 = r0 + W;
+            float *out = o + ((size_t)c * PH + ph) * PW;
+            for (int pw = 0; pw < PW; pw++) {
+                const float v0 = r0[2 * pw], v1 = r0[2 * pw + 1], v2 = r1[2 * pw], v3 = r1[2 * pw + 1];
+                const int nan = (v0 != v0) | (v1 != v1) | (v2 != v2) | (v3 != v3);
+                float best = v0 > v1 ? v0 : v1;
+                best = v2 > best ? v2 : best;
+                best = v3 > best ? v3 : best;
+                out[pw] = nan ? (v0 + v1) + (v2 + v3) : best;
+            }
+        }
+}
+
 /* Copy one (C, H, W) sample into a zero-padded (C, H + 2*ph, W + 2*pw) buffer. */
 static void ns_pad_sample(const float *x, float *xp, int C, int H, int W, int ph, int pw) {
     const int Hp = H + 2 * ph, Wp = W + 2 * pw;
@@ -331,8 +352,9 @@ static void ns512_forward_dispatch(const float *xp, const float *wt, const float
 static int ns512_conv_forward(const float *x, const float *wt, const float *bias, float *out,
                               int N, int C, int H, int W, int F, int Fp, int kh, int kw,
                               int s, int ph, int pw, int OH, int OW, int nthreads,
-                              const float *residual, int relu) {
+                              const float *residual, int relu, float *pool) {
     const int Hp = H + 2 * ph, Wp = W + 2 * pw;
+    const size_t full = (size_t)F * OH * OW, out_len = pool ? (size_t)F * (OH / 2) * (OW / 2) : full;
     /* slack after the last row: a tile may read up to R-1 rows past the last output row, and a
      * partial (or wider than the row) tile up to T*s + kw values past the row's end */
     const size_t xp_len = (size_t)C * Hp * Wp + (size_t)NS512_R_MAX * s * Wp + (size_t)NS512_T_MAX * s + kw + 16;
@@ -348,7 +370,8 @@ static int ns512_conv_forward(const float *x, const float *wt, const float *bias
         for (int n = 0; n < N; n++) {
             if (!xp) continue;
             ns_pad_sample(x + (size_t)n * C * H * W, xp, C, H, W, ph, pw);
-            float *out_n = out + (size_t)n * F * OH * OW;
+            /* pooled: the conv output goes to the thread's slice of pool, the pool to out */
+            float *out_n = pool ? ns_thread_slice(pool, full) : out + (size_t)n * out_len;
             for (int f0 = 0; f0 < Fp;) {
                 const int k = Fp - f0 >= 64 ? 2 : Fp - f0 >= 32 ? 1 : 0, V = 1 << k;
                 const int R = plan[k][0], T = plan[k][1];
@@ -360,6 +383,8 @@ static int ns512_conv_forward(const float *x, const float *wt, const float *bias
             }
             if (residual || relu)
                 ns_epilogue(out_n, residual ? residual + (size_t)n * F * OH * OW : NULL, (size_t)F * OH * OW, relu);
+            if (pool)
+                ns_maxpool2x2(out_n, out + (size_t)n * out_len, F, OH, OW);
         }
         free(xp);
         ns_team_done(&done);
@@ -503,16 +528,20 @@ static int ns512_conv_backward_weights(const float *x, const float *dout, float 
 /* out (N, F, OH, OW) = conv(x (N, C, H, W), weights wt [C][kh][kw][Fp]) + bias (Fp floats, may be
  * all zeros); padding ph, pw; stride s. Threads own whole samples. Then, per sample (ns_epilogue),
  * residual (N, F, OH, OW; may be NULL, may be out itself) is added and, if relu, the ReLU applied.
- * Returns 0, or -1 if out of memory. */
+ * With pool (NULL: none; else F*OH*OW floats for each of nthreads threads), out is (N, F, OH/2,
+ * OW/2): each sample's output, computed in the thread's slice of pool, goes through the 2x2
+ * stride-2 max pool (ns_maxpool2x2) into out; residual must then not be out. Returns 0, or -1 if
+ * out of memory. */
 static int ns_conv_forward(const float *x, const float *wt, const float *bias, float *out,
                            int N, int C, int H, int W, int F, int Fp, int kh, int kw,
                            int s, int ph, int pw, int OH, int OW, int nthreads,
-                           const float *residual, int relu) {
+                           const float *residual, int relu, float *pool) {
 #ifdef __AVX512F__
     if (s <= 2) return ns512_conv_forward(x, wt, bias, out, N, C, H, W, F, Fp, kh, kw, s, ph, pw, OH, OW, nthreads,
-                                          residual, relu);
+                                          residual, relu, pool);
 #endif
     const int Hp = H + 2 * ph, Wp = W + 2 * pw;
+    const size_t full = (size_t)F * OH * OW, out_len = pool ? (size_t)F * (OH / 2) * (OW / 2) : full;
     /* slack after the last row: a partial tile reads (but never uses) up to NS_TILE_MAX*s + kw values past it */
     const size_t xp_len = (size_t)C * Hp * Wp + (size_t)NS_TILE_MAX * s + kw + 16;
     const int T = ns_tile_for(OW);
@@ -526,7 +555,8 @@ static int ns_conv_forward(const float *x, const float *wt, const float *bias, f
         for (int n = 0; n < N; n++) {
             if (!xp) continue;
             ns_pad_sample(x + (size_t)n * C * H * W, xp, C, H, W, ph, pw);
-            float *out_n = out + (size_t)n * F * OH * OW;
+            /* pooled: the conv output goes to the thread's slice of pool, the pool to out */
+            float *out_n = pool ? ns_thread_slice(pool, full) : out + (size_t)n * out_len;
             for (int fb = 0; fb < Fp / NS_LANES; fb++)
                 for (int oh = 0; oh < OH; oh++)
                     for (int ow0 = 0; ow0 < OW; ow0 += T) {
@@ -540,6 +570,8 @@ static int ns_conv_forward(const float *x, const float *wt, const float *bias, f
                     }
             if (residual || relu)
                 ns_epilogue(out_n, residual ? residual + (size_t)n * F * OH * OW : NULL, (size_t)F * OH * OW, relu);
+            if (pool)
+                ns_maxpool2x2(out_n, out + (size_t)n * out_len, F, OH, OW);
         }
         free(xp);
         ns_team_done(&done);

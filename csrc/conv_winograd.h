@@ -204,7 +204,46 @@ static void nsw_output_transform(const float *m, float *yt, int p0, int P, int P
     }
 }
 
-/* out_n [F][P] = yt [P][Fp] transposed, plus bias[f] (Fp floats). */
+/* The largest of a and b, or NaN where one is NaN (max_ps alone returns b when a is NaN). */
+static inline __m512 nsw_max_nan(__m512 a, __m512 b) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), _mm512_max_ps(a, b), a);
+}
+
+/* For a conv whose output a 2x2 stride-2 max pool reads (fused into it): yt [PH*PW][Fp] = the pool
+ * of the sample's output, each tile being one pool window (tiles start at even pixels; those of a
+ * ragged last row or column are dropped, as the pool drops them). Each of the four pixels gets the
+ * bias and, with relu, the ReLU (<= 0 -> 0, NaN stays NaN) before the max, as the unfused conv,
+ * ReLU and pool compute them; the max is NaN when one of the four is. */
+static void nsw_output_transform_pool(const float *m, float *yt, int p0, int Pp, int TW, int PH, int PW, int Fp,
+                                      const float *bias, int relu) {
+    const size_t xi_stride = (size_t)Pp * Fp;
+    const __m512 zero = _mm512_setzero_ps();
+    for (int ty = 0; ty < PH; ty++)
+        for (int tx = 0; tx < PW; tx++)
+            for (int f0 = 0; f0 < Fp; f0 += 16) {
+                const float *q = m + (size_t)(p0 + ty * TW + tx) * Fp + f0;
+                const __m512 b = _mm512_loadu_ps(bias + f0);
+                ns_v16 s[4][4], r[2][4];
+                for (int i = 0; i < 4; i++)
+                    for (int j = 0; j < 4; j++) s[i][j] = ns512_load(q + (size_t)(4 * i + j) * xi_stride);
+                for (int j = 0; j < 4; j++) {
+                    r[0][j] = s[0][j] + s[1][j] + s[2][j];
+                    r[1][j] = s[1][j] - s[2][j] - s[3][j];
+                }
+                __m512 y[4];
+                for (int a = 0; a < 2; a++) {
+                    y[2 * a] = _mm512_add_ps((__m512)(r[a][0] + r[a][1] + r[a][2]), b);
+                    y[2 * a + 1] = _mm512_add_ps((__m512)(r[a][1] - r[a][2] - r[a][3]), b);
+                }
+                if (relu)
+                    for (int k = 0; k < 4; k++)
+                        y[k] = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y[k], zero, _CMP_LE_OQ), y[k], zero);
+                _mm512_storeu_ps(yt + ((size_t)ty * PW + tx) * Fp + f0,
+                                 nsw_max_nan(nsw_max_nan(y[0], y[1]), nsw_max_nan(y[2], y[3])));
+            }
+}
+
+/* out_n [F][P] = yt [P][Fp] transposed, plus bias[f] (Fp floats; NULL: none). */
 static void nsw_from_hwc(const float *yt, const float *bias, float *out_n, int F, int Fp, int P) {
     for (int f0 = 0; f0 < F; f0 += 16)
         for (int p0 = 0; p0 < P; p0 += 16) {
@@ -217,7 +256,7 @@ static void nsw_from_hwc(const float *yt, const float *bias, float *out_n, int F
             const int nf = F - f0 < 16 ? F - f0 : 16;
             for (int l = 0; l < nf; l++)
                 _mm512_mask_storeu_ps(out_n + (size_t)(f0 + l) * P + p0, mask,
-                                      _mm512_add_ps(m[l], _mm512_set1_ps(bias[f0 + l])));
+                                      bias ? _mm512_add_ps(m[l], _mm512_set1_ps(bias[f0 + l])) : m[l]);
         }
 }
 
@@ -268,13 +307,15 @@ static size_t nsw_workspace_floats(int C, int H, int W, int F, int pad, int N, i
 
 /* out (N, F, OH, OW) = the stride-1 3x3 convolution of x (N, C, H, W), padding pad on every
  * side, with U [16][C][Fp] (nsw_filter_transform) and bias (Fp floats), then per sample the
- * residual (may be NULL) and the ReLU, as ns_conv_forward. work: nsw_workspace_floats floats
+ * residual (may be NULL) and the ReLU, as ns_conv_forward; with pool (and no residual), out is
+ * (N, F, OH/2, OW/2): the 2x2 stride-2 max pool of that (nsw_output_transform_pool). work: nsw_workspace_floats floats
  * (64-byte aligned) for the threads' buffers, or NULL to allocate them here. Returns 0, or -1
  * if out of memory. */
 static int nsw_conv_forward(const float *x, const float *u, const float *bias, float *out,
                             int N, int C, int H, int W, int F, int Fp, int pad, int nthreads,
-                            const float *residual, int relu, float *work) {
+                            const float *residual, int relu, int pool, float *work) {
     const nsw_geometry_t g = nsw_geometry(C, H, W, F, pad, N, nthreads);
+    const int PH = g.OH / 2, PW = g.OW / 2;
     const size_t per_thread = g.xt_len + g.vt_len + g.m_len + g.yt_len;   /* a multiple of 16 */
     int failed = 0, done = 0;
     #pragma omp parallel num_threads(g.threads) reduction(|:failed)
@@ -301,7 +342,11 @@ static int nsw_conv_forward(const float *x, const float *u, const float *bias, f
                                           m + ((size_t)xi * g.Pp + p0) * Fp + f0, C, g.Cp, Fp, V, T);
                     f0 += 16 * V;
                 }
-            for (int s = 0; s < ns; s++) {
+            for (int s = 0; s < ns && pool; s++) {
+                nsw_output_transform_pool(m, yt, s * g.P, g.Pp, g.TW, PH, PW, Fp, bias, relu);
+                nsw_from_hwc(yt, NULL, out + (size_t)(n0 + s) * F * PH * PW, F, Fp, PH * PW);
+            }
+            for (int s = 0; s < ns && !pool; s++) {
                 float *out_n = out + (size_t)(n0 + s) * F * g.OH * g.OW;
                 nsw_output_transform(m, yt, s * g.P, g.P, g.Pp, g.TW, g.OH, g.OW, Fp);
                 nsw_from_hwc(yt, bias, out_n, F, Fp, g.OH * g.OW);
@@ -443,9 +488,9 @@ static size_t nsw_workspace_floats(int C, int H, int W, int F, int pad, int N, i
 }
 static int nsw_conv_forward(const float *x, const float *u, const float *bias, float *out,
                             int N, int C, int H, int W, int F, int Fp, int pad, int nthreads,
-                            const float *residual, int relu, float *work) {
+                            const float *residual, int relu, int pool, float *work) {
     (void)x; (void)u; (void)bias; (void)out; (void)N; (void)C; (void)H; (void)W; (void)F; (void)Fp;
-    (void)pad; (void)nthreads; (void)residual; (void)relu; (void)work;
+    (void)pad; (void)nthreads; (void)residual; (void)relu; (void)pool; (void)work;
     return -2;
 }
 static int nsw_conv_backward_weights(const float *x, const float *dout, float *dw,

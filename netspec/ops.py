@@ -34,19 +34,27 @@ def _param(node, arrays, role):
 PACKED = "packed:"
 
 
+def _fused_pool(node):
+    """(kh, kw, stride, pad) of the max pool fused into a conv (netspec.passes.fuse_maxpool), or None."""
+    p = node.attrs.get("pool")
+    return None if p is None else (*p["size"], p["stride"], p["pad"])
+
+
 def _conv(K, node, xs, arrays, out):
     # a residual add fused into the conv (netspec.passes.fuse_residual_add) is its second input
     a = node.attrs
     return K.conv2d_forward(xs[0], _param(node, arrays, "W"), _param(node, arrays, "b"), a["stride"], a["pad"],
                             out=out, residual=xs[1] if a.get("residual") else None,
-                            relu=node.activation == "relu", packed=arrays.get(PACKED + node.name))
+                            relu=node.activation == "relu", packed=arrays.get(PACKED + node.name),
+                            pool=_fused_pool(node))
 
 
 def _conv_workspace(K, node, in_shapes, batch, itemsize, packed=False):
     a = node.attrs
     c = in_shapes[0][0]
     w_shape = (a["filters"], c, *a["kernel"])
-    return K.conv2d_workspace((batch, *in_shapes[0]), w_shape, a["stride"], a["pad"], itemsize, packed)
+    return K.conv2d_workspace((batch, *in_shapes[0]), w_shape, a["stride"], a["pad"], itemsize, packed,
+                              pool=_fused_pool(node))
 
 
 def _dense(K, node, xs, arrays, out):

@@ -146,6 +146,28 @@ def fuse_residual_add(graph):
     return graph, log
 
 
+def fuse_maxpool(graph):
+    """Inference: a 2x2, stride-2, unpadded max pool whose input is a conv2d (with its fused ReLU
+    or not, no residual) that only the pool reads becomes that conv's end: the conv pools each
+    sample's output while it is in cache and writes only the pooled quarter
+    (``attrs["pool"]``; the node takes the pool's shape)."""
+    log = []
+    for name in _named(graph, "maxpool2d"):
+        pool = graph.node(name)
+        a = pool.attrs
+        if tuple(a["size"]) != (2, 2) or a["stride"] != 2 or a["pad"] != 0:
+            continue
+        conv = next((n for n in graph.nodes if n.name == pool.inputs[0]), None)
+        if (conv is None or conv.op != "conv2d" or conv.attrs.get("residual") or "pool" in conv.attrs
+                or _sole_reader(graph, conv.name) != pool.name):
+            continue
+        new_conv = conv.replace(attrs={**conv.attrs, "pool": {"size": [2, 2], "stride": 2, "pad": 0}},
+                                shape=pool.shape, origin=conv.origin + pool.origin, flops=conv.flops + pool.flops)
+        graph = _merge(graph, pool, conv, new_conv)
+        log.append(f"fused {pool.name} into {conv.name}")
+    return graph, log
+
+
 def fuse_batchnorm_relu(graph):
     """Training: a ReLU whose input is a batchnorm nothing else reads runs inside it (one pass
     over memory forward, and its mask applied inside the batchnorm's backward)."""
@@ -155,7 +177,7 @@ def fuse_batchnorm_relu(graph):
 # the passes of each mode, in the order they run; float16 models only drop dropout (and train
 # as written): their every layer output is rounded to float16, which folding or fusing would skip
 PIPELINES = {
-    "predict": (drop_dropout, fold_batchnorm, fuse_relu, fuse_residual_add),
+    "predict": (drop_dropout, fold_batchnorm, fuse_relu, fuse_residual_add, fuse_maxpool),
     "predict-float16": (drop_dropout,),
     "train": (fuse_batchnorm_relu,),
     "train-float16": (),

@@ -104,6 +104,11 @@ def check_conv(mod, x, W, b, stride, pad, dout_size=1.0, seed=0):
     want = ref.conv2d_forward(x, W, b, stride, pad)
     close(out, want, dtype, ref.conv2d_forward(np.abs(x), np.abs(W), None if b is None else np.abs(b),
                                                stride, pad))
+    # a 2x2 max pool fused into the conv (with its ReLU or not): the pool of the variant's own
+    # conv bit for bit, whichever path runs it (direct, Winograd, im2col, pointwise)
+    relu = seed % 2 == 0
+    pooled = mod.conv2d_forward(x, W, b, stride, pad, relu=relu, pool=(2, 2, 2, 0))
+    same(pooled, mod.maxpool2d_infer(mod.conv2d_forward(x, W, b, stride, pad, relu=relu), 2, 2, 2, 0))
     dout = data(np.random.default_rng(seed), out.shape, dtype, dout_size)
     magnitudes = ref.conv2d_backward(np.abs(dout), np.abs(x), np.abs(W), stride, pad)
     for name, got, want_, size in zip(("dx", "dW", "db"), mod.conv2d_backward(dout, x, W, stride, pad),

@@ -654,6 +654,42 @@ def test_conv2d_with_a_residual_and_relu_equals_conv_add_relu_bit_for_bit(module
     np.testing.assert_array_equal(out, module.relu_forward(plain))
 
 
+@pytest.mark.parametrize("module", [compiled, ref], ids=["compiled", "numpy"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [(3, 1, 28, 28, 32, 3, 1, 1), (2, 1, 28, 28, 30, 5, 1, 0), (2, 16, 28, 28, 16, 3, 1, 1),
+                                  (2, 32, 14, 14, 32, 3, 1, 2), (37, 64, 7, 7, 64, 3, 1, 1), (2, 20, 15, 15, 24, 3, 2, 1),
+                                  (2, 4, 6, 6, 6, 1, 1, 0), (1, 3, 5, 5, 17, 3, 1, 1), (2, 3, 4, 4, 5, 3, 1, 0)])
+def test_conv2d_with_a_fused_max_pool_equals_conv_then_pool_bit_for_bit(module, dtype, case):
+    """A 2x2 stride-2 max pool fused into the conv (netspec.passes.fuse_maxpool) is the pool
+    kernel on the conv's output: the same maxima, NaN where a window holds one, a ragged last
+    row and column dropped; on the direct (1 channel, 5x5, stride 2), Winograd (16-64
+    channels), pointwise and im2col (float64) paths, into ``out`` or a new array, with packed
+    filters; with a residual the pool runs after the conv, add and ReLU."""
+    N, C, H, W, F, k, s, p = case
+    rng = np.random.default_rng(5)
+    x = data(rng, (N, C, H, W), dtype)
+    x[0, 0, 1, 1] = np.nan
+    Wt = data(rng, (F, C, k, k), dtype)
+    b = data(rng, (F,), dtype)
+    packed = module.conv2d_pack(Wt, b, s, p, in_shape=(C, H, W))
+    for relu in (False, True):
+        plain = module.conv2d_forward(x, Wt, b, s, p, relu=relu)
+        want = module.maxpool2d_infer(plain, 2, 2, 2, 0)
+        assert want.shape == (N, F, plain.shape[2] // 2, plain.shape[3] // 2) and np.isnan(want).any()
+        np.testing.assert_array_equal(module.conv2d_forward(x, Wt, b, s, p, relu=relu, pool=(2, 2, 2, 0)), want)
+        out = np.full_like(want, 7.0)
+        got = module.conv2d_forward(x, Wt, b, s, p, out=out, relu=relu, packed=packed, pool=(2, 2, 2, 0))
+        assert got is out
+        np.testing.assert_array_equal(out, want)
+    residual = data(rng, plain.shape, dtype)
+    np.testing.assert_array_equal(
+        module.conv2d_forward(x, Wt, b, s, p, residual=residual, relu=True, pool=(2, 2, 2, 0)),
+        module.maxpool2d_infer(module.relu_forward(module.conv2d_forward(x, Wt, b, s, p) + residual), 2, 2, 2, 0))
+    # another window is pooled after the conv
+    np.testing.assert_array_equal(module.conv2d_forward(x, Wt, b, s, p, pool=(3, 3, 1, 1)),
+                                  module.maxpool2d_infer(module.conv2d_forward(x, Wt, b, s, p), 3, 3, 1, 1))
+
+
 # --- dense products on the OpenMP team ----------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)

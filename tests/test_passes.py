@@ -79,13 +79,20 @@ def test_resnet_keeps_no_batchnorm_and_fuses_its_relus():
     assert graph.output == model.layers[-1].name  # the last layer was not folded away
 
 
-def test_dropout_goes_and_nothing_else_changes_in_deep_convnet():
+def test_deep_convnet_drops_its_dropout_and_pools_inside_its_convs():
     model = netspec.compile(SPECS_DIR / "deep_convnet.yaml")
     graph, log = model.inference_graph()
     assert [n.op for n in graph.nodes].count("dropout") == 0
     assert dict(log)["drop_dropout"] == ["dropped dropout1 (identity at inference)", "dropped dropout2 (identity at inference)"]
     # the last layer fed dropout2: the graph's output moved to it
     assert graph.output == "affine2" and graph.node("affine2").activation is None
+    # every pool reads a conv (through its ReLU) that nothing else reads: the conv pools its output
+    assert dict(log)["fuse_maxpool"] == ["fused pool1 into conv2", "fused pool2 into conv4", "fused pool3 into conv6"]
+    assert "maxpool2d" not in [n.op for n in graph.nodes]
+    conv2 = graph.node("conv2")
+    assert (conv2.shape, conv2.origin, conv2.activation) == ((16, 14, 14), ("conv2", "relu2", "pool1"), "relu")
+    assert conv2.attrs["pool"] == {"size": [2, 2], "stride": 2, "pad": 0}
+    assert graph.node("conv3").inputs == ("conv2",)
 
 
 def spec_with(layers, shape=(3, 6, 6)):
@@ -136,6 +143,52 @@ def test_nothing_fuses_into_an_output_another_layer_reads():
     graph, log = fast.inference_graph()
     assert dict(log)["fold_batchnorm"] == [] and dict(log)["fuse_relu"] == []
     assert [n.op for n in graph.nodes] == ["conv2d", "batchnorm", "relu", "add", "dense"]
+    x = sample_input(plain)
+    assert_close(fast.predict(x), plain.predict(x), "float64")
+
+
+POOLS = {"fused": {"type": "maxpool2d", "size": 2},
+         "3x3": {"type": "maxpool2d", "size": 3},
+         "stride 1": {"type": "maxpool2d", "size": 2, "stride": 1},
+         "padded": {"type": "maxpool2d", "size": 2, "pad": 1},
+         "average": {"type": "avgpool2d", "size": 2}}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("pool", sorted(POOLS))
+@pytest.mark.parametrize("relu", [True, False])
+def test_only_a_2x2_stride_2_max_pool_fuses_into_the_conv_before_it(pool, relu, dtype):
+    """The pool fuses into a conv (its ReLU fused or not; 7x7 output: the ragged last row and
+    column are dropped) and predict is unchanged; other windows, strides, padding and the
+    average pool stay nodes of their own."""
+    layers = [{"type": "conv2d", "name": "c", "filters": 5, "kernel": 3, "pad": 1}, {"type": "batchnorm", "name": "bn"}]
+    layers += [{"type": "relu", "name": "r"}] if relu else []
+    layers += [{**POOLS[pool], "name": "p"}, {"type": "dense", "units": 3}]
+    spec = {**spec_with(layers, shape=(3, 7, 7)), "dtype": dtype}
+    plain, fast = plain_and_optimized(spec, dtype)
+    graph, log = fast.inference_graph()
+    if pool == "fused":
+        assert dict(log)["fuse_maxpool"] == ["fused p into c"]
+        assert [n.op for n in graph.nodes] == ["conv2d", "dense"] and graph.node("c").shape == (5, 3, 3)
+        assert graph.node("c").origin == ("c", "bn") + (("r",) if relu else ()) + ("p",)
+    else:
+        assert dict(log)["fuse_maxpool"] == [] and graph.node("p").inputs == ("c",)
+    x = sample_input(plain)
+    assert_close(fast.predict(x), plain.predict(x), dtype)
+
+
+def test_a_pool_stays_after_a_conv_another_node_reads_or_that_took_a_residual():
+    spec = spec_with([{"type": "conv2d", "name": "c", "filters": 3, "kernel": 3, "pad": 1},
+                      {"type": "maxpool2d", "name": "p1", "size": 2, "inputs": ["c"]},
+                      {"type": "maxpool2d", "name": "p2", "size": 2, "inputs": ["c"]},
+                      {"type": "conv2d", "name": "d", "filters": 3, "kernel": 3, "pad": 1, "inputs": ["p1"]},
+                      {"type": "add", "name": "a", "inputs": ["d", "p2"]},
+                      {"type": "maxpool2d", "name": "p3", "size": 2},
+                      {"type": "dense", "units": 2}])
+    plain, fast = plain_and_optimized(spec, "float64")
+    graph, log = fast.inference_graph()
+    assert dict(log)["fuse_residual_add"] == ["fused a into d"] and dict(log)["fuse_maxpool"] == []
+    assert [n.op for n in graph.nodes] == ["conv2d", "maxpool2d", "maxpool2d", "conv2d", "maxpool2d", "dense"]
     x = sample_input(plain)
     assert_close(fast.predict(x), plain.predict(x), "float64")
 
@@ -218,6 +271,14 @@ def residual_specs(draw):
         if draw(st.booleans()):
             layers.append({"type": "relu", "name": f"out{b}", "inputs": [prev]})
             prev = f"out{b}"
+    # a head that may end in a 2x2 max pool, after a conv (and its batchnorm and ReLU) or not
+    head = draw(st.sampled_from(["none", "pool", "conv-pool", "conv-relu-pool", "conv-bn-relu-pool"]))
+    for k, kind in enumerate(head.split("-") if head != "none" else []):
+        entry = {"pool": {"type": "maxpool2d", "size": 2},
+                 "conv": {"type": "conv2d", "filters": C, "kernel": 3, "pad": 1, "bias": draw(st.booleans())},
+                 "bn": {"type": "batchnorm"}, "relu": {"type": "relu"}}[kind]
+        layers.append({**entry, "name": f"head{k}", "inputs": [prev]})
+        prev = f"head{k}"
     layers.append({"type": "dense", "units": 3, "inputs": [prev]})
     return spec_with(layers, shape=(C, 5, 5))
 
@@ -259,8 +320,10 @@ def test_netspec_plan_of_a_spec_and_of_a_checkpoint(capsys, tmp_path):
     from netspec.cli import main
     assert main(["plan", str(SPECS_DIR / "resnet_fashion.yaml"), "--json", "--batch", "10"]) == 0
     p = __import__("json").loads(capsys.readouterr().out)
-    assert [s["pass"] for s in p["passes"]] == ["drop_dropout", "fold_batchnorm", "fuse_relu", "fuse_residual_add"]
-    assert (len(p["passes"][1]["changes"]), p["layers_in_spec"], p["nodes_after"]) == (19, 66, 22)
+    assert [s["pass"] for s in p["passes"]] == ["drop_dropout", "fold_batchnorm", "fuse_relu", "fuse_residual_add",
+                                                "fuse_maxpool"]
+    assert (len(p["passes"][1]["changes"]), p["layers_in_spec"], p["nodes_after"]) == (19, 66, 21)
+    assert p["passes"][4]["changes"] == ["fused stem_pool into stem"]
     assert len(p["passes"][3]["changes"]) == 8 and sum(n["op"] == "conv2d+add+relu" for n in p["nodes"]) == 8
     assert p["source"] == "spec" and p["weight_bytes"] is None
     spec_graph = graph_of_spec(netspec.load_spec(SPECS_DIR / "resnet_fashion.yaml"))
@@ -273,8 +336,8 @@ def test_netspec_plan_of_a_spec_and_of_a_checkpoint(capsys, tmp_path):
     assert mem["arena_bytes"] >= optimized.peak_activation_bytes(10) - 10 * 28 * 28 * 4
     assert mem["shared"] == []   # the adds went into their convs (which never write over their inputs)
     stem = p["nodes"][0]
-    assert (stem["op"], stem["layers"], stem["output_bytes"]) == ("conv2d+relu", ["stem", "stem_bn", "stem_relu"],
-                                                                  10 * 32 * 28 * 28 * 4)
+    assert (stem["op"], stem["layers"], stem["output_bytes"]) == (
+        "conv2d+relu+maxpool2d", ["stem", "stem_bn", "stem_relu", "stem_pool"], 10 * 32 * 14 * 14 * 4)
     # a checkpoint: the same passes, with the weights counted
     spec = spec_with([{"type": "conv2d", "filters": 2, "kernel": 3}, {"type": "batchnorm"}, {"type": "relu"},
                       {"type": "dense", "units": 2}])

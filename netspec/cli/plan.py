@@ -28,7 +28,8 @@ def plan(path, mode="predict", batch=100):
     optimized, log = optimize(graph, pipeline)
     sizes = optimized.activation_bytes(batch)
     nodes = [{"name": n.name, "op": n.op + ("+add" if n.attrs.get("residual") else "")
-              + (f"+{n.activation}" if n.activation else ""), "inputs": list(n.inputs),
+              + (f"+{n.activation}" if n.activation else "") + ("+maxpool2d" if "pool" in n.attrs else ""),
+              "inputs": list(n.inputs),
               "output_shape": list(n.shape), "flops": n.flops * batch, "output_bytes": sizes[n.name],
               "layers": list(n.origin)} for n in optimized.nodes]
     weights = sum(math.prod(a.shape) * a.itemsize for a in graph.arrays.values()) if graph.arrays else None

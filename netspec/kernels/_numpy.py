@@ -69,11 +69,15 @@ def col2im(col, x_shape, kh, kw, stride, pad):
     return xp[:, :, pad:pad + H, pad:pad + W].copy() if pad else xp
 
 
-def conv2d_forward(x, W, b, stride, pad, out=None, residual=None, relu=False, packed=None):
+def conv2d_forward(x, W, b, stride, pad, out=None, residual=None, relu=False, packed=None, pool=None):
     """out[n, f] = sum_c W[f, c] (*) x[n, c] + b[f]; x (N,C,H,W), W (FN,C,kh,kw), b (FN,) or None.
     ``out``: a C-contiguous (N,FN,OH,OW) array to write into (else a new one). ``residual``
     (shaped like the output) is then added and with ``relu`` the ReLU applied, in place.
-    ``packed``: what conv2d_pack returned for W and b (here always None, and ignored)."""
+    ``packed``: what conv2d_pack returned for W and b (here always None, and ignored).
+    ``pool``: (kh, kw, stride, pad) of a max pool applied to that result, which ``out`` then holds."""
+    if pool is not None:
+        full = conv2d_forward(x, W, b, stride, pad, residual=residual, relu=relu)
+        return maxpool2d_infer(full, *pool, out=out)
     N, C, H, Wd = x.shape
     FN, _, kh, kw = W.shape
     OH, OW = out_size(H, kh, stride, pad), out_size(Wd, kw, stride, pad)
@@ -90,14 +94,19 @@ def conv2d_forward(x, W, b, stride, pad, out=None, residual=None, relu=False, pa
     return out
 
 
-def conv2d_workspace(x_shape, W_shape, stride, pad, itemsize, packed=False):
+def conv2d_workspace(x_shape, W_shape, stride, pad, itemsize, packed=False, pool=None):
     """Bytes conv2d_forward allocates besides its output: the padded input and the im2col columns
-    (``packed`` changes nothing here: the reference packs no weights)."""
+    (``packed`` changes nothing here: the reference packs no weights); with ``pool``, the
+    unpooled output while the pool runs (the columns are gone by then)."""
     N, C, H, Wd = x_shape
     FN, _, kh, kw = W_shape
     OH, OW = out_size(H, kh, stride, pad), out_size(Wd, kw, stride, pad)
     padded = N * C * (H + 2 * pad) * (Wd + 2 * pad) if pad else 0
-    return itemsize * (padded + N * C * kh * kw * OH * OW)
+    conv = itemsize * (padded + N * C * kh * kw * OH * OW)
+    if pool is None:
+        return conv
+    full = itemsize * N * FN * OH * OW
+    return full + max(conv, pool_workspace((N, FN, OH, OW), pool[3], itemsize))
 
 
 def conv2d_pack(W, b, stride, pad, in_shape=None):
