@@ -226,14 +226,14 @@ class Model:
         current weights, or the plain one when the model was compiled with optimize=False.
 
         The graph is kept while the arrays the passes consumed (weights folded into others)
-        are unchanged: a call compares them with a copy taken when the graph was made.
+        are unchanged: a call compares them bit for bit with a copy taken when the graph was made.
         """
         return self._inference_state()[:2]
 
     def _inference_state(self):
         """(graph, pass log, executor) for the current weights; see inference_graph."""
         cached = self._inference
-        if cached is not None and cached[3] == self.optimize and all(np.array_equal(a, c) for a, c in cached[2]):
+        if cached is not None and cached[3] == self.optimize and kernels.same_bits(cached[2]):
             return cached[0], cached[1], cached[4]
         graph = graph_of_model(self)
         graph, log = optimize(graph, "predict-float16" if self.half else "predict") if self.optimize else (graph, [])

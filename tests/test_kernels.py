@@ -690,6 +690,23 @@ def test_conv2d_with_a_fused_max_pool_equals_conv_then_pool_bit_for_bit(module, 
                                   module.maxpool2d_infer(module.conv2d_forward(x, Wt, b, s, p), 3, 3, 1, 1))
 
 
+@pytest.mark.parametrize("module", [compiled, ref], ids=["compiled", "numpy"])
+def test_same_bits_compares_shape_dtype_and_every_byte(module):
+    """What predict checks the consumed weights with: NaN equals itself, -0.0 is not 0.0, one
+    flipped bit anywhere, another shape or dtype, and strided views are all told apart."""
+    a = np.random.default_rng(0).standard_normal((3, 50, 7)).astype(np.float32)
+    a[0, 0, 0] = np.nan
+    b = a.copy()
+    pairs = [(np.zeros(4), np.zeros(4)), (a, b)]
+    assert module.same_bits(pairs) and module.same_bits([]) and module.same_bits([(a[:, ::2], b[:, ::2])])
+    flipped = b.copy()
+    flipped.view(np.uint32)[2, 48, 6] ^= 1   # in the strided view too
+    assert not module.same_bits(pairs[:1] + [(a, flipped)])
+    assert not module.same_bits([(np.zeros(3), -np.zeros(3))])
+    assert not module.same_bits([(a, b.reshape(3, 7, 50))]) and not module.same_bits([(a, b.astype(np.float64))])
+    assert not module.same_bits([(a[:, ::2], flipped[:, ::2])])
+
+
 # --- dense products on the OpenMP team ----------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)

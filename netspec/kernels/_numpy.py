@@ -30,7 +30,7 @@ __all__ = [
     "avgpool2d_forward", "avgpool2d_backward", "global_avgpool_forward", "relu_forward", "relu_backward", "round_half",
     "batchnorm_stats", "batchnorm_forward", "batchnorm_backward",
     "sgd_update", "momentum_update", "nesterov_update",
-    "adagrad_update", "rmsprop_update", "adam_update",
+    "adagrad_update", "rmsprop_update", "adam_update", "same_bits",
 ]
 
 
@@ -292,3 +292,11 @@ def adam_update(p, g, m, v, lr_t, beta1, beta2, eps, weight_decay):
     m += (1 - beta1) * (g - m)
     v += (1 - beta2) * (g * g - v)
     p -= lr_t * m / (np.sqrt(v) + eps)
+
+
+def same_bits(pairs):
+    """Whether the two arrays of every (a, b) pair have the same shape, dtype and bytes: a NaN
+    equals itself (np.array_equal would say the arrays differ), 0.0 differs from -0.0."""
+    return all(a.shape == b.shape and a.dtype == b.dtype
+               and np.array_equal(np.ascontiguousarray(a).view(np.uint8), np.ascontiguousarray(b).view(np.uint8))
+               for a, b in pairs)
