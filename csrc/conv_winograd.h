@@ -243,8 +243,11 @@ static void nsw_output_transform_pool(const float *m, float *yt, int p0, int Pp,
             }
 }
 
-/* out_n [F][P] = yt [P][Fp] transposed, plus bias[f] (Fp floats; NULL: none). */
-static void nsw_from_hwc(const float *yt, const float *bias, float *out_n, int F, int Fp, int P) {
+/* out_n [F][P] = yt [P][Fp] transposed, plus bias[f] (Fp floats; NULL: none), then plus res_n
+ * [F][P] (NULL: none) and with relu the ReLU: ns_epilogue's operations, in registers. */
+static void nsw_from_hwc(const float *yt, const float *bias, float *out_n, int F, int Fp, int P,
+                         const float *res_n, int relu) {
+    const __m512 zero = _mm512_setzero_ps();
     for (int f0 = 0; f0 < F; f0 += 16)
         for (int p0 = 0; p0 < P; p0 += 16) {
             const int np = P - p0 < 16 ? P - p0 : 16;
@@ -254,9 +257,13 @@ static void nsw_from_hwc(const float *yt, const float *bias, float *out_n, int F
                 m[l] = l < np ? _mm512_loadu_ps(yt + (size_t)(p0 + l) * Fp + f0) : _mm512_setzero_ps();
             ns512_transpose16(m);
             const int nf = F - f0 < 16 ? F - f0 : 16;
-            for (int l = 0; l < nf; l++)
-                _mm512_mask_storeu_ps(out_n + (size_t)(f0 + l) * P + p0, mask,
-                                      bias ? _mm512_add_ps(m[l], _mm512_set1_ps(bias[f0 + l])) : m[l]);
+            for (int l = 0; l < nf; l++) {
+                const size_t at = (size_t)(f0 + l) * P + p0;
+                __m512 v = bias ? _mm512_add_ps(m[l], _mm512_set1_ps(bias[f0 + l])) : m[l];
+                if (res_n) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, res_n + at));
+                if (relu) v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_LE_OQ), v, zero);
+                _mm512_mask_storeu_ps(out_n + at, mask, v);
+            }
         }
 }
 
@@ -323,13 +330,16 @@ static int nsw_conv_forward(const float *x, const float *u, const float *bias, f
         float *buf = work ? ns_thread_slice(work, per_thread) : ns_alloc64(per_thread, 0);
         float *xt = buf, *vt = buf + g.xt_len, *m = vt + g.vt_len, *yt = m + g.m_len;
         if (!buf) failed = 1;
-        else memset(vt, 0, sizeof(float) * g.vt_len);   /* tiles past the samples: 0, never garbage */
+        else {   /* tiles past the samples: 0, never garbage; xt's border and channels C .. Cp-1 are
+                  * never written (nsw_to_hwc), so they stay 0 for every sample after this */
+            memset(vt, 0, sizeof(float) * g.vt_len);
+            memset(xt, 0, sizeof(float) * g.xt_len);
+        }
         #pragma omp for schedule(dynamic, 1) nowait   /* every thread reaches it, even one whose allocation failed */
         for (int grp = 0; grp < g.groups; grp++) {
             if (!buf) continue;
             const int n0 = (int)((long)grp * N / g.groups), ns = (int)((long)(grp + 1) * N / g.groups) - n0;
             for (int s = 0; s < ns; s++) {
-                memset(xt, 0, sizeof(float) * g.xt_len);
                 nsw_to_hwc(x + (size_t)(n0 + s) * C * H * W, xt, C, H, W, g.Wp, g.Cp, pad);
                 nsw_input_transform(xt, vt + (size_t)s * g.P * g.Cp, g.TH, g.TW, g.Wp, g.Cp, g.Pp);
             }
@@ -344,15 +354,13 @@ static int nsw_conv_forward(const float *x, const float *u, const float *bias, f
                 }
             for (int s = 0; s < ns && pool; s++) {
                 nsw_output_transform_pool(m, yt, s * g.P, g.Pp, g.TW, PH, PW, Fp, bias, relu);
-                nsw_from_hwc(yt, NULL, out + (size_t)(n0 + s) * F * PH * PW, F, Fp, PH * PW);
+                nsw_from_hwc(yt, NULL, out + (size_t)(n0 + s) * F * PH * PW, F, Fp, PH * PW, NULL, 0);
             }
             for (int s = 0; s < ns && !pool; s++) {
                 float *out_n = out + (size_t)(n0 + s) * F * g.OH * g.OW;
                 nsw_output_transform(m, yt, s * g.P, g.P, g.Pp, g.TW, g.OH, g.OW, Fp);
-                nsw_from_hwc(yt, bias, out_n, F, Fp, g.OH * g.OW);
-                if (residual || relu)
-                    ns_epilogue(out_n, residual ? residual + (size_t)(n0 + s) * F * g.OH * g.OW : NULL,
-                                (size_t)F * g.OH * g.OW, relu);
+                nsw_from_hwc(yt, bias, out_n, F, Fp, g.OH * g.OW,
+                             residual ? residual + (size_t)(n0 + s) * F * g.OH * g.OW : NULL, relu);
             }
         }
         if (!work) free(buf);
@@ -432,15 +440,17 @@ static int nsw_conv_backward_weights(const float *x, const float *dout, float *d
         float *buf = ns_alloc64(xt_len + vt_len + dy_len + zt_len, 0);
         float *xt = buf, *vt = buf + xt_len, *dyt = vt + vt_len, *zt = dyt + dy_len;
         if (!buf) failed = 1;
+        else {   /* the borders nsw_to_hwc never writes: 0 for every sample */
+            memset(xt, 0, sizeof(float) * xt_len);
+            memset(dyt, 0, sizeof(float) * dy_len);
+        }
         #pragma omp for schedule(static) nowait   /* fixed groups per thread: the float32 sums repeat */
         for (int grp = 0; grp < groups; grp++) {
             if (!buf) continue;
             const int n0 = grp * S, ns = N - n0 < S ? N - n0 : S;
             for (int s = 0; s < ns; s++) {
-                memset(xt, 0, sizeof(float) * xt_len);
                 nsw_to_hwc(x + (size_t)(n0 + s) * C * H * W, xt, C, H, W, Wp, Cp, pad);
                 nsw_input_transform(xt, vt + (size_t)s * P * Cp, TH, TW, Wp, Cp, (int)Pp);
-                memset(dyt, 0, sizeof(float) * dy_len);
                 nsw_to_hwc(dout + (size_t)(n0 + s) * F * OH * OW, dyt, F, OH, OW, 2 * TW, Fp, 0);
                 nsw_dout_transform(dyt, zt, s * P, TH, TW, Fp, (int)Pp);
             }
