@@ -15,6 +15,8 @@ pass and how to add one.
 - ``fuse_relu``: a relu whose input is a conv2d, dense, add or batchnorm read by
   nothing else becomes part of that node, run right after it (conv + bias + ReLU,
   and the residual add + ReLU).
+- ``fuse_residual_add`` and ``fuse_maxpool``: a residual add, or a 2x2 stride-2 max pool,
+  becomes the end of the conv2d that feeds it (see each function).
 """
 import numpy as np
 

@@ -691,6 +691,30 @@ def test_conv2d_with_a_fused_max_pool_equals_conv_then_pool_bit_for_bit(module, 
 
 
 @pytest.mark.parametrize("module", [compiled, ref], ids=["compiled", "numpy"])
+@pytest.mark.parametrize("relu", [False, True])
+def test_a_fused_max_pool_of_nan_infinities_and_signed_zeros_keeps_every_bit(module, relu):
+    """A 1x1 filter of 1 with bias -0.0 and padding 1 passes its input through (x + -0.0 is x; the
+    reference's matrix product turns -0.0 into 0.0), so the fused pool sees NaN, +-inf and zeros
+    in every arrangement: its
+    output has the bits of the pool kernel run on the conv's output (which zero, which infinity),
+    and NaN where it has NaN (the sign and payload of a NaN are not defined: x86 keeps the first
+    operand's, so they vary with the order a compiler gives an addition)."""
+    rng = np.random.default_rng(11)
+    values = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, 1.5, -2.0], np.float32)
+    x = rng.choice(values, size=(3, 1, 37, 41), p=[0.04, 0.04, 0.04, 0.4, 0.4, 0.04, 0.04]).astype(np.float32)
+    Wt, b = np.ones((1, 1, 1, 1), np.float32), np.array([-0.0], np.float32)
+    plain = module.conv2d_forward(x, Wt, b, 1, 1, relu=relu)
+    want = module.maxpool2d_infer(plain, 2, 2, 2, 0)
+    got = module.conv2d_forward(x, Wt, b, 1, 1, relu=relu, pool=(2, 2, 2, 0))
+    zeros = got[got == 0]
+    assert got.shape == (3, 1, 19, 21) and np.isnan(got).any() and np.isinf(got).any()
+    assert zeros.size and not (relu and np.signbit(zeros).any())   # the ReLU leaves no -0.0
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(np.isnan(got), nan)
+    np.testing.assert_array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
+
+
+@pytest.mark.parametrize("module", [compiled, ref], ids=["compiled", "numpy"])
 def test_same_bits_compares_shape_dtype_and_every_byte(module):
     """What predict checks the consumed weights with: NaN equals itself, -0.0 is not 0.0, one
     flipped bit anywhere, another shape or dtype, and strided views are all told apart."""
