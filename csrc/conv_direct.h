@@ -106,12 +106,26 @@ static inline float ns_pool4(float v0, float v1, float v2, float v3, int relu) {
     return relu && best <= 0.0f ? 0.0f : best;
 }
 
+#ifdef __AVX512F__
+/* ns_pool4 on 16 windows at once: v0, v1 the top row's values, v2, v3 the bottom row's. */
+static inline __m512 ns512_pool4(__m512 v0, __m512 v1, __m512 v2, __m512 v3, int relu) {
+    const __mmask16 nan = _mm512_cmp_ps_mask(v0, v0, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v1, v1, _CMP_UNORD_Q)
+                        | _mm512_cmp_ps_mask(v2, v2, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v3, v3, _CMP_UNORD_Q);
+    __m512 best = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v0, v1, _CMP_GT_OQ), v1, v0);
+    best = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v2, best, _CMP_GT_OQ), best, v2);
+    best = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v3, best, _CMP_GT_OQ), best, v3);
+    best = _mm512_mask_blend_ps(nan, best, _mm512_add_ps(_mm512_add_ps(v0, v1), _mm512_add_ps(v2, v3)));
+    if (relu) best = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(best, _mm512_setzero_ps(), _CMP_LE_OQ), best,
+                                          _mm512_setzero_ps());
+    return best;
+}
+#endif
+
 static void ns_maxpool2x2(const float *y, float *o, int planes, int H, int W, int relu) {
     const int PH = H / 2, PW = W / 2;
 #ifdef __AVX512F__
     const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
-    const __m512 zero = _mm512_setzero_ps();
 #endif
     for (int c = 0; c < planes; c++)
         for (int ph = 0; ph < PH; ph++) {
@@ -128,14 +142,7 @@ static void ns_maxpool2x2(const float *y, float *o, int planes, int H, int W, in
                 const __m512 b0 = _mm512_maskz_loadu_ps(m_lo, r1 + 2 * pw), b1 = _mm512_maskz_loadu_ps(m_hi, r1 + 2 * pw + 16);
                 const __m512 v0 = _mm512_permutex2var_ps(a0, even, a1), v1 = _mm512_permutex2var_ps(a0, odd, a1);
                 const __m512 v2 = _mm512_permutex2var_ps(b0, even, b1), v3 = _mm512_permutex2var_ps(b0, odd, b1);
-                const __mmask16 nan = _mm512_cmp_ps_mask(v0, v0, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v1, v1, _CMP_UNORD_Q)
-                                    | _mm512_cmp_ps_mask(v2, v2, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v3, v3, _CMP_UNORD_Q);
-                __m512 best = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v0, v1, _CMP_GT_OQ), v1, v0);
-                best = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v2, best, _CMP_GT_OQ), best, v2);
-                best = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v3, best, _CMP_GT_OQ), best, v3);
-                best = _mm512_mask_blend_ps(nan, best, _mm512_add_ps(_mm512_add_ps(v0, v1), _mm512_add_ps(v2, v3)));
-                if (relu) best = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(best, zero, _CMP_LE_OQ), best, zero);
-                _mm512_mask_storeu_ps(out + pw, m_out, best);
+                _mm512_mask_storeu_ps(out + pw, m_out, ns512_pool4(v0, v1, v2, v3, relu));
             }
 #endif
             for (; pw < PW; pw++)
@@ -335,8 +342,7 @@ ns512_forward_tile(const float *xp, const float *wt, const float *bias, float *o
                 }
             }
         }
-    if (POOL) {   /* see ns512_pooled_conv_forward */
-        const __m512 zero = _mm512_setzero_ps();
+    if (POOL) {   /* see ns512_pooled_sample */
 #pragma GCC unroll 14
         for (int q = 0; q < (R / 2) * (T / 2); q++)
 #pragma GCC unroll 2
@@ -344,14 +350,7 @@ ns512_forward_tile(const float *xp, const float *wt, const float *bias, float *o
                 const int a = (2 * (q / (T / 2)) * T + 2 * (q % (T / 2))) * V + v;
                 const __m512 v0 = (__m512)acc[a], v1 = (__m512)acc[a + V];
                 const __m512 v2 = (__m512)acc[a + T * V], v3 = (__m512)acc[a + T * V + V];
-                const __mmask16 nan = _mm512_cmp_ps_mask(v0, v0, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v1, v1, _CMP_UNORD_Q)
-                                    | _mm512_cmp_ps_mask(v2, v2, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v3, v3, _CMP_UNORD_Q);
-                __m512 best = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v0, v1, _CMP_GT_OQ), v1, v0);
-                best = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v2, best, _CMP_GT_OQ), best, v2);
-                best = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v3, best, _CMP_GT_OQ), best, v3);
-                best = _mm512_mask_blend_ps(nan, best, _mm512_add_ps(_mm512_add_ps(v0, v1), _mm512_add_ps(v2, v3)));
-                if (relu) best = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(best, zero, _CMP_LE_OQ), best, zero);
-                acc[q * V + v] = (ns_v16)best;
+                acc[q * V + v] = (ns_v16)ns512_pool4(v0, v1, v2, v3, relu);
             }
         ns512_store_tile(acc, out_n, F, OH / 2, OW / 2, f0, oh0 / 2, ow0 / 2, rows / 2, count / 2, V, R / 2, T / 2);
     } else {

@@ -204,20 +204,14 @@ static void nsw_output_transform(const float *m, float *yt, int p0, int P, int P
     }
 }
 
-/* The largest of a and b, or NaN where one is NaN (max_ps alone returns b when a is NaN). */
-static inline __m512 nsw_max_nan(__m512 a, __m512 b) {
-    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), _mm512_max_ps(a, b), a);
-}
-
 /* For a conv whose output a 2x2 stride-2 max pool reads (fused into it): yt [PH*PW][Fp] = the pool
  * of the sample's output, each tile being one pool window (tiles start at even pixels; those of a
  * ragged last row or column are dropped, as the pool drops them). Each of the four pixels gets the
- * bias and, with relu, the ReLU (<= 0 -> 0, NaN stays NaN) before the max, as the unfused conv,
- * ReLU and pool compute them; the max is NaN when one of the four is. */
+ * bias, then the pool's max and with relu the ReLU (ns512_pool4: the bits of the unfused conv,
+ * ReLU and pool, but for the sign of a NaN). */
 static void nsw_output_transform_pool(const float *m, float *yt, int p0, int Pp, int TW, int PH, int PW, int Fp,
                                       const float *bias, int relu) {
     const size_t xi_stride = (size_t)Pp * Fp;
-    const __m512 zero = _mm512_setzero_ps();
     for (int ty = 0; ty < PH; ty++)
         for (int tx = 0; tx < PW; tx++)
             for (int f0 = 0; f0 < Fp; f0 += 16) {
@@ -235,11 +229,7 @@ static void nsw_output_transform_pool(const float *m, float *yt, int p0, int Pp,
                     y[2 * a] = _mm512_add_ps((__m512)(r[a][0] + r[a][1] + r[a][2]), b);
                     y[2 * a + 1] = _mm512_add_ps((__m512)(r[a][1] - r[a][2] - r[a][3]), b);
                 }
-                if (relu)
-                    for (int k = 0; k < 4; k++)
-                        y[k] = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y[k], zero, _CMP_LE_OQ), y[k], zero);
-                _mm512_storeu_ps(yt + ((size_t)ty * PW + tx) * Fp + f0,
-                                 nsw_max_nan(nsw_max_nan(y[0], y[1]), nsw_max_nan(y[2], y[3])));
+                _mm512_storeu_ps(yt + ((size_t)ty * PW + tx) * Fp + f0, ns512_pool4(y[0], y[1], y[2], y[3], relu));
             }
 }
 
