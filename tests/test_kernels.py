@@ -733,6 +733,27 @@ def test_same_bits_compares_shape_dtype_and_every_byte(module):
 
 # --- dense products on the OpenMP team ----------------------------------------------------
 
+def test_single_threaded_blas_holds_one_thread_and_gives_the_counts_back():
+    """What blas_scope is on the compiled backend: one BLAS thread inside (nested too), each
+    library's own count after."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+    from netspec.threads import single_threaded_blas
+
+    def counts():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    if not counts():
+        pytest.skip("numpy loaded no BLAS threadpoolctl knows")
+    with threadpool_limits(3, "blas"):
+        before = counts()
+        assert before == [3] * len(before)
+        with single_threaded_blas():
+            assert counts() == [1] * len(before)
+            with single_threaded_blas():
+                assert counts() == [1] * len(before)
+            assert counts() == [1] * len(before)
+        assert counts() == before
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gemm_rows_equals_numpy_matmul_by_rows(dtype):
     """gemm_rows splits a @ b by rows over the OpenMP threads, each one call of the BLAS numpy
