@@ -12,16 +12,18 @@ reader (``Graph.lifetimes``). Walking the nodes once, each output gets:
   it is dead; neighbouring free blocks merge.
 
 Ops that ``netspec.ops`` cannot run into a given buffer allocate their own
-output (the plan counts it while it lives). The planned peak is the arena, plus
+output (the plan counts it while it lives) and, while they run, the temporaries
+of ``ops.LAYER_TEMPORARIES`` (batchnorm's xhat). The planned peak is the arena, plus
 the most that is allocated beside it at any one step: the outputs of those ops
 alive then and the workspace of the kernel running (``ops.Op.workspace``, which
-depends on the backend), plus a copy of the network output handed to the caller.
+depends on the backend), plus a copy of the network output handed to the caller
+(and, for a float16 model, the float32 copy of its input that predict computes on).
 Offsets are multiples of 64 bytes.
 """
 import dataclasses
 import math
 
-from .ops import OPS, output_bytes
+from .ops import LAYER_TEMPORARIES, OPS, output_bytes
 
 ALIGN = 64
 
@@ -99,7 +101,7 @@ def plan_memory(graph, batch, kernels, packed=()):
         op = OPS.get(node.op)
         nbytes = output_bytes(node, batch, itemsize)
         more = {"packed": True} if node.name in packed else {}
-        workspace[node.name] = ws = 0 if op is None else int(
+        workspace[node.name] = ws = LAYER_TEMPORARIES.get(node.op, 0) * nbytes if op is None else int(
             op.workspace(kernels, node, [shapes[i] for i in node.inputs], batch, itemsize, **more))
         if op is None:
             own.append(node.name)
@@ -136,6 +138,8 @@ def plan_memory(graph, batch, kernels, packed=()):
             _free_if_unused(owner[node.name], users, slots, own_live, arena)
     out_bytes = batch * itemsize * math.prod(shapes[graph.output])   # the copy handed to the caller
     peak = arena.size + max(beside, out_bytes)
+    if graph.dtype == "float16":   # predict computes on a float32 copy of a float16 model's input
+        peak += batch * itemsize * math.prod(graph.input_shape)
     return MemoryPlan(batch=batch, itemsize=itemsize, slots=slots, shares=shares, own=tuple(own),
                       workspace=workspace, arena_bytes=arena.size, peak_bytes=peak)
 

@@ -123,5 +123,11 @@ OPS = {
 }
 
 
+# ops run through their layer (not in OPS): how many arrays of the output's size the layer's
+# test-mode forward allocates besides its output, freed when the executor resets the layer after
+# the call: batchnorm keeps xhat (its backward's), sigmoid's -x and exp(-x) live at once.
+LAYER_TEMPORARIES = {"batchnorm": 1, "sigmoid": 1}
+
+
 def output_bytes(node, batch, itemsize):
     return batch * math.prod(node.shape) * itemsize
